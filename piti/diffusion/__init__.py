@@ -1,0 +1,17 @@
+"""Gaussian diffusion maths, samplers and classifier-free guidance.
+
+The network never appears here: functions take its output. ``create_diffusion`` builds a
+(possibly respaced) process; the samplers walk it with any ``denoise(x_t, t_model)``
+function, and ``guided_denoiser`` wraps a conditional network into such a function.
+"""
+
+from piti.diffusion.gaussian import GaussianDiffusion, create_diffusion
+from piti.diffusion.guidance import guided_denoiser, normalized_guidance, plain_guidance
+from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from piti.diffusion.schedules import get_betas, space_timesteps
+
+__all__ = [
+    "GaussianDiffusion", "create_diffusion", "get_betas", "space_timesteps",
+    "SAMPLERS", "sample", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
+    "guided_denoiser", "normalized_guidance", "plain_guidance",
+]

@@ -1,0 +1,114 @@
+"""Classifier-free guidance, plain (official) and normalized (the PITI paper's).
+
+Two scale conventions, both accepted explicitly:
+
+* ``convention="paper"``: the PITI / CFG paper's **w**, eps_hat = eps_c + w (eps_c - eps_u);
+  w = 0 is the conditional prediction alone.
+* ``convention="official"``: the official code's **s** (``sample_c``, 1.3 in its scripts),
+  eps_hat = eps_u + s (eps_c - eps_u); s = 1 is the conditional prediction alone.
+
+They are the same family with s = 1 + w. Guidance acts on epsilon only; the learned
+variance channels come from the conditional prediction.
+
+Normalized guidance (the PITI paper's "normalized classifier-free guidance") rescales eps_hat back to the conditional
+prediction's statistics:  eps_tilde = sigma_c / sigma_hat * (eps_hat - mu_hat) + mu_c,
+per sample over (C, H, W) (``stats="sample"``) or per sample and channel over (H, W)
+(``stats="channel"``). mu_hat and sigma_hat are measured on eps_hat itself (the paper
+derives them assuming eps_c and eps_u independent; measuring them makes eps_tilde's
+moments equal the conditional ones exactly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from piti.errors import ConditionError, ConfigError
+
+MODES = ("plain", "normalized")
+CONVENTIONS = ("paper", "official")
+STATS = ("sample", "channel")
+
+
+def _paper_w(scale: float, convention: str) -> float:
+    """The paper's w for ``scale`` given in ``convention``."""
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown guidance convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    return float(scale) if convention == "paper" else float(scale) - 1.0
+
+
+def plain_guidance(eps_c, eps_u, scale, convention="paper"):
+    """Classifier-free guidance: eps_c + w (eps_c - eps_u) (Ho & Salimans 2021, Eq. 6)."""
+    w = _paper_w(scale, convention)
+    if w == 0:
+        return eps_c
+    return eps_c + w * (eps_c - eps_u)
+
+
+def normalized_guidance(eps_c, eps_u, scale, stats="sample", convention="paper", eps=1e-12):
+    """Normalized classifier-free guidance (the PITI paper).
+
+    The plain guided eps_hat, shifted and rescaled so that its mean and standard
+    deviation (per sample, or per sample and channel) are those of ``eps_c``.
+    ``eps`` guards the division where eps_hat is constant.
+    """
+    if stats not in STATS:
+        raise ConfigError(f"unknown guidance statistics {stats!r}; expected one of {', '.join(STATS)}")
+    w = _paper_w(scale, convention)
+    if w == 0:
+        return eps_c
+    eps_hat = eps_c + w * (eps_c - eps_u)
+    dims = tuple(range(1, eps_c.ndim)) if stats == "sample" else tuple(range(2, eps_c.ndim))
+    mu_c, sigma_c = eps_c.mean(dims, keepdim=True), eps_c.std(dims, keepdim=True, unbiased=False)
+    mu_hat, sigma_hat = eps_hat.mean(dims, keepdim=True), eps_hat.std(dims, keepdim=True, unbiased=False)
+    return sigma_c / sigma_hat.clamp(min=eps) * (eps_hat - mu_hat) + mu_c
+
+
+def _batch(cond, null_cond, where="cond"):
+    """[cond; null_cond] along the batch, for a tensor or a dict of tensors (one level)."""
+    if isinstance(cond, dict):
+        if not isinstance(null_cond, dict) or set(cond) != set(null_cond):
+            raise ConditionError(f"null condition keys {sorted(null_cond) if isinstance(null_cond, dict) else type(null_cond).__name__} "
+                                 f"do not match condition keys {sorted(cond)}")
+        return {k: _batch(cond[k], null_cond[k], where=f"cond[{k!r}]") for k in cond}
+    if not torch.is_tensor(cond) or not torch.is_tensor(null_cond):
+        raise ConditionError(f"{where}: condition and null condition must be tensors or dicts of tensors")
+    if null_cond.shape[0] == 1 and cond.shape[0] > 1:
+        null_cond = null_cond.expand(cond.shape[0], *null_cond.shape[1:])  # one null for the whole batch
+    if null_cond.shape != cond.shape:
+        raise ConditionError(f"{where}: null condition shape {tuple(null_cond.shape)} does not match the condition "
+                             f"shape {tuple(cond.shape)} (a batch of 1 is broadcast)")
+    return torch.cat([cond, null_cond.to(device=cond.device, dtype=cond.dtype)])
+
+
+def guided_denoiser(model_fn, cond, null_cond, scale, mode="normalized", convention="paper", stats="sample"):
+    """Wrap ``model_fn(x, t, cond) -> output`` into a guided ``denoise(x_t, t_model)``.
+
+    As the official code does, the conditional and null predictions come from one doubled
+    batch ``model_fn([x_t; x_t], [t; t], [cond; null_cond])``. ``cond`` and ``null_cond``
+    are tensors or dicts of tensors (e.g. precomputed ``dict(xf_proj=..., xf_out=...)``);
+    a null batch of 1 is broadcast. Guidance (``mode`` "plain" or "normalized", see the
+    module docstring for ``scale``/``convention``/``stats``) acts on the first C channels
+    (epsilon); the other channels (learned variance) are those of the conditional half.
+    At zero guidance the null batch is not run and ``model_fn(x_t, t, cond)`` is returned.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown guidance mode {mode!r}; expected one of {', '.join(MODES)}")
+    if stats not in STATS:
+        raise ConfigError(f"unknown guidance statistics {stats!r}; expected one of {', '.join(STATS)}")
+    w = _paper_w(scale, convention)
+    if w == 0:
+        return lambda x_t, t: model_fn(x_t, t, cond)
+    cond_in = _batch(cond, null_cond)
+
+    def denoise(x_t, t):
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_in)
+        out_c, out_u = out.chunk(2)
+        channels = x_t.shape[1]
+        eps_c, eps_u = out_c[:, :channels], out_u[:, :channels]
+        if mode == "plain":
+            eps_guided = plain_guidance(eps_c, eps_u, w)
+        else:
+            eps_guided = normalized_guidance(eps_c, eps_u, w, stats=stats)
+        return torch.cat([eps_guided, out_c[:, channels:]], dim=1)
+
+    return denoise

@@ -1,0 +1,141 @@
+"""Samplers: plain functions over a denoiser (the k-diffusion shape).
+
+Every sampler has the signature ``sampler(denoise, x_T, diffusion, *, clip_denoised=True,
+generator=None, progress=False, callback=None, ...)`` and walks the steps of ``diffusion``
+(a possibly respaced :class:`~piti.diffusion.gaussian.GaussianDiffusion`) from the noisiest
+to t = 0. ``denoise(x_t, t_model)`` returns the network output, (B, 2C, H, W) (epsilon and
+the learned variance value) or (B, C, H, W) (epsilon only); ``t_model`` is what the network
+receives, i.e. ``diffusion.model_timesteps(t)`` (original step values for respaced
+processes). Guidance is a wrapper around ``denoise`` (:mod:`piti.diffusion.guidance`), so
+every sampler gets it.
+
+Noise: with a ``torch.Generator`` the draws are ``torch.randn(..., generator=generator)``,
+reproducible whatever else uses the global RNG; with ``generator=None`` they are
+``torch.randn_like(x)`` from the global RNG, as the official code draws them.
+
+``callback``, if given, is called after each step with a dict ``i`` (step number, 0 first),
+``t`` (the process index), ``x`` (the new sample) and ``x0_pred``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from piti.errors import ConfigError
+
+
+def _randn_like(x, generator):
+    if generator is None:
+        return torch.randn_like(x)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _steps(diffusion, x_T, progress, desc):
+    """Yield (step number, t) from the noisiest index down to 0, with an optional tqdm bar."""
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    for i, index in enumerate(tqdm(indices, desc=desc, disable=not progress)):
+        yield i, torch.full((x_T.shape[0],), index, dtype=torch.long, device=x_T.device)
+
+
+def _denoise(denoise, diffusion, x, t):
+    """Run the denoiser at process index t; its output in x's dtype (e.g. bf16 model, fp32 maths)."""
+    return denoise(x, diffusion.model_timesteps(t)).to(x.dtype)
+
+
+def ddpm_step(diffusion, model_output, x_t, t, *, clip_denoised=True, generator=None):
+    """One ancestral step of ``diffusion`` with the sampler's noise; returns ``(x_prev, x0_pred)``."""
+    out = diffusion.p_sample(model_output, x_t, t, _randn_like(x_t, generator), clip_denoised=clip_denoised)
+    return out["sample"], out["x0_pred"]
+
+
+def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, generator=None):
+    """One DDIM step; noise is drawn only when eta > 0. Returns ``(x_prev, x0_pred)``."""
+    noise = _randn_like(x_t, generator) if eta > 0 else None
+    out = diffusion.ddim_sample(model_output, x_t, t, noise=noise, eta=eta, clip_denoised=clip_denoised)
+    return out["sample"], out["x0_pred"]
+
+
+@torch.no_grad()
+def sample_ddpm(denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None):
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) with the learned or fixed variance.
+
+    This is the official GLIDE / PITI sampler (250 respaced steps for the base model,
+    ``fast27`` for the upsampler).
+    """
+    x = x_T
+    for i, t in _steps(diffusion, x_T, progress, "ddpm"):
+        x, x0_pred = ddpm_step(diffusion, _denoise(denoise, diffusion, x, t), x, t,
+                               clip_denoised=clip_denoised, generator=generator)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoise, x_T, diffusion, *, eta=0.0, clip_denoised=True, generator=None, progress=False,
+                callback=None):
+    """DDIM sampling (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` is DDPM-like."""
+    x = x_T
+    for i, t in _steps(diffusion, x_T, progress, "ddim"):
+        x, x0_pred = ddim_step(diffusion, _denoise(denoise, diffusion, x, t), x, t,
+                               eta=eta, clip_denoised=clip_denoised, generator=generator)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) for epsilon-prediction networks.
+
+    Data-prediction multistep solver in lambda = log(alpha_t / sigma_t), with alpha_t^2 =
+    alpha_bar_t over the process's (respaced) steps; x0 is clamped to [-1, 1] when
+    ``clip_denoised``. The first step is first order (= DDIM), and the last one jumps from
+    t = 0 to the clean image (x = x0_pred), as DDIM and DDPM do. Deterministic:
+    ``generator`` is accepted for the common signature and not used.
+    """
+    del generator  # deterministic sampler
+    alpha_bar = diffusion.alphas_cumprod.tolist()  # float64 schedule of this process
+
+    def alpha_sigma_lambda(index):
+        alpha, sigma = math.sqrt(alpha_bar[index]), math.sqrt(1.0 - alpha_bar[index])
+        return alpha, sigma, math.log(alpha / sigma)
+
+    x = x_T
+    x0_prev, h_prev = None, None
+    for i, t in _steps(diffusion, x_T, progress, "dpm++2m"):
+        index = int(t[0])
+        eps, _ = diffusion.split_model_output(_denoise(denoise, diffusion, x, t), x)
+        x0_pred = diffusion.predict_x0_from_eps(x, t, eps)
+        if clip_denoised:
+            x0_pred = x0_pred.clamp(-1, 1)
+        if index == 0:
+            x = x0_pred  # final jump to sigma = 0
+        else:
+            _, sigma, lam = alpha_sigma_lambda(index)
+            alpha_next, sigma_next, lam_next = alpha_sigma_lambda(index - 1)
+            h = lam_next - lam
+            if x0_prev is None:
+                d = x0_pred  # first order: DPM-Solver++(1) = DDIM
+            else:
+                r = h_prev / h  # Alg. 2: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
+                d = (1 + 1 / (2 * r)) * x0_pred - (1 / (2 * r)) * x0_prev
+            # Eq. (after 2M): x_{t_i} = sigma_i / sigma_{i-1} x - alpha_i (e^{-h} - 1) D
+            x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
+            x0_prev, h_prev = x0_pred, h
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
+    return x
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp": sample_dpmpp_2m}
+
+
+def sample(name, denoise, x_T, diffusion, **kwargs):
+    """Run the sampler called ``name`` (``ddpm``, ``ddim`` or ``dpmpp``); kwargs go to it."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](denoise, x_T, diffusion, **kwargs)

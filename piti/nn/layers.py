@@ -1,0 +1,70 @@
+"""Small building blocks shared by the UNet, the text transformer and the condition encoder.
+
+Numerics follow GLIDE: normalisations run in fp32 whatever the activation dtype, attention
+scales q and k by ``ch**-0.25`` each (i.e. the usual ``1/sqrt(ch)``), timestep features are
+``[cos, sin]``.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm with 32 groups computed in fp32, optionally followed by SiLU (GLIDE's ``swish=1``)."""
+
+    def __init__(self, channels: int, swish: bool = False, eps: float = 1e-5):
+        super().__init__(num_groups=32, num_channels=channels, eps=eps)
+        self.swish = swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        return F.silu(y) if self.swish else y
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of the timestep values ``t`` (B,), laid out as ``[cos, sin]``.
+
+    Frequencies are ``exp(-ln(max_period) * i / half)`` for ``i < half`` (Transformer positional
+    encoding, as used by DDPM/ADM/GLIDE); an odd ``dim`` gets one zero column.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero (GLIDE's zero-initialised output layers) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(ch)) v`` over (B, heads, T, ch) tensors.
+
+    The fused ``scaled_dot_product_attention`` computes what GLIDE's einsum form does (q and k
+    each scaled by ``ch**-0.25``) and lets GPUs use flash / memory-efficient kernels.
+    """
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def maybe_checkpoint(fn, *args, enabled: bool):
+    """Run ``fn(*args)``, recomputing its activations in the backward pass when ``enabled`` and grads are on."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
