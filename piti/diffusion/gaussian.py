@@ -105,9 +105,11 @@ class GaussianDiffusion:
             "posterior_log_variance_clipped": posterior_log_variance_clipped,
             "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
-            "fixed_variance": large_variance if fixed_variance == "large" else posterior_variance,
-            "fixed_log_variance": np.log(large_variance) if fixed_variance == "large" else posterior_log_variance_clipped,
         }
+        if fixed_variance == "large":
+            tables.update(variance_fixed=large_variance, log_variance_fixed=np.log(large_variance))
+        else:
+            tables.update(variance_fixed=posterior_variance, log_variance_fixed=posterior_log_variance_clipped)
         # float64 tensors on the CPU; gathered at t and cast by _extract.
         for name, value in tables.items():
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(value)))
@@ -192,8 +194,8 @@ class GaussianDiffusion:
         self._check_t(t, x_t)
         eps, v = self.split_model_output(model_output, x_t)
         if v is None:
-            variance = self._extract(self.fixed_variance, t, x_t).expand_as(x_t)
-            log_variance = self._extract(self.fixed_log_variance, t, x_t).expand_as(x_t)
+            variance = self._extract(self.variance_fixed, t, x_t).expand_as(x_t)
+            log_variance = self._extract(self.log_variance_fixed, t, x_t).expand_as(x_t)
         else:
             # Nichol & Dhariwal 2021, Eq. 15: interpolate log beta~_t and log beta_t.
             min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)

@@ -64,11 +64,11 @@ def normalized_guidance(eps_c, eps_u, scale, stats="sample", convention="paper",
 
 
 def _batch(cond, null_cond, where="cond"):
-    """[cond; null_cond] along the batch, for a tensor or a dict of tensors (one level)."""
+    """[cond; null_cond] along the batch, for a tensor or a (nested) dict of tensors."""
     if isinstance(cond, dict):
-        if not isinstance(null_cond, dict) or set(cond) != set(null_cond):
-            raise ConditionError(f"null condition keys {sorted(null_cond) if isinstance(null_cond, dict) else type(null_cond).__name__} "
-                                 f"do not match condition keys {sorted(cond)}")
+        null_keys = sorted(null_cond) if isinstance(null_cond, dict) else type(null_cond).__name__
+        if null_keys != sorted(cond):
+            raise ConditionError(f"null condition keys {null_keys} do not match condition keys {sorted(cond)}")
         return {k: _batch(cond[k], null_cond[k], where=f"cond[{k!r}]") for k in cond}
     if not torch.is_tensor(cond) or not torch.is_tensor(null_cond):
         raise ConditionError(f"{where}: condition and null condition must be tensors or dicts of tensors")
@@ -102,6 +102,8 @@ def guided_denoiser(model_fn, cond, null_cond, scale, mode="normalized", convent
 
     def denoise(x_t, t):
         out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_in)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()  # guidance statistics in float32 for half-precision networks
         out_c, out_u = out.chunk(2)
         channels = x_t.shape[1]
         eps_c, eps_u = out_c[:, :channels], out_u[:, :channels]

@@ -93,8 +93,10 @@ def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=No
 
     Data-prediction multistep solver in lambda = log(alpha_t / sigma_t), with alpha_t^2 =
     alpha_bar_t over the process's (respaced) steps; x0 is clamped to [-1, 1] when
-    ``clip_denoised``. The first step is first order (= DDIM), and the last one jumps from
-    t = 0 to the clean image (x = x0_pred), as DDIM and DDPM do. Deterministic:
+    ``clip_denoised``. The first step and the step into t = 0 are first order (= DDIM);
+    the last one jumps from t = 0 to the clean image (x = x0_pred), as DDIM and DDPM do.
+    Like every sampler here it walks the process's own steps, so the respacing chooses
+    them (uniform in t for ``"N"``). Deterministic:
     ``generator`` is accepted for the common signature and not used.
     """
     del generator  # deterministic sampler
@@ -118,12 +120,14 @@ def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=No
             _, sigma, lam = alpha_sigma_lambda(index)
             alpha_next, sigma_next, lam_next = alpha_sigma_lambda(index - 1)
             h = lam_next - lam
-            if x0_prev is None:
-                d = x0_pred  # first order: DPM-Solver++(1) = DDIM
+            if x0_prev is None or index == 1:
+                # First order (DPM-Solver++(1) = DDIM) on the first step, and on the step into t = 0,
+                # whose lambda jump is large: extrapolating there overshoots (cf. "lower_order_final").
+                d = x0_pred
             else:
                 r = h_prev / h  # Alg. 2: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
                 d = (1 + 1 / (2 * r)) * x0_pred - (1 / (2 * r)) * x0_prev
-            # Eq. (after 2M): x_{t_i} = sigma_i / sigma_{i-1} x - alpha_i (e^{-h} - 1) D
+            # Alg. 2 update: x_{t_i} = sigma_i / sigma_{i-1} x - alpha_i (e^{-h_i} - 1) D
             x = (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
             x0_prev, h_prev = x0_pred, h
         if callback is not None:

@@ -1,0 +1,133 @@
+"""Classifier-free guidance: the formulas, the moments of normalized guidance, the doubled batch."""
+
+import pytest
+import torch
+
+from piti.diffusion import create_diffusion, guided_denoiser, normalized_guidance, plain_guidance, sample
+from piti.errors import ConditionError, ConfigError
+
+
+def eps_pair(seed=0, shape=(4, 3, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    eps_c = torch.randn(shape, generator=g) * 1.3 + 0.2
+    eps_u = 0.5 * eps_c + torch.randn(shape, generator=g) * 0.7 - 0.4  # correlated, different moments
+    return eps_c, eps_u
+
+
+@pytest.mark.parametrize("stats,dims", [("sample", (1, 2, 3)), ("channel", (2, 3))])
+def test_normalized_guidance_has_the_conditional_moments(stats, dims):
+    eps_c, eps_u = eps_pair()
+    out = normalized_guidance(eps_c, eps_u, 3.0, stats=stats)
+    for reduce in (lambda x: x.mean(dims), lambda x: x.std(dims)):
+        assert torch.allclose(reduce(out), reduce(eps_c), atol=1e-5)
+    # ... while plain guidance changes them, and the normalized output keeps its direction.
+    plain = plain_guidance(eps_c, eps_u, 3.0)
+    assert not torch.allclose(plain.std(dims), eps_c.std(dims), atol=1e-2)
+    standardize = lambda x: (x - x.mean(dims, keepdim=True)) / x.std(dims, keepdim=True)  # noqa: E731
+    assert torch.allclose(standardize(out), standardize(plain), atol=1e-4)
+
+
+def test_per_sample_and_per_channel_statistics_differ():
+    eps_c, eps_u = eps_pair()
+    per_sample = normalized_guidance(eps_c, eps_u, 2.0, stats="sample")
+    per_channel = normalized_guidance(eps_c, eps_u, 2.0, stats="channel")
+    assert not torch.allclose(per_sample, per_channel, atol=1e-3)
+
+
+def test_plain_guidance_formula_and_conventions():
+    eps_c, eps_u = eps_pair()
+    w = 2.5
+    assert torch.allclose(plain_guidance(eps_c, eps_u, w), eps_c + w * (eps_c - eps_u))  # paper
+    s = 1.3
+    official = plain_guidance(eps_c, eps_u, s, convention="official")
+    assert torch.allclose(official, eps_u + s * (eps_c - eps_u), atol=1e-6)
+    assert torch.allclose(plain_guidance(eps_c, eps_u, 1 + w, convention="official"), plain_guidance(eps_c, eps_u, w),
+                          atol=1e-6)
+    assert torch.allclose(normalized_guidance(eps_c, eps_u, 1 + w, convention="official"),
+                          normalized_guidance(eps_c, eps_u, w), atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [plain_guidance, normalized_guidance])
+def test_zero_guidance_is_the_conditional_prediction(fn):
+    eps_c, eps_u = eps_pair()
+    assert torch.equal(fn(eps_c, eps_u, 0.0), eps_c)  # paper w = 0
+    assert torch.equal(fn(eps_c, eps_u, 1.0, convention="official"), eps_c)  # official s = 1
+
+
+class ToyConditional:
+    """model_fn(x, t, cond) with cond = dict(shift=(B, 3), gain=(B, 1)); records its calls."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, t, cond):
+        self.batches.append((x.shape[0], t.clone(), {k: v.clone() for k, v in cond.items()}))
+        eps = x * cond["gain"].view(-1, 1, 1, 1) + cond["shift"].view(-1, 3, 1, 1) + 1e-3 * t.view(-1, 1, 1, 1)
+        return torch.cat([eps, torch.tanh(cond["shift"]).view(-1, 3, 1, 1).expand_as(x)], dim=1)
+
+
+def toy_conds(batch=2):
+    cond = {"shift": torch.linspace(-1, 1, 3 * batch).view(batch, 3), "gain": torch.full((batch, 1), 0.5)}
+    null = {"shift": torch.zeros(1, 3), "gain": torch.ones(1, 1)}  # one null, broadcast to the batch
+    return cond, null
+
+
+@pytest.mark.parametrize("mode", ["plain", "normalized"])
+def test_guided_denoiser_uses_one_doubled_batch(mode):
+    model = ToyConditional()
+    cond, null = toy_conds()
+    denoise = guided_denoiser(model, cond, null, 1.5, mode=mode)
+    x_t, t = torch.randn(2, 3, 8, 8), torch.tensor([500.0, 500.0])
+    out = denoise(x_t, t)
+    assert len(model.batches) == 1
+    batch, t_in, cond_in = model.batches[0]
+    assert batch == 4 and torch.equal(t_in, torch.cat([t, t]))
+    assert torch.equal(cond_in["shift"][:2], cond["shift"]) and torch.equal(cond_in["shift"][2:], torch.zeros(2, 3))
+    # Epsilon is guided from the two halves; the variance channels are the conditional half's.
+    null_batch = {k: v.expand(2, -1) for k, v in null.items()}
+    out_c, out_u = ToyConditional()(x_t, t, cond), ToyConditional()(x_t, t, null_batch)
+    guide = plain_guidance if mode == "plain" else normalized_guidance
+    assert torch.allclose(out[:, :3], guide(out_c[:, :3], out_u[:, :3], 1.5), atol=1e-6)
+    assert torch.equal(out[:, 3:], out_c[:, 3:])
+
+
+def test_guided_denoiser_with_tensor_conditions_and_official_scale():
+    model_fn = lambda x, t, c: x + c.view(-1, 1, 1, 1)  # noqa: E731  (epsilon only)
+    x_t, t = torch.randn(3, 3, 4, 4), torch.zeros(3)
+    cond, null = torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)
+    out = guided_denoiser(model_fn, cond, null, 2.0, mode="plain", convention="official")(x_t, t)
+    assert torch.allclose(out, x_t + 2 * cond.view(-1, 1, 1, 1))  # eps_u + 2 (eps_c - eps_u)
+
+
+@pytest.mark.parametrize("mode", ["plain", "normalized"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp"])
+def test_zero_guidance_samples_equal_conditional_samples(mode, name):
+    diffusion = create_diffusion("linear", 1000, "10")
+    model = ToyConditional()
+    cond, null = toy_conds()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    conditional = sample(name, lambda x, t: model(x, t, cond), x_T, diffusion,
+                         generator=torch.Generator().manual_seed(1))
+    for scale, convention in [(0.0, "paper"), (1.0, "official")]:
+        denoise = guided_denoiser(model, cond, null, scale, mode=mode, convention=convention)
+        guided = sample(name, denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(guided, conditional)
+    # And a real guidance scale changes the samples.
+    guided = sample(name, guided_denoiser(model, cond, null, 2.0, mode=mode), x_T, diffusion,
+                    generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(guided, conditional, atol=1e-3)
+
+
+def test_bad_guidance_settings():
+    model = ToyConditional()
+    cond, null = toy_conds()
+    with pytest.raises(ConfigError, match="plain, normalized"):
+        guided_denoiser(model, cond, null, 1.0, mode="rescaled")
+    with pytest.raises(ConfigError, match="paper, official"):
+        guided_denoiser(model, cond, null, 1.0, convention="w")
+    with pytest.raises(ConfigError, match="sample, channel"):
+        guided_denoiser(model, cond, null, 1.0, stats="pixel")
+    with pytest.raises(ConditionError, match="keys"):
+        guided_denoiser(model, cond, {"shift": null["shift"]}, 1.0)
+    with pytest.raises(ConditionError, match=r"\(3, 3\).*\(2, 3\)"):
+        guided_denoiser(model, cond, {"shift": torch.zeros(3, 3), "gain": null["gain"]}, 1.0)
