@@ -89,7 +89,7 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
     header_len = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and header_len < path.stat().st_size:
-        from safetensors import SafetensorsError, safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             tensors, metadata = {}, {}
@@ -97,7 +97,7 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 raw_meta = f.metadata() or {}
                 for k in f.keys():
                     tensors[k] = f.get_tensor(k)
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {e}") from None
         if METADATA_KEY in raw_meta:
             try:
