@@ -1,0 +1,136 @@
+"""mIoU, the Fréchet distance and FID-T of the alignment check."""
+
+import numpy as np
+import pytest
+import torch
+
+from piti.errors import ConfigError
+from piti.evaluation.metrics import (
+    confusion_matrix,
+    feature_statistics,
+    fid_t,
+    frechet_distance,
+    iou_from_confusion,
+    miou,
+)
+from piti.evaluation.segmenter import Segmenter, SegmenterConfig
+
+# two 2x3 images; by hand: class 0 all right (IoU 1), class 1 has one false positive (TP 2, FP 1 -> 2/3),
+# class 2 one false negative (TP 1, FN 1 -> 1/2), class 3 only predicted, never true (IoU 0)
+TARGET = np.array([[[0, 0, 1], [1, 2, 2]], [[0, 1, 0], [0, 0, 2]]])
+PRED = np.array([[[0, 0, 1], [1, 1, 2]], [[0, 1, 0], [0, 0, 3]]])
+
+
+def test_confusion_matrix_by_hand():
+    conf = confusion_matrix(PRED, TARGET, num_classes=5)
+    expected = np.zeros((5, 5), np.int64)
+    expected[0, 0] = 6
+    expected[1, 1] = 3
+    expected[2, 1] = 1
+    expected[2, 2] = 1
+    expected[2, 3] = 1
+    np.testing.assert_array_equal(conf, expected)
+
+
+def test_miou_by_hand_and_absent_classes_ignored():
+    # classes 0..3 present in pred or target; class 4 absent from both: left out of the mean
+    assert miou(PRED, TARGET, num_classes=5) == pytest.approx((1 + 3 / 4 + 1 / 3 + 0) / 4)
+    _, iou = iou_from_confusion(confusion_matrix(PRED, TARGET, 5))
+    np.testing.assert_allclose(iou[:4], [1, 3 / 4, 1 / 3, 0])
+    assert np.isnan(iou[4])
+    # more absent classes change nothing
+    assert miou(PRED, TARGET, num_classes=9) == miou(PRED, TARGET, num_classes=5)
+
+
+def test_miou_perfect_and_ignore_index():
+    assert miou(TARGET, TARGET, 3) == 1.0
+    target = TARGET.copy()
+    target[PRED != TARGET] = 255  # hide every wrong pixel
+    assert miou(PRED, target, 4, ignore_index=255) == 1.0
+    conf = confusion_matrix(PRED, target, 4, ignore_index=255)
+    assert conf.sum() == (PRED == TARGET).sum()
+
+
+def test_metric_errors():
+    with pytest.raises(ConfigError, match="shapes differ"):
+        miou(PRED[0], TARGET, 5)
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        miou(PRED, TARGET, 3)  # PRED holds a 3
+    with pytest.raises(ConfigError, match="integer"):
+        miou(PRED.astype(float), TARGET, 5)
+    with pytest.raises(ConfigError, match="undefined"):
+        miou(np.full((2, 2), 1), np.full((2, 2), 255), 3, ignore_index=255)
+
+
+def test_feature_statistics():
+    mu, sigma = feature_statistics([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
+    np.testing.assert_allclose(mu, [2, 2])
+    # unbiased: var of (0, 2, 4) is 4, of (1, 1, 4) is 3, covariance (-2*-1 + 0 + 2*2) / 2 = 3
+    np.testing.assert_allclose(sigma, [[4, 3], [3, 3]])
+    with pytest.raises(ConfigError, match="N >= 2"):
+        feature_statistics(np.zeros((1, 3)))
+
+
+def test_frechet_distance_closed_forms():
+    # 1-D Gaussians: (mu1 - mu2)^2 + (s1 - s2)^2
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4 + 1)
+    # diagonal covariances: ||mu1 - mu2||^2 + sum (s1 - s2)^2, s the standard deviations
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)
+    assert frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(expected, rel=1e-6)
+    # the same covariances in a rotated basis (they commute): same distance
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    c1, c2 = q @ np.diag(s1**2) @ q.T, q @ np.diag(s2**2) @ q.T
+    assert frechet_distance(q @ mu1, c1, q @ mu2, c2) == pytest.approx(expected, rel=1e-6)
+    # symmetric, zero for identical Gaussians
+    assert frechet_distance(mu2, c2, mu1, c1) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0, abs=1e-8)
+
+
+def test_frechet_distance_singular_covariances_stay_finite():
+    # 3 samples in 5-D: rank-2 covariances, a singular product
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(3, 5)), rng.normal(size=(3, 5)) + 2.0
+    d = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    assert np.isfinite(d) and d > 5 * 4.0 * 0.5  # the means differ by about 2 in each of 5 dims
+    with pytest.raises(ConfigError, match="shapes"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def _pictures(n=24, seed=0):
+    """Pictures that differ as wholes (a colour each), so that their pooled features differ."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 1, 1, generator=g) * 1.2 - 0.6 + 0.2 * torch.randn(n, 3, 16, 16, generator=g)).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter():
+    """An untrained segmenter whose batch norms are set to the statistics of the pictures (else its
+    features barely vary)."""
+    torch.manual_seed(0)
+    model = Segmenter(SegmenterConfig(widths=(4, 8), feature_dim=6))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: one batch sets the running statistics
+    with torch.no_grad():
+        model.train()(_pictures(seed=1))
+    return model.eval()
+
+
+def test_fid_t_zero_for_identical_sets_and_grows_with_a_shift(tiny_segmenter):
+    real = _pictures()
+    assert fid_t(real, real.clone(), tiny_segmenter) == pytest.approx(0, abs=1e-6)
+    shifted = [fid_t(real, (real + s).clamp(-1, 1), tiny_segmenter) for s in (0.05, 0.2, 0.5)]
+    assert 0 < shifted[0] < shifted[1] < shifted[2]
+    # uint8 arrays and float tensors of the same pictures give the same value
+    as_uint8 = ((real.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    back = torch.from_numpy(as_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert fid_t(as_uint8, (back + 0.2).clamp(-1, 1), tiny_segmenter) == pytest.approx(
+        fid_t(back, (back + 0.2).clamp(-1, 1), tiny_segmenter), rel=1e-4)
+
+
+def test_fid_t_refuses_different_sizes(tiny_segmenter):
+    with pytest.raises(ConfigError, match="one size"):
+        fid_t(torch.zeros(4, 3, 16, 16), torch.zeros(4, 3, 32, 32), tiny_segmenter)
