@@ -34,16 +34,11 @@ def _unet_kwargs(config) -> dict:
     )
 
 
-def _check_cond_emb(cond_emb, batch: int, width: int) -> None:
-    """Raise ConditionError unless ``cond_emb`` is ``dict(xf_proj=(B, W), xf_out=(B, W, N))`` for this batch."""
+def _unpack(cond_emb) -> tuple:
+    """(xf_proj, xf_out) from the dict returned by ``encode``; ConditionError for anything else."""
     if not isinstance(cond_emb, dict) or not {"xf_proj", "xf_out"} <= set(cond_emb):
         raise ConditionError("`cond_emb` must be the dict returned by model.encode(...) with 'xf_proj' and 'xf_out'")
-    p, o = cond_emb["xf_proj"], cond_emb["xf_out"]
-    if tuple(p.shape) != (batch, width) or o.dim() != 3 or tuple(o.shape[:2]) != (batch, width):
-        raise ConditionError(
-            f"expected cond_emb xf_proj ({batch}, {width}) and xf_out ({batch}, {width}, N) for a batch of "
-            f"{batch}, got {tuple(p.shape)} and {tuple(o.shape)}"
-        )
+    return cond_emb["xf_proj"], cond_emb["xf_out"]
 
 
 class GLIDEModel(UNet):
@@ -62,7 +57,7 @@ class GLIDEModel(UNet):
         self.padding_embedding = nn.Parameter(torch.empty(n, w)) if config.xf_padding else None
         self.transformer = Transformer(w, config.xf_layers, config.xf_heads, use_checkpoint=config.use_checkpoint)
         self.final_ln = LayerNorm32(w) if config.xf_final_ln else None
-        # The official code leaves the two position tables uninitialised (torch.empty).
+        # Small normal init, as CLIP; the official code leaves the two position tables as torch.empty.
         for p in (self.token_embedding.weight, self.positional_embedding, self.padding_embedding):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
@@ -79,7 +74,8 @@ class GLIDEModel(UNet):
         if self.padding_embedding is not None:
             if mask is None or tuple(mask.shape) != tuple(tokens.shape):
                 got = None if mask is None else tuple(mask.shape)
-                raise ConditionError(f"expected a bool `mask` of shape {tuple(tokens.shape)} (True = real token), got {got}")
+                raise ConditionError(
+                    f"expected a bool `mask` of shape {tuple(tokens.shape)} (True = real token), got {got}")
             x = torch.where(mask.bool()[..., None], x, self.padding_embedding[None].to(x.dtype))
         x = self.transformer(x)
         if self.final_ln is not None:
@@ -98,8 +94,7 @@ class GLIDEModel(UNet):
             if tokens is None:
                 raise ConditionError("give either `tokens` (with `mask`) or `cond_emb` from model.encode_text()")
             cond_emb = self.encode_text(tokens, mask)
-        _check_cond_emb(cond_emb, x.shape[0], self.config.xf_width)
-        return self.decode(x, t, cond_emb["xf_proj"], cond_emb["xf_out"], low_res)
+        return self.decode(x, t, *_unpack(cond_emb), low_res=low_res)
 
 
 class PITIModel(nn.Module):
@@ -132,8 +127,5 @@ class PITIModel(nn.Module):
         if cond_emb is None:
             if ref is None:
                 raise ConditionError("give either the condition image `ref` or `cond_emb` from model.encode()")
-            if torch.is_tensor(ref) and torch.is_tensor(x) and ref.shape[0] != x.shape[0]:
-                raise ConditionError(f"`ref` has batch {ref.shape[0]} but x_t has batch {x.shape[0]}")
             cond_emb = self.encode(ref)
-        _check_cond_emb(cond_emb, x.shape[0], self.config.xf_width)
-        return self.decode(x, t, cond_emb["xf_proj"], cond_emb["xf_out"], low_res)
+        return self.decode(x, t, *_unpack(cond_emb), low_res=low_res)

@@ -239,8 +239,12 @@ class UNet(nn.Module):
             low_res: (B, 3, h, w) image for super-resolution models.
         """
         t = self.check_inputs(x, t, low_res)
-        if xf_proj is None or xf_out is None:
-            raise ConditionError("the decoder needs both `xf_proj` (B, W) and `xf_out` (B, W, N)")
+        b, w = x.shape[0], self.transformer_proj.in_features
+        if (not torch.is_tensor(xf_proj) or not torch.is_tensor(xf_out) or tuple(xf_proj.shape) != (b, w)
+                or xf_out.dim() != 3 or tuple(xf_out.shape[:2]) != (b, w)):
+            got = [tuple(v.shape) if torch.is_tensor(v) else v for v in (xf_proj, xf_out)]
+            raise ConditionError(f"expected the encoded condition xf_proj ({b}, {w}) and xf_out ({b}, {w}, N) "
+                                 f"for a batch of {b}, got {got[0]} and {got[1]}")
         if self.super_res:
             upsampled = F.interpolate(low_res.to(x.dtype), size=x.shape[2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, upsampled], dim=1)
