@@ -165,3 +165,11 @@ def test_bad_schedule_and_shapes():
         diffusion.p_mean_variance(torch.zeros(2, 5, 4, 4), x_t, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="100-step"):
         diffusion.p_mean_variance(torch.zeros(2, 6, 4, 4), x_t, torch.tensor([1, 100]))
+
+
+def test_one_step_process_has_finite_variances():
+    # a single respaced step (e.g. a one-step preview) must not index beyond the table
+    d = create_diffusion("linear", timestep_respacing="1")
+    x = torch.randn(2, 3, 4, 4)
+    out = d.p_mean_variance(torch.randn(2, 6, 4, 4), x, torch.zeros(2, dtype=torch.long))
+    assert all(torch.isfinite(v).all() for v in out.values())

@@ -88,10 +88,12 @@ class GaussianDiffusion:
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         # Posterior q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eqs. 6-7).
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        # beta~_0 is 0; its log is clipped to beta~_1 as in the official code.
-        posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+        # beta~_0 is 0; its log is clipped to beta~_1 as in the official code. A one-step process has
+        # no beta~_1 (the official code fails there); beta_0 stands in, and no noise is added at t = 0 anyway.
+        first_variance = posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        posterior_log_variance_clipped = np.log(np.append(first_variance, posterior_variance[1:]))
         # "large" fixed variance uses beta_t, with beta~_1 at t = 0 (Ho et al.; official FIXED_LARGE).
-        large_variance = np.append(posterior_variance[1], betas[1:])
+        large_variance = np.append(first_variance, betas[1:])
         tables = {
             "betas": betas,
             "log_betas": np.log(betas),
