@@ -176,8 +176,8 @@ def option_names() -> list:
 
 # Official full-size networks (differences from the GLIDE base defaults above).
 _GLIDE_UPSAMPLE = dict(image_size=256, num_res_blocks=2, super_res=True, noise_schedule="linear")
-# Toy networks for CPU work: the same architecture, 64 px base (5.2M parameters, about 0.1 s for a
-# batch of 8 on 2 CPU cores) / 64->128 px upsampler; official channel_mult rule (64: 32/64/96/128
+# Toy networks for CPU work: the same architecture, 64 px base (5.2M parameters) / 64->128 px
+# upsampler; official channel_mult rule (64: 32/64/96/128
 # channels, 128: 32/32/64/96/128), attention at 16 and 8 px.
 _TOY_TEXT = dict(xf_width=128, xf_layers=2, xf_heads=4, text_ctx=32, n_vocab=1024)
 _TOY_UNET = dict(num_channels=32, num_res_blocks=1, attention_resolutions=(16, 8), num_head_channels=32, **_TOY_TEXT)
