@@ -1,0 +1,120 @@
+"""``piti sample``: translate a condition picture into photos and write them with their settings.
+
+    piti sample --task mask --cond labels.png --out out/ --num 4 --seed 0
+
+writes ``out/base-000.png`` ... (64 px), ``out/sample-000.png`` ... (upsampled; the base pictures again with
+``--no-upsample``) and ``out/settings.json`` (every setting, the seed, the notes on the condition, timings).
+Without ``--base`` the embedded default models of the task are used. Every user error (a condition that does
+not fit the task, an unreadable file, a missing checkpoint, fp16 on a CPU) is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from piti.errors import ConfigError, PitiError
+
+
+def configure_parser(parser) -> None:
+    from piti.diffusion.guidance import CONVENTIONS, MODES, STATS
+    from piti.diffusion.samplers import SAMPLERS
+    from piti.pipeline import PROFILES, TASKS
+    from piti.precision import PRECISIONS
+
+    parser.add_argument("--task", required=True, choices=TASKS, help="what the condition is")
+    parser.add_argument("--cond", required=True, nargs="+", metavar="PATH",
+                        help="condition file: a colour map (mask), a sketch, or depth (16-bit PNG in metres x 256, a "
+                             ".npy in metres, or two files: the normal and depth visualisations)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and settings.json")
+    parser.add_argument("--num", type=int, default=1, help="number of samples (one batch; default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same pixels (default 0)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance strength, in the convention of --guidance-convention "
+                             "(default: 0.3 paper = 1.3 official, or the checkpoint's recommendation)")
+    parser.add_argument("--guidance-mode", choices=MODES, default=None,
+                        help="plain (official) or normalized (the paper's normalized guidance)")
+    parser.add_argument("--guidance-convention", choices=CONVENTIONS, default=None,
+                        help="paper: eps_c + w (eps_c - eps_u), 0 = no guidance (default); "
+                             "official: eps_u + s (eps_c - eps_u), 1 = no guidance")
+    parser.add_argument("--guidance-stats", choices=STATS, default=None,
+                        help="statistics of normalized guidance: per sample (default) or per channel")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="base sampler (default: by profile)")
+    parser.add_argument("--steps", default=None, help="base steps: a number or a respacing such as ddim50")
+    parser.add_argument("--upsample-sampler", choices=list(SAMPLERS), default=None, help="upsampler sampler")
+    parser.add_argument("--upsample-steps", default=None, help="upsampler steps: a number or a respacing such as fast27")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--profile", choices=list(PROFILES), default=None,
+                        help="default settings: official (DDPM 250 + fast27) or fast (DPM-Solver++ 20 + 10); "
+                             "default: official for official checkpoints, fast otherwise")
+    parser.add_argument("--no-upsample", action="store_true", help="stop at the 64-px base samples")
+    parser.add_argument("--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)")
+    parser.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default: bf16 where the hardware computes it, else fp32), fp32, bf16, fp16 (CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first call)")
+    parser.add_argument("--sketch-from-photo", action="store_true", help="(sketch) extract the sketch from a photo first")
+    parser.add_argument("--palette", default=None, help="(mask) colour palette: coco-stuff, ade20k or synth")
+    parser.add_argument("--snap", action="store_true", help="(mask) map colours outside the palette to the nearest class")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _condition(args):
+    """The --cond argument: one file, or the (normal, depth) pair of visualisations for depth."""
+    from piti.pipeline import open_condition
+
+    paths = args.cond
+    if len(paths) == 2 and args.task == "depth":
+        return tuple(open_condition(p) for p in paths), f"{paths[0]} + {paths[1]}"
+    if len(paths) != 1:
+        raise ConfigError(f"--cond takes one file ({len(paths)} given); only --task depth takes two (normal, depth)")
+    return open_condition(paths[0]), paths[0]
+
+
+def run(args) -> int:
+    import torch
+
+    import piti
+    from piti.pipeline import PITIPipeline
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
+    if args.upsampler and not args.base:
+        raise ConfigError("--upsampler needs --base as well")
+    condition, source = _condition(args)  # read first: a bad condition fails before loading models
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder")
+
+    pipe = PITIPipeline.from_checkpoints(args.base, args.upsampler, task=args.task, device=args.device,
+                                         precision=args.precision, compile=args.compile, profile=args.profile)
+    settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, guidance_convention=args.guidance_convention,
+                    guidance_stats=args.guidance_stats, sampler=args.sampler, steps=args.steps,
+                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps, eta=args.eta,
+                    palette=args.palette)
+    out = pipe(condition, num_samples=args.num, seed=args.seed,
+               upsample=False if args.no_upsample else None, sketch_from_photo=args.sketch_from_photo,
+               snap=args.snap, progress=not args.no_progress, source=source, **settings)
+    if pipe.upsampler_model is None and not args.no_upsample:
+        out.notes.append("no --upsampler given: the samples are the base model's")
+    for note in out.notes:
+        print(f"piti sample: note: {note}", file=sys.stderr)
+
+    files = {f"base-{i:03d}.png": im for i, im in enumerate(out.base_images)}
+    files.update({f"sample-{i:03d}.png": im for i, im in enumerate(out.images)})
+    record = {"condition": source, "settings": out.settings, "notes": out.notes, "files": sorted(files),
+              "versions": {"piti": piti.__version__, "torch": torch.__version__}}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, image in files.items():
+            image.save(out_dir / name)
+        (out_dir / "settings.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise PitiError(f"cannot write the results to {out_dir}: {e}") from None
+    t = out.settings["timings"]
+    took = f"base {t['base_s']:.1f} s" + (f", upsampler {t['upsample_s']:.1f} s" if "upsample_s" in t else "")
+    print(f"piti sample: wrote {len(out.images)} sample(s) of {out.images[0].width} px to {out_dir} ({took}; "
+          f"seed {out.settings['seed']}, {out.settings['profile']} profile)")
+    return 0

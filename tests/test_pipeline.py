@@ -1,0 +1,389 @@
+"""The sampling pipeline, end to end, on tiny random-weight models.
+
+These tests check the plumbing (loading, conditions, guidance wiring, the encoder-once path, seeds,
+upsampling, errors), NOT image quality: the models are a few thousand parameters with random weights,
+saved to temporary checkpoints with ``save_checkpoint`` and loaded back like any project checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from piti.checkpoints import save_checkpoint
+from piti.data.conditions import SYNTH_PALETTE
+from piti.diffusion import sample
+from piti.errors import CheckpointError, ConditionError, ConfigError, MissingWeightsError
+from piti.pipeline import PITIPipeline, prepare_condition, to_pil, to_uint8
+from piti.precision import cpu_has_native_bf16
+from piti.presets import create_model
+
+# Tiny versions of the toy presets: 32-px base, 32 -> 64 px upsampler, 32-px condition, 8-wide tokens.
+TINY = dict(num_channels=32, num_res_blocks=1, attention_resolutions=(16,), num_head_channels=32, dropout=0.0,
+            xf_width=32, encoder_cnn_channels=(8, 16, 32), cond_size=32, encoder_layers=1, encoder_heads=2)
+FEW = dict(steps=3, upsample_steps=2, progress=False)  # enough steps to exercise multistep samplers
+
+
+def tiny_model(task: str, upsampler: bool, seed: int = 0):
+    """A tiny PITI model whose every weight is perturbed (the zero-initialised output layers would make
+    every prediction zero, hiding wiring mistakes)."""
+    name = f"toy-piti-{'upsample' if upsampler else 'base'}-{task}"
+    model = create_model(name, image_size=64 if upsampler else 32, channel_mult=(1, 1, 2) if upsampler else (1, 2), **TINY)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def tiny_checkpoints(task: str, folder, sampling: dict | None = None):
+    """Save a tiny base and upsampler of ``task`` in ``folder``; returns their paths."""
+    base, up = folder / f"tiny-{task}-base.safetensors", folder / f"tiny-{task}-upsample.safetensors"
+    meta = {"sampling": sampling} if sampling else None
+    save_checkpoint(base, tiny_model(task, False), metadata=meta)
+    save_checkpoint(up, tiny_model(task, True, seed=1), metadata=meta)
+    return base, up
+
+
+def synth_mask(h=40, w=48) -> Image.Image:
+    """A colour map in the synthetic-world palette: sky above grass, a house in the middle."""
+    labels = np.zeros((h, w), np.uint8)
+    labels[h // 2:] = 3
+    labels[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 7
+    return Image.fromarray(SYNTH_PALETTE[labels])
+
+
+def sketch_picture(size=48) -> Image.Image:
+    """White lines on black: a rectangle outline and a diagonal."""
+    a = np.zeros((size, size), np.uint8)
+    a[8, 8:40] = a[40, 8:40] = a[8:41, 8] = a[8:41, 40] = 255
+    a[np.arange(size), np.arange(size)] = 255
+    return Image.fromarray(a)
+
+
+def depth_metres(size=40) -> np.ndarray:
+    """A slanted floor: depth grows towards the top of the picture."""
+    rows = np.linspace(8.0, 1.0, size, dtype=np.float32)[:, None]
+    return np.repeat(rows, size, axis=1)
+
+
+CONDITIONS = {"mask": synth_mask, "sketch": sketch_picture, "depth": depth_metres}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine idle-spinning threads slow them 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    return {task: tiny_checkpoints(task, folder, sampling={"palette": "synth"} if task == "mask" else None)
+            for task in CONDITIONS}
+
+
+@pytest.fixture(scope="module")
+def mask_pipe(ckpts):
+    return PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im) for im in images]).astype(np.int16)
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.parametrize("task", list(CONDITIONS))
+def test_pipeline_end_to_end_each_task(ckpts, task):
+    pipe = PITIPipeline.from_checkpoints(*ckpts[task], precision="fp32")
+    assert pipe.task == task and pipe.profile == "fast"  # project checkpoints get the fast defaults
+    out = pipe(CONDITIONS[task](), num_samples=2, seed=0, **FEW)
+    assert [im.size for im in out.base_images] == [(32, 32)] * 2
+    assert [im.size for im in out.images] == [(64, 64)] * 2 and out.images == out.upsampled_images
+    assert all(im.mode == "RGB" for im in out.images + out.base_images)
+    assert out.condition.shape == (1, {"mask": 3, "sketch": 1, "depth": 6}[task], 32, 32)
+    assert out.settings["task"] == task and out.settings["upsample"] is True
+    assert out.settings["steps"] == "3" and out.settings["upsample_steps"] == "2"
+    json.dumps(out.settings)  # JSON-ready, for the CLI's settings.json
+    # two samples of one condition differ (different noise), and images are not constant
+    assert (pixels(out.images[:1]) != pixels(out.images[1:])).any()
+    assert pixels(out.images).std() > 1
+
+
+@pytest.mark.parametrize("task", list(CONDITIONS))
+def test_pipeline_base_only_each_task(ckpts, task):
+    pipe = PITIPipeline.from_checkpoints(ckpts[task][0], precision="fp32")  # no upsampler
+    out = pipe(CONDITIONS[task](), num_samples=1, seed=0, **FEW)
+    assert out.upsampled_images == [] and out.images == out.base_images
+    assert out.images[0].size == (32, 32) and out.settings["upsample"] is False
+    with pytest.raises(ConfigError, match="no upsampler"):
+        pipe(CONDITIONS[task](), upsample=True, **FEW)
+
+
+def test_no_upsample_option_skips_the_upsampler(mask_pipe):
+    out = mask_pipe(synth_mask(), upsample=False, seed=0, **FEW)
+    assert out.images[0].size == (32, 32) and out.upsampled_images == []
+    assert "upsample_s" not in out.settings["timings"]
+
+
+def test_base_images_are_exactly_what_the_upsampler_sees(mask_pipe):
+    # official: clamp + 8-bit truncation before the upsampler; the 64-px PIL images are that input
+    out = mask_pipe(synth_mask(), seed=4, **FEW)
+    x = torch.linspace(-1.2, 1.2, 3 * 8 * 8).view(1, 3, 8, 8)
+    assert (to_uint8(x).float() == torch.floor((x.clamp(-1, 1) + 1) * 127.5)).all()
+    assert np.asarray(to_pil(x)[0]).dtype == np.uint8
+    assert out.settings["quantize_low_res"] is True and out.settings["upsample_temperature"] == 0.997
+
+
+# --------------------------------------------------------------------------------------------------
+# The encoder runs once: same predictions as re-encoding at every step
+
+
+def test_encoder_once_equals_encoder_every_step(mask_pipe):
+    ref, _ = prepare_condition("mask", synth_mask(), 32, palette="synth")
+    settings = mask_pipe.resolve_settings(guidance=0.7, guidance_mode="normalized")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 32, 32, generator=gen)
+    t = torch.full((3,), 500.0)
+    once = mask_pipe.base_denoiser(ref, 3, settings, encode_once=True)(x, t)
+    every = mask_pipe.base_denoiser(ref, 3, settings, encode_once=False)(x, t)
+    assert once.shape == (3, 6, 32, 32) and once.abs().max() > 1e-3
+    torch.testing.assert_close(once, every, atol=1e-5, rtol=1e-5)
+
+    low_res = torch.rand(3, 3, 32, 32, generator=gen) * 2 - 1
+    x_up = torch.randn(3, 3, 64, 64, generator=gen)
+    once = mask_pipe.upsampler_denoiser(ref, low_res, encode_once=True)(x_up, t)
+    every = mask_pipe.upsampler_denoiser(ref, low_res, encode_once=False)(x_up, t)
+    torch.testing.assert_close(once, every, atol=1e-5, rtol=1e-5)
+
+    # and whole samples agree to the 8-bit pixel (float noise may flip a truncation boundary)
+    a = mask_pipe(synth_mask(), seed=1, encode_once=True, **FEW)
+    b = mask_pipe(synth_mask(), seed=1, encode_once=False, **FEW)
+    assert np.abs(pixels(a.images) - pixels(b.images)).max() <= 1
+
+
+def test_encoder_runs_once_per_call(mask_pipe, monkeypatch):
+    calls = []
+    for model in (mask_pipe.base_model, mask_pipe.upsampler_model):
+        original = model.encoder.forward
+        monkeypatch.setattr(model.encoder, "forward", lambda ref, f=original: calls.append(ref.shape[0]) or f(ref))
+    mask_pipe(synth_mask(), num_samples=2, seed=0, **FEW)
+    # base: the condition and the null condition once each; upsampler: the condition once
+    assert calls == [1, 1, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds, guidance
+
+
+def test_same_seed_same_pixels(mask_pipe):
+    kwargs = dict(num_samples=2, sampler="ddpm", upsample_sampler="ddim", eta=0.5, **FEW)
+    a = mask_pipe(synth_mask(), seed=11, **kwargs)
+    b = mask_pipe(synth_mask(), seed=11, **kwargs)
+    c = mask_pipe(synth_mask(), seed=12, **kwargs)
+    assert (pixels(a.images) == pixels(b.images)).all() and (pixels(a.base_images) == pixels(b.base_images)).all()
+    assert (pixels(a.images) != pixels(c.images)).any()
+    d = mask_pipe(synth_mask(), seed=None, num_samples=1, **FEW)
+    assert isinstance(d.settings["seed"], int)  # a drawn seed is recorded so the run can be repeated
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_guidance_zero_equals_the_conditional_sampler(mask_pipe, sampler):
+    """Guidance 0 (paper w) or 1 (official s) runs the plain conditional model, nothing else."""
+    seed = 5
+    out = mask_pipe(synth_mask(), seed=seed, guidance=0.0, sampler=sampler, upsample=False, **FEW)
+    out_s = mask_pipe(synth_mask(), seed=seed, guidance=1.0, guidance_convention="official", sampler=sampler,
+                      upsample=False, **FEW)
+    guided = mask_pipe(synth_mask(), seed=seed, guidance=3.0, sampler=sampler, upsample=False, **FEW)
+
+    # the conditional sampler, written out by hand with the same generator and draws
+    model = mask_pipe.base_model
+    ref, _ = prepare_condition("mask", synth_mask(), 32, palette="synth")
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((1, 3, 32, 32), generator=gen)
+    cond_emb = model.encode(ref)
+    x0 = sample(sampler, lambda x, t: model(x, t, cond_emb=cond_emb), x_T, mask_pipe.diffusion(model, 3), generator=gen)
+    expected = pixels(to_pil(x0.clamp(-1, 1)))
+
+    assert (pixels(out.images) == expected).all()
+    assert (pixels(out_s.images) == expected).all()
+    assert (pixels(guided.images) != expected).any()  # guidance does change the result
+
+
+def test_guidance_modes_and_settings_are_recorded(mask_pipe):
+    plain = mask_pipe(synth_mask(), seed=2, guidance=2.0, upsample=False, **FEW)
+    normed = mask_pipe(synth_mask(), seed=2, guidance=2.0, guidance_mode="normalized", upsample=False, **FEW)
+    assert (pixels(plain.images) != pixels(normed.images)).any()
+    s = normed.settings
+    assert s["guidance_mode"] == "normalized" and s["guidance_w"] == 2.0 and s["guidance_s"] == 3.0
+    off = mask_pipe(synth_mask(), seed=2, guidance=1.3, guidance_convention="official", upsample=False, **FEW)
+    assert off.settings["guidance_w"] == pytest.approx(0.3)
+
+
+def test_profiles_and_checkpoint_recommendations(ckpts):
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32", profile="official")
+    assert pipe.defaults["sampler"] == "ddpm" and pipe.defaults["steps"] == "250"
+    assert pipe.defaults["upsample_steps"] == "fast27"
+    assert pipe.defaults["palette"] == "synth"  # from the checkpoint header's "sampling"
+    fast = PITIPipeline.from_checkpoints(*ckpts["sketch"], precision="fp32")
+    assert fast.defaults["sampler"] == "dpmpp" and fast.defaults["palette"] == "coco-stuff"
+    with pytest.raises(ConfigError, match="profile"):
+        PITIPipeline.from_checkpoints(*ckpts["mask"], profile="turbo")
+
+
+def test_bf16_runs_and_stays_close_to_fp32(ckpts, mask_pipe):
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="bf16")
+    assert next(pipe.base_model.decoder.parameters()).dtype == torch.bfloat16
+    norm = pipe.base_model.decoder.out[0]
+    assert norm.weight.dtype == torch.float32  # norm layers stay fp32
+    ref, _ = prepare_condition("mask", synth_mask(), 32, palette="synth")
+    settings = pipe.resolve_settings()
+    x, t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.full((1,), 300.0)
+    low = pipe.base_denoiser(ref, 1, settings)(x, t).float()
+    full = mask_pipe.base_denoiser(ref, 1, settings)(x, t)
+    assert torch.isfinite(low).all()
+    assert (low - full).abs().max() < 0.1 * full.abs().max()
+    out = pipe(synth_mask(), seed=0, upsample=False, steps=2, progress=False)
+    assert out.images[0].size == (32, 32) and out.settings["precision"] == "bf16"
+    # where bf16 is emulated (slow), the user is told
+    assert any("emulated" in n for n in out.notes) != cpu_has_native_bf16()
+
+
+def test_auto_precision_follows_the_hardware(ckpts):
+    pipe = PITIPipeline.from_checkpoints(ckpts["mask"][0])  # precision="auto"
+    assert pipe.policy.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+# --------------------------------------------------------------------------------------------------
+# Conditions that need a conversion, and bad inputs
+
+
+def test_alpha_and_palette_pngs_are_converted_with_a_note(mask_pipe, tmp_path):
+    rgba = synth_mask().convert("RGBA")
+    out = mask_pipe(rgba, seed=0, upsample=False, **FEW)
+    assert any("alpha channel ignored (fully opaque)" in n for n in out.notes)
+    alpha = np.full((40, 48), 255, np.uint8)
+    alpha[:20, :24] = 0  # a transparent corner: unlabelled, i.e. black in the colour map
+    rgba.putalpha(Image.fromarray(alpha))
+    out = mask_pipe(rgba, seed=0, upsample=False, **FEW)
+    assert any("transparent pixels are unlabelled" in n for n in out.notes)
+    assert (out.condition[0, :, :16, :16] == -1).all() and (out.condition[0, :, 16:, 16:] > -1).any()
+    labels = np.asarray(synth_mask().convert("RGB"))  # the same picture stored as palette indices
+    index = np.zeros(labels.shape[:2], np.uint8)
+    for i, colour in enumerate(SYNTH_PALETTE):
+        index[(labels == colour).all(-1)] = i
+    pal = Image.fromarray(index, mode="P")
+    pal.putpalette(SYNTH_PALETTE.flatten().tolist())
+    pal.save(tmp_path / "pal.png")
+    assert Image.open(tmp_path / "pal.png").mode == "P"
+    out_p = mask_pipe(str(tmp_path / "pal.png"), seed=0, upsample=False, **FEW)
+    assert any("palette-mode" in n for n in out_p.notes)
+    plain = mask_pipe(synth_mask(), seed=0, upsample=False, **FEW)
+    assert (pixels(out_p.images) == pixels(plain.images)).all()  # same colours, same condition
+
+
+def test_huge_image_is_resized_with_a_note(mask_pipe):
+    big = synth_mask(1500, 2000)
+    ref, notes = prepare_condition("mask", big, 32, palette="synth")
+    assert ref.shape == (1, 3, 32, 32)
+    assert any("large image (2000x1500)" in n for n in notes)
+    assert any("resized from 2000x1500 to 32x32" in n for n in notes)
+    small_ref, _ = prepare_condition("mask", synth_mask(150, 200), 32, palette="synth")
+    # the reduction only moves region borders by a pixel at most
+    assert (ref != small_ref).any(1).float().mean() < 0.1
+
+
+def test_photo_to_mask_task_is_refused(mask_pipe):
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    with pytest.raises(ConditionError, match="not in the 'synth' palette"):
+        mask_pipe(photo, **FEW)
+
+
+def test_photo_to_sketch_task_is_refused_unless_asked(ckpts):
+    pipe = PITIPipeline.from_checkpoints(ckpts["sketch"][0], precision="fp32")
+    yy, xx = np.mgrid[0:48, 0:48]
+    photo = Image.fromarray(np.stack([xx * 5, yy * 5, (xx + yy) * 2], -1).astype(np.uint8))
+    photo.paste((250, 250, 250), (10, 10, 30, 30))
+    with pytest.raises(ConditionError, match="sketch-from-photo"):
+        pipe(photo, **FEW)
+    out = pipe(photo, sketch_from_photo=True, seed=0, **FEW)
+    assert any("extracted" in n for n in out.notes)
+    with pytest.raises(ConfigError, match="sketch task only"):
+        prepare_condition("mask", photo, 32, sketch_from_photo=True)
+
+
+def test_dark_on_white_sketch_is_inverted_with_a_note(ckpts):
+    pipe = PITIPipeline.from_checkpoints(ckpts["sketch"][0], precision="fp32")
+    white = Image.eval(sketch_picture(), lambda v: 255 - v)
+    a = pipe(white, seed=0, **FEW)
+    b = pipe(sketch_picture(), seed=0, **FEW)
+    assert any("inverted" in n for n in a.notes)
+    assert (pixels(a.images) == pixels(b.images)).all()
+
+
+@pytest.mark.parametrize("task", list(CONDITIONS))
+def test_empty_canvas_is_refused(ckpts, task):
+    pipe = PITIPipeline.from_checkpoints(ckpts[task][0], precision="fp32")
+    blank = {"mask": Image.new("RGB", (40, 40)), "sketch": Image.new("L", (40, 40)),
+             "depth": np.zeros((40, 40), np.float32)}[task]
+    with pytest.raises(ConditionError, match="empty|no lines|no valid"):
+        pipe(blank, **FEW)
+
+
+def test_unreadable_condition_file(mask_pipe, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ConditionError, match="broken.png"):
+        mask_pipe(str(bad), **FEW)
+    with pytest.raises(ConditionError, match="not found"):
+        mask_pipe(str(tmp_path / "absent.png"), **FEW)
+
+
+def test_checkpoint_errors(ckpts, tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="not found"):
+        PITIPipeline.from_checkpoints(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="given as the base model"):
+        PITIPipeline.from_checkpoints(ckpts["mask"][1])  # an upsampler as the base
+    with pytest.raises(ConfigError, match="sketch-to-image model, but the task is 'mask'"):
+        PITIPipeline.from_checkpoints(ckpts["sketch"][0], task="mask")
+    with pytest.raises(ConfigError, match="sketch-upsample.safetensors is a sketch-to-image model, but the task is 'mask'"):
+        PITIPipeline.from_checkpoints(ckpts["mask"][0], ckpts["sketch"][1])
+    # the embedded default models: a clear message until `make toy-models` has built them
+    monkeypatch.setattr("piti.pipeline.TOY_CHECKPOINT_DIR", tmp_path / "toy")
+    with pytest.raises(MissingWeightsError, match="make toy-models"):
+        PITIPipeline.from_checkpoints(task="depth")
+
+
+def test_device_and_precision_errors(ckpts):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        PITIPipeline.from_checkpoints(*ckpts["mask"], device="cpu", precision="fp16")
+    with pytest.raises(ConfigError, match="precision"):
+        PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA"):
+            PITIPipeline.from_checkpoints(*ckpts["mask"], device="cuda")
+
+
+def test_bad_settings(mask_pipe):
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        mask_pipe(synth_mask(), sampler="euler", **FEW)
+    with pytest.raises(ConfigError, match="steps must be between"):
+        mask_pipe(synth_mask(), steps=0, progress=False)
+    with pytest.raises(ConfigError, match="respacing"):
+        mask_pipe(synth_mask(), steps="fast", progress=False)
+    with pytest.raises(ConfigError, match="guidance mode"):
+        mask_pipe(synth_mask(), guidance_mode="strong", **FEW)
+    with pytest.raises(ConfigError, match="num_samples"):
+        mask_pipe(synth_mask(), num_samples=0, **FEW)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        mask_pipe(synth_mask(), temperature=0.5, **FEW)
