@@ -6,8 +6,8 @@ Precisions (``--precision``):
 ``bf16``  weights stored in bfloat16 and every forward under ``torch.autocast(bfloat16)``; CPU and CUDA.
           Fast only where the hardware computes in bf16: CUDA GPUs from Ampere on, and CPUs with
           AVX512-BF16 or AMX (about 1.8x faster than fp32 per forward there). On a CPU without them
-          (e.g. AVX2 only) PyTorch falls back to a slow reference convolution: measured 10-100x SLOWER
-          than fp32 on such a machine, so ``auto`` never picks it there.
+          (e.g. AVX2 only) PyTorch falls back to a slow reference convolution: measured 68x SLOWER
+          than fp32 for a 192-channel 3x3 convolution on such a machine, so ``auto`` never picks it there.
 ``fp16``  the same with float16; CUDA only (CPU half-precision convolutions are slow or missing).
 ``auto``  bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16; fp32 otherwise.
 
