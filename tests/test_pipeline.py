@@ -74,13 +74,7 @@ def depth_metres(size=40) -> np.ndarray:
 CONDITIONS = {"mask": synth_mask, "sketch": sketch_picture, "depth": depth_metres}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine idle-spinning threads slow them 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from test_pipeline import depth_metres, sketch_picture, synth_mask, tiny_checkpo
 FAST = ["--steps", "3", "--upsample-steps", "2", "--no-progress", "--precision", "fp32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine idle-spinning threads slow them 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
