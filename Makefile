@@ -30,6 +30,11 @@ demo: $(STAMP)
 	$(VENV)/bin/piti synth --out out/demo --num 8 --size 256 --seed 0
 	@echo "demo: synthetic scenes written to out/demo"
 
+# Retrains every embedded toy model from scratch (hours on a 2-core CPU; resumable), ships them to
+# checkpoints/toy/ and runs the alignment check: scripts/toy_models.sh (its settings are listed there).
+toy-models: $(STAMP)
+	PY=$(PY) bash scripts/toy_models.sh
+
 bench: $(STAMP)
 	$(PY) benchmarks/sampling.py
 

@@ -1,0 +1,79 @@
+"""Ship a trained toy pipeline: copy its final model files to ``checkpoints/toy/`` with sampling settings.
+
+    python eval/export_toy.py --task mask --guidance 0.3       # runs/toy/{joint,upsampler}-mask/model.safetensors
+
+The base model comes from the ``joint`` run and the upsampler from the ``upsampler`` run of the toy recipe
+(their model files hold the EMA weights). Each is written as
+``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
+recommended sampling settings added (``"sampling": {"palette": "synth", "guidance": w,
+"guidance_convention": "paper", "guidance_mode": ...}``, read by ``PITIPipeline.from_checkpoints``).
+Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
+widened on loading), recorded as ``"stored_dtype"`` in the header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from piti.checkpoints import load_checkpoint, save_checkpoint
+from piti.errors import CheckpointError, PitiError
+from piti.pipeline import TASKS, TOY_CHECKPOINT_DIR
+
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+BUDGET_MB = 60  # issue 6: every shipped file together
+HEADER_KEYS_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
+
+
+def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
+    """Copy the model file ``src`` (a PITI ``role`` = "base" or "upsample" model of ``task``) to ``dst``,
+    floating-point tensors cast to ``dtype``, with ``sampling`` added to its header."""
+    ckpt = load_checkpoint(src)
+    cfg = ckpt.config or {}
+    if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
+        raise CheckpointError(f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
+                              f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}")
+    tensors = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{src}: {len(bad)} tensors are not finite in {dtype} (e.g. {bad[0]}); export in fp32")
+    meta = {k: v for k, v in ckpt.metadata.items() if k not in HEADER_KEYS_SET_BY_SAVE}
+    meta.update(sampling=sampling, stored_dtype=str(DTYPES[dtype]).removeprefix("torch."), exported_from=str(src))
+    save_checkpoint(dst, tensors, config=cfg, step=ckpt.metadata.get("step"), metadata=meta)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--base", type=Path, help="base model file (default runs/toy/joint-TASK/model.safetensors)")
+    p.add_argument("--upsampler", type=Path, help="upsampler file (default runs/toy/upsampler-TASK/model.safetensors)")
+    p.add_argument("--guidance", type=float, default=0.3, help="recommended guidance, paper convention w (default 0.3)")
+    p.add_argument("--guidance-mode", choices=("plain", "normalized"), default="normalized")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="stored weight type (default fp16)")
+    p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
+    args = p.parse_args(argv)
+
+    sources = {"base": args.base or Path(f"runs/toy/joint-{args.task}/model.safetensors"),
+               "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors")}
+    sampling = {"palette": "synth", "guidance": args.guidance, "guidance_convention": "paper",
+                "guidance_mode": args.guidance_mode}
+    try:
+        for role, src in sources.items():
+            dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"
+            export_model(src, dst, role=role, task=args.task, sampling=sampling, dtype=args.dtype)
+            print(f"{src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, {args.dtype})")
+    except PitiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    total = sum(f.stat().st_size for f in args.out_dir.glob("*.safetensors")) / 1e6
+    print(f"{args.out_dir}: {total:.1f} MB of safetensors in all (budget {BUDGET_MB} MB)")
+    if total > BUDGET_MB:
+        print(f"warning: the shipped models exceed the {BUDGET_MB} MB budget", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
