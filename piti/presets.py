@@ -176,13 +176,15 @@ def option_names() -> list:
 
 # Official full-size networks (differences from the GLIDE base defaults above).
 _GLIDE_UPSAMPLE = dict(image_size=256, num_res_blocks=2, super_res=True, noise_schedule="linear")
-# Toy networks for CPU work: the same architecture, 64 px base (5.2M parameters) / 64->128 px
-# upsampler; official channel_mult rule (64: 32/64/96/128
-# channels, 128: 32/32/64/96/128), attention at 16 and 8 px.
+# Toy networks for CPU work: the same architecture, small. Base 64 px (5.2M parameters): official
+# channel_mult rule (32/64/96/128 channels), attention at 16 and 8 px. Upsampler 64->128 px (2.3M):
+# narrower (32/32/32/64/64) with attention at 8 px only, because its job (sharpening a given layout) is
+# easier and its 128-px levels dominate the cost; six toy models must fit the 60 MB shipping budget.
 _TOY_TEXT = dict(xf_width=128, xf_layers=2, xf_heads=4, text_ctx=32, n_vocab=1024)
 _TOY_UNET = dict(num_channels=32, num_res_blocks=1, attention_resolutions=(16, 8), num_head_channels=32, **_TOY_TEXT)
 _TOY_BASE = _TOY_UNET
-_TOY_UPSAMPLE = dict(image_size=128, super_res=True, noise_schedule="linear", **_TOY_UNET)
+_TOY_UPSAMPLE = dict(_TOY_UNET, image_size=128, super_res=True, noise_schedule="linear",
+                     channel_mult=(1, 1, 1, 2, 2), attention_resolutions=(8,))
 _TOY_ENCODER = dict(cond_size=128, encoder_layers=2, encoder_heads=4,
                     encoder_cnn_channels=(16, 32, 64, 128, 128))  # 128 px -> 8x8 tokens of width 128
 

@@ -13,7 +13,8 @@
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
 # TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 0.3), GUIDANCE_MODE
 # (default normalized), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
-# default checkpoints/toy; the pipeline loads the models from there). Extra arguments are passed to
+# default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
+# "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with OMP_NUM_THREADS=1). Extra arguments are passed to
 # every `piti train` call as key=value overrides (e.g. device=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,13 @@ stage() {
 }
 
 EXTRA=("$@")
+if [[ -n ${ONLY:-} ]]; then
+    # a chosen list of stages, e.g. ONLY="encoder:mask joint:mask": one lane of a run split over cores
+    for item in $ONLY; do
+        stage "${item%%:*}" "$([[ $item == *:* ]] && echo "${item#*:}")"
+    done
+    exit 0
+fi
 stage pretrain
 stage pretrain-upsampler
 for task in $TASKS; do

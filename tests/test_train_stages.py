@@ -343,6 +343,22 @@ def test_step_batches_are_a_function_of_the_step_and_shard_the_global_batch():
     assert next(later) == single.keys(3)
 
 
+def test_ema_warmup_forgets_the_initial_weights():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    plain, warm = EMA(model, rate=0.999), EMA(model, rate=0.999, warmup=True)
+    assert warm.rate_at(0) == pytest.approx(0.1) and warm.rate_at(10**6) == 0.999 and plain.rate_at(0) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # the trained weights jump away from the initial 0 and stay there
+    for step in range(1000):
+        plain.update(step)
+        warm.update(step)
+    # without warm-up 0.999**1000 = 37% of the initial weights remain; with it, (9/10)(10/11)... ~ 1%
+    assert plain.shadow["weight"].item() == pytest.approx(1 - 0.999**1000, abs=1e-4)
+    assert warm.shadow["weight"].item() > 0.98
+
+
 def test_ema_averages_trained_parameters_only():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[1].requires_grad_(False)

@@ -68,6 +68,7 @@ class TrainConfig:
     microbatch: int = 0                # per-rank chunk for gradient accumulation; 0 = the whole rank batch
     iterations: int = 0                # steps to run in total; 0 = until stopped (official stage 2)
     ema_rate: float = 0.9999
+    ema_warmup: bool = False           # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
     uncond_p: float = 0.0              # probability of replacing the condition by the null condition
     schedule_sampler: str = "uniform"  # timestep sampler: uniform or loss-second-moment
     precision: str = "fp32"            # fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA)

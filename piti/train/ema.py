@@ -20,20 +20,33 @@ class EMA:
     model state with averaged tensors in place of the trained ones.
     """
 
-    def __init__(self, model: nn.Module, rate: float = 0.9999):
+    def __init__(self, model: nn.Module, rate: float = 0.9999, warmup: bool = False):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"EMA rate must be in [0, 1), got {rate}")
         self.model = model
         self.rate = rate
+        self.warmup = warmup
         self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
+    def rate_at(self, step: int | None) -> float:
+        """The decay used after optimiser step ``step`` (0-based).
+
+        With ``warmup`` it is ``min(rate, (1 + step) / (10 + step))`` (the TensorFlow
+        ExponentialMovingAverage ``num_updates`` rule): a short run's average then forgets the initial
+        weights instead of keeping e.g. 37% of them after 1000 steps at 0.999. The official code has no
+        warm-up (its runs are long), hence off by default.
+        """
+        if not self.warmup or step is None:
+            return self.rate
+        return min(self.rate, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step towards the model's current parameters."""
+    def update(self, step: int | None = None) -> None:
+        """One EMA step towards the model's current parameters (``step``: see :meth:`rate_at`)."""
         params = dict(self.model.named_parameters())
         shadows = list(self.shadow.values())
         current = [params[name].detach().float() for name in self.shadow]
-        torch._foreach_lerp_(shadows, current, 1.0 - self.rate)  # one fused call for all tensors
+        torch._foreach_lerp_(shadows, current, 1.0 - self.rate_at(step))  # one fused call for all tensors
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state dict with the averaged tensors (cast to each tensor's dtype) swapped in."""

@@ -298,7 +298,7 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_rate)
+        self.ema = EMA(self.model, cfg.ema_rate, warmup=cfg.ema_warmup)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.timestep_sampler = make_timestep_sampler(cfg.schedule_sampler, self.stage.diffusion.num_timesteps, world)
         self.ddp = self.model
@@ -461,7 +461,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.ema.update()
+        self.ema.update(step)
         self.stage.after_step(step)
         metrics.update(lr=lr, grad_norm=float(grad_norm))
         return metrics
