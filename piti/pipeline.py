@@ -311,8 +311,12 @@ class PITIPipeline:
         """The respaced diffusion of ``model`` for ``steps`` (an int or a respacing such as ``"fast27"``)."""
         cfg = model.config
         spec = str(steps).strip()
+        # One step is refused: the official respacing of "1" keeps only timestep 0 (a one-section
+        # stride rule), so the sampler would start from pure noise labelled t=0 and return that noise.
         if spec.isdigit() and not 2 <= int(spec) <= cfg.diffusion_steps:
-            raise ConfigError(f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}")
+            raise ConfigError(f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}"
+                              + (" (one respaced step is timestep 0 alone: nothing would be denoised)"
+                                 if spec == "1" else ""))
         key = (cfg.noise_schedule, cfg.diffusion_steps, spec)
         if key not in self._diffusions:
             self._diffusions[key] = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, spec)

@@ -373,6 +373,8 @@ def test_bad_settings(mask_pipe):
         mask_pipe(synth_mask(), sampler="euler", **FEW)
     with pytest.raises(ConfigError, match="steps must be between"):
         mask_pipe(synth_mask(), steps=0, progress=False)
+    with pytest.raises(ConfigError, match="timestep 0 alone"):  # respacing "1" = [0] (official rule)
+        mask_pipe(synth_mask(), steps=1, progress=False)
     with pytest.raises(ConfigError, match="respacing"):
         mask_pipe(synth_mask(), steps="fast", progress=False)
     with pytest.raises(ConfigError, match="guidance mode"):
