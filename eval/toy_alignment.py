@@ -7,8 +7,8 @@
 For each task, ``--num`` held-out synthetic scenes (seeds ``(HELDOUT_STREAM, start + i)``, disjoint
 from the ``(seed, i)`` scenes the diffusion models train on) become conditions exactly as the training
 data makes them (``SynthDataset``'s own conversion code), one image is sampled per condition with the
-fast sampler (the pipeline's ``fast`` profile unless ``--steps``/``--upsample-steps`` say otherwise),
-and the shipped segmenter judges it:
+checkpoint's recommended settings (its header, else the pipeline's ``fast`` profile) unless ``--sampler``,
+``--steps``, ``--upsample-sampler`` or ``--upsample-steps`` say otherwise, and the shipped segmenter judges it:
 
 * **mIoU** of the segmenter on the generated images against the scene's label map, next to its mIoU on
   the real images of the same scenes, and their ratio (issue 6's target: >= 0.7 for mask to image);
@@ -116,8 +116,8 @@ def evaluate_task(task: str, pipe: PITIPipeline, segmenter, args) -> dict:
     size = pipe.upsampler_model.config.image_size if upsample else base_cfg.image_size
     data = heldout_examples(task, args.num, args.start, size, base_cfg.cond_size,
                             base_cfg.image_size if upsample else None)
-    settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, steps=args.steps,
-                    upsample_steps=args.upsample_steps)
+    settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, sampler=args.sampler, steps=args.steps,
+                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps)
     generated, base_images, seconds, timings, used = [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         start = time.perf_counter()
@@ -171,8 +171,10 @@ def parse_args(argv):
     p.add_argument("--guidance", type=float, help="guidance strength, paper convention w (default: the checkpoint's)")
     p.add_argument("--guidance-mode", choices=("plain", "normalized"), default="normalized",
                    help="classifier-free guidance mode (default normalized)")
-    p.add_argument("--steps", help="base sampler steps (default: the fast profile's)")
-    p.add_argument("--upsample-steps", help="upsampler steps (default: the fast profile's)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), help="base sampler (default: the checkpoint's)")
+    p.add_argument("--steps", help="base sampler steps (default: the checkpoint's)")
+    p.add_argument("--upsample-sampler", choices=("ddpm", "ddim", "dpmpp"), help="upsampler sampler (default: the checkpoint's)")
+    p.add_argument("--upsample-steps", help="upsampler steps (default: the checkpoint's)")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--segmenter", type=Path, help="segmenter file (default checkpoints/toy/segmenter.safetensors)")

@@ -93,7 +93,8 @@ class TrainConfig:
     keep_checkpoints: int = 3          # training checkpoints kept (oldest deleted)
     sample_interval: int = 1000        # steps between sample grids; 0 = never
     sample_count: int = 4              # images in the grid
-    sample_steps: int = 10             # DDIM steps for the grid (EMA weights)
+    sample_steps: int = 10             # sampler steps for the grid (EMA weights)
+    sample_sampler: str = "ddim"       # ddim, ddpm or dpmpp (ancestral ddpm for small, young models)
     sample_guidance: float = 1.0       # classifier-free guidance scale for the grid (1 = none)
     export_ema: bool = True            # the model file holds the EMA weights (else the raw ones)
 
@@ -119,6 +120,8 @@ class TrainConfig:
             bad(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.precision not in PRECISIONS:
             bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.sample_sampler not in ("ddim", "ddpm", "dpmpp"):
+            bad(f"sample_sampler must be one of ddim, ddpm, dpmpp, got {self.sample_sampler!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             bad(f"schedule_sampler must be one of {SCHEDULE_SAMPLERS}, got {self.schedule_sampler!r}")
         if not self.model:

@@ -406,7 +406,7 @@ class Trainer:
         try:
             with self.ema.swapped():
                 rows = self.stage.sample_grid(self.model, cfg.sample_count, cfg.sample_steps, cfg.sample_guidance,
-                                              cfg.seed, self.autocast)
+                                              cfg.seed, self.autocast, sampler=cfg.sample_sampler)
         finally:
             self.model.train()
         per_row = min(cfg.sample_count, len(self.stage.dataset))  # sample_grid stacks rows of this many

@@ -39,7 +39,7 @@ from piti.checkpoints import load_checkpoint, load_weights
 from piti.data.conditions import null_condition
 from piti.data.datasets import PairDataset, make_dataset
 from piti.data.tokenizer import GPT2BPETokenizer, WordTokenizer, load_tokenizer, tokenizer_from_dict
-from piti.diffusion import create_diffusion, guided_denoiser, sample_ddim
+from piti.diffusion import create_diffusion, guided_denoiser, sample
 from piti.errors import ConfigError, DatasetError
 from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig
@@ -358,8 +358,9 @@ class Stage:
 
     # -- sample grid -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_grid(self, model, count: int, steps: int, guidance: float, seed: int, autocast) -> torch.Tensor:
-        """Rows of ``count`` images in [-1, 1]: [condition,] [low-res,] target, sample (DDIM, ``steps`` steps).
+    def sample_grid(self, model, count: int, steps: int, guidance: float, seed: int, autocast,
+                    sampler: str = "ddim") -> torch.Tensor:
+        """Rows of ``count`` images in [-1, 1]: [condition,] [low-res,] target, sample (``sampler``, ``steps`` steps).
 
         ``guidance`` is the official scale s (1 = none; base models only).
         """
@@ -368,7 +369,7 @@ class Stage:
         gen = torch.Generator().manual_seed(seed)
         x_start, kwargs = self.inputs(batch, gen, np.random.default_rng(seed), uncond_p=0.0)
         diffusion = create_diffusion(self.model.config.noise_schedule, self.model.config.diffusion_steps,
-                                     timestep_respacing=f"ddim{steps}")
+                                     timestep_respacing=f"ddim{steps}" if sampler == "ddim" else str(steps))
         low_res = kwargs.pop("low_res", None)
         if self.is_glide:
             cond = model.encode(kwargs["tokens"], kwargs["mask"])
@@ -387,7 +388,7 @@ class Stage:
         else:
             denoise = lambda x, t: model_fn(x, t, cond)  # noqa: E731
         x_T = torch.randn(x_start.shape, generator=gen).to(self.device)
-        samples = sample_ddim(denoise, x_T, diffusion, generator=gen)
+        samples = sample(sampler, denoise, x_T, diffusion, generator=gen)
 
         size = x_start.shape[-2:]
         rows = []
