@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from piti.diffusion import SAMPLERS, create_diffusion, guided_denoiser, sample
@@ -51,7 +52,7 @@ PROFILES = {
 # Defaults shared by both profiles: the official guidance strength and low-res handling.
 COMMON_DEFAULTS = dict(
     guidance=0.3, guidance_mode="plain", guidance_convention="paper", guidance_stats="sample", eta=0.0,
-    quantize_low_res=True, upsample_temperature=0.997, palette="coco-stuff",
+    quantize_low_res=True, upsample_temperature=0.997, upsample_start=1.0, palette="coco-stuff",
 )
 SETTING_NAMES = tuple(COMMON_DEFAULTS) + tuple(PROFILES["fast"])
 # A condition bigger than this many times the model's condition size is first reduced (nearest) for speed.
@@ -307,19 +308,21 @@ class PITIPipeline:
                    defaults={**recommended, **defaults})
 
     # ----------------------------------------------------------------------------------------------
-    def diffusion(self, model, steps):
-        """The respaced diffusion of ``model`` for ``steps`` (an int or a respacing such as ``"fast27"``)."""
+    def diffusion(self, model, steps, start: float = 1.0):
+        """The respaced diffusion of ``model`` for ``steps`` (an int or a respacing such as ``"fast27"``),
+        over the whole schedule or, with ``start`` < 1, over its first ``start`` fraction (see ``upsample_start``)."""
         cfg = model.config
         spec = str(steps).strip()
+        last_step = None if float(start) >= 1.0 else max(1, round(float(start) * (cfg.diffusion_steps - 1)))
         # One step is refused: the official respacing of "1" keeps only timestep 0 (a one-section
         # stride rule), so the sampler would start from pure noise labelled t=0 and return that noise.
         if spec.isdigit() and not 2 <= int(spec) <= cfg.diffusion_steps:
             raise ConfigError(f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}"
                               + (" (one respaced step is timestep 0 alone: nothing would be denoised)"
                                  if spec == "1" else ""))
-        key = (cfg.noise_schedule, cfg.diffusion_steps, spec)
+        key = (cfg.noise_schedule, cfg.diffusion_steps, spec, last_step)
         if key not in self._diffusions:
-            self._diffusions[key] = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, spec)
+            self._diffusions[key] = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, spec, last_step=last_step)
         return self._diffusions[key]
 
     def resolve_settings(self, **overrides) -> dict:
@@ -335,6 +338,8 @@ class PITIPipeline:
             raise ConfigError(f"guidance must be a finite number, got {s['guidance']}")
         if not 0 < float(s["upsample_temperature"]) <= 1.5:
             raise ConfigError(f"upsample_temperature must be in (0, 1.5], got {s['upsample_temperature']}")
+        if not 0 < float(s["upsample_start"]) <= 1:
+            raise ConfigError(f"upsample_start must be in (0, 1], got {s['upsample_start']}")
         if float(s["eta"]) < 0:
             raise ConfigError(f"eta must be >= 0, got {s['eta']}")
         s["steps"], s["upsample_steps"] = str(s["steps"]), str(s["upsample_steps"])
@@ -421,7 +426,9 @@ class PITIPipeline:
                 1 + w), ``guidance_mode`` ("plain" | "normalized"), ``guidance_stats`` ("sample" | "channel"),
                 ``sampler``/``upsample_sampler`` ("ddpm" | "ddim" | "dpmpp"), ``steps``/``upsample_steps``
                 (a number or a respacing such as "fast27"), ``eta`` (DDIM), ``quantize_low_res``,
-                ``upsample_temperature``, ``palette`` (mask colours).
+                ``upsample_temperature``, ``upsample_start`` (1 = official: the upsampler starts from noise;
+                s < 1: from the bicubic enlargement of the base image noised to step s x T, SDEdit-style,
+                for upsamplers whose high-noise steps are not trained well enough), ``palette`` (mask colours).
         """
         s = self.resolve_settings(**settings)
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -459,14 +466,19 @@ class PITIPipeline:
         timings["base_s"] = time.perf_counter() - start
         base_images = to_pil(x0)  # the same 8 bits as low_res (re-quantising low_res could lose one)
 
-        # 3. the upsampler, unguided, from noise scaled by the temperature (official 0.997)
+        # 3. the upsampler, unguided, from noise scaled by the temperature (official 0.997); with
+        #    upsample_start < 1, from the bicubic enlargement of low_res noised to that point (SDEdit)
         upsampled = []
         if upsample:
             start = time.perf_counter()
             ucfg = self.upsampler_model.config
-            up_diffusion = self.diffusion(self.upsampler_model, s["upsample_steps"])
+            up_diffusion = self.diffusion(self.upsampler_model, s["upsample_steps"], s["upsample_start"])
             shape = (num_samples, 3, ucfg.image_size, ucfg.image_size)
             x_T = torch.randn(shape, generator=generator, device=dev) * float(s["upsample_temperature"])
+            if float(s["upsample_start"]) < 1:
+                enlarged = F.interpolate(low_res, size=shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+                last = torch.full((num_samples,), up_diffusion.num_timesteps - 1, device=dev, dtype=torch.long)
+                x_T = up_diffusion.q_sample(enlarged, last, x_T)
             denoise = self.upsampler_denoiser(refs[ucfg.cond_size], low_res, encode_once=encode_once)
             kwargs = self._sampler_kwargs(s["upsample_sampler"], s, generator, progress)
             upsampled = to_pil(sample(s["upsample_sampler"], denoise, x_T, up_diffusion, **kwargs))

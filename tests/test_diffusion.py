@@ -173,3 +173,13 @@ def test_one_step_process_has_finite_variances():
     x = torch.randn(2, 3, 4, 4)
     out = d.p_mean_variance(torch.randn(2, 6, 4, 4), x, torch.zeros(2, dtype=torch.long))
     assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_truncated_process_keeps_alpha_bar_and_original_steps():
+    full = create_diffusion("linear", 1000, "")
+    short = create_diffusion("linear", 1000, "10", last_step=100)
+    assert short.timestep_map[0] == 0 and short.timestep_map[-1] == 100 and len(short.timestep_map) == 10
+    for i, t in enumerate(short.timestep_map.tolist()):
+        assert short.alphas_cumprod[i] == pytest.approx(float(full.alphas_cumprod[t]), rel=1e-9)
+    with pytest.raises(ConfigError, match="last_step"):
+        create_diffusion("linear", 1000, "10", last_step=1000)

@@ -139,6 +139,23 @@ def test_base_images_are_exactly_what_the_upsampler_sees(mask_pipe):
     assert out.settings["quantize_low_res"] is True and out.settings["upsample_temperature"] == 0.997
 
 
+def test_upsample_start_begins_from_the_noised_base_image(mask_pipe):
+    # SDEdit start: from the bicubic enlargement of the 8-bit base image noised to step 0.02 T, even a
+    # random upsampler stays near that enlargement; from pure noise (official, 1.0) it does not
+    def distance(out):
+        base = torch.from_numpy(np.asarray(out.base_images[0])).permute(2, 0, 1)[None].float()
+        size = out.images[0].size[::-1]
+        enlarged = torch.nn.functional.interpolate(base, size=size, mode="bicubic").clamp(0, 255)
+        return (torch.from_numpy(np.asarray(out.images[0])).permute(2, 0, 1)[None].float() - enlarged).abs().mean()
+
+    near = mask_pipe(synth_mask(), seed=1, upsample_start=0.02, **FEW)
+    full = mask_pipe(synth_mask(), seed=1, **FEW)
+    assert near.settings["upsample_start"] == 0.02 and full.settings["upsample_start"] == 1.0
+    assert distance(near) < 0.5 * distance(full)
+    with pytest.raises(ConfigError, match="upsample_start"):
+        mask_pipe(synth_mask(), upsample_start=0.0, **FEW)
+
+
 # --------------------------------------------------------------------------------------------------
 # The encoder runs once: same predictions as re-encoding at every step
 

@@ -277,14 +277,22 @@ class GaussianDiffusion:
 
 
 def create_diffusion(noise_schedule="squaredcos_cap_v2", steps=1000, timestep_respacing="", rescale_timesteps=True,
-                     fixed_variance="large") -> GaussianDiffusion:
+                     fixed_variance="large", last_step=None) -> GaussianDiffusion:
     """Build the (possibly respaced) diffusion process used by GLIDE / PITI.
 
     Base models use ``squaredcos_cap_v2``, upsamplers ``linear``; sampling respaces to
     ``"250"`` (base) or ``"fast27"`` (upsampler). See :mod:`piti.diffusion.schedules`.
+
+    ``last_step`` (an original step t0 < ``steps``) truncates the process to steps 0..t0 before
+    respacing, for sampling that starts from a noised image at t0 instead of from pure noise
+    (SDEdit, Meng et al. 2022); the model still sees the original step numbers.
     """
     betas = get_betas(noise_schedule, steps)
-    use_timesteps = space_timesteps(steps, timestep_respacing)
+    if last_step is not None:
+        if not 0 < int(last_step) < steps:
+            raise ConfigError(f"last_step must be in 1..{steps - 1}, got {last_step}")
+        betas = betas[: int(last_step) + 1]  # alpha_bar of steps 0..t0 is unchanged
+    use_timesteps = space_timesteps(len(betas), timestep_respacing)
     new_betas, timestep_map = respace_betas(betas, use_timesteps)
     return GaussianDiffusion(new_betas, timestep_map, original_num_steps=steps, rescale_timesteps=rescale_timesteps,
                              fixed_variance=fixed_variance)
