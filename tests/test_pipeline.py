@@ -143,10 +143,10 @@ def test_upsample_start_begins_from_the_noised_base_image(mask_pipe):
     # SDEdit start: from the bicubic enlargement of the 8-bit base image noised to step 0.02 T, even a
     # random upsampler stays near that enlargement; from pure noise (official, 1.0) it does not
     def distance(out):
-        base = torch.from_numpy(np.asarray(out.base_images[0])).permute(2, 0, 1)[None].float()
+        base = torch.from_numpy(np.array(out.base_images[0])).permute(2, 0, 1)[None].float()
         size = out.images[0].size[::-1]
         enlarged = torch.nn.functional.interpolate(base, size=size, mode="bicubic").clamp(0, 255)
-        return (torch.from_numpy(np.asarray(out.images[0])).permute(2, 0, 1)[None].float() - enlarged).abs().mean()
+        return (torch.from_numpy(np.array(out.images[0])).permute(2, 0, 1)[None].float() - enlarged).abs().mean()
 
     near = mask_pipe(synth_mask(), seed=1, upsample_start=0.02, **FEW)
     full = mask_pipe(synth_mask(), seed=1, **FEW)
