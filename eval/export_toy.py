@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="stored weight type (default fp16)")
     for name in ("sampler", "steps", "upsample-sampler", "upsample-steps"):
         p.add_argument(f"--{name}", help=f"recommended {name.replace('-', ' ')} (default: the pipeline's fast profile)")
+    p.add_argument("--upsample-start", type=float, help="recommended upsample_start (default 1: from pure noise)")
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
                "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors")}
     sampling = {"palette": "synth", "guidance": args.guidance, "guidance_convention": "paper",
                 "guidance_mode": args.guidance_mode}
-    sampling.update({k: v for k in ("sampler", "steps", "upsample_sampler", "upsample_steps")
+    sampling.update({k: v for k in ("sampler", "steps", "upsample_sampler", "upsample_steps", "upsample_start")
                      if (v := getattr(args, k)) is not None})
     try:
         for role, src in sources.items():

@@ -117,7 +117,8 @@ def evaluate_task(task: str, pipe: PITIPipeline, segmenter, args) -> dict:
     data = heldout_examples(task, args.num, args.start, size, base_cfg.cond_size,
                             base_cfg.image_size if upsample else None)
     settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, sampler=args.sampler, steps=args.steps,
-                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps)
+                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps,
+                    upsample_start=args.upsample_start)
     generated, base_images, seconds, timings, used = [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         start = time.perf_counter()
@@ -136,7 +137,7 @@ def evaluate_task(task: str, pipe: PITIPipeline, segmenter, args) -> dict:
               "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
               "settings": {k: used[k] for k in ("guidance", "guidance_convention", "guidance_mode", "guidance_w",
                                                 "guidance_stats", "sampler", "steps", "upsample_sampler",
-                                                "upsample_steps", "precision", "device") if k in used}}
+                                                "upsample_steps", "upsample_start", "precision", "device") if k in used}}
     if upsample:
         result["at_base_size"] = judge(segmenter, np.stack(base_images), data["real_base"], data["labels_base"])
     rows = min(args.grid_rows, args.num)
@@ -175,6 +176,7 @@ def parse_args(argv):
     p.add_argument("--steps", help="base sampler steps (default: the checkpoint's)")
     p.add_argument("--upsample-sampler", choices=("ddpm", "ddim", "dpmpp"), help="upsampler sampler (default: the checkpoint's)")
     p.add_argument("--upsample-steps", help="upsampler steps (default: the checkpoint's)")
+    p.add_argument("--upsample-start", type=float, help="upsampler start, 1 = from noise (default: the checkpoint's)")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--segmenter", type=Path, help="segmenter file (default checkpoints/toy/segmenter.safetensors)")

@@ -44,6 +44,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--steps", default=None, help="base steps: a number or a respacing such as ddim50")
     parser.add_argument("--upsample-sampler", choices=list(SAMPLERS), default=None, help="upsampler sampler")
     parser.add_argument("--upsample-steps", default=None, help="upsampler steps: a number or a respacing such as fast27")
+    parser.add_argument("--upsample-start", type=float, default=None,
+                        help="1 = the upsampler starts from noise (official); s < 1: from the enlarged base image "
+                             "noised to step s x T (SDEdit; default: the checkpoint's)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--profile", choices=list(PROFILES), default=None,
                         help="default settings: official (DDPM 250 + fast27) or fast (DPM-Solver++ 20 + 10); "
@@ -92,7 +95,8 @@ def run(args) -> int:
                                          precision=args.precision, compile=args.compile, profile=args.profile)
     settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, guidance_convention=args.guidance_convention,
                     guidance_stats=args.guidance_stats, sampler=args.sampler, steps=args.steps,
-                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps, eta=args.eta,
+                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps,
+                    upsample_start=args.upsample_start, eta=args.eta,
                     palette=args.palette)
     out = pipe(condition, num_samples=args.num, seed=args.seed,
                upsample=False if args.no_upsample else None, sketch_from_photo=args.sketch_from_photo,

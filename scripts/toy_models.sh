@@ -12,7 +12,8 @@
 #
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
 # TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 0.3), GUIDANCE_MODE
-# (default normalized), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
+# (default normalized), SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/UPSAMPLE_START (the recommended
+# sampling written into the files' headers; defaults: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
 # default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
 # "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with OMP_NUM_THREADS=1). Extra arguments are passed to
 # every `piti train` call as key=value overrides (e.g. device=cpu).
@@ -24,6 +25,11 @@ CONFIG=${CONFIG:-configs/toy.yaml}
 TASKS=${TASKS:-"mask sketch depth"}
 GUIDANCE=${GUIDANCE:-0.3}
 GUIDANCE_MODE=${GUIDANCE_MODE:-normalized}
+SAMPLER=${SAMPLER:-ddpm}
+STEPS=${STEPS:-50}
+UPSAMPLE_SAMPLER=${UPSAMPLE_SAMPLER:-ddpm}
+UPSAMPLE_STEPS=${UPSAMPLE_STEPS:-10}
+UPSAMPLE_START=${UPSAMPLE_START:-0.1}
 ALIGN_NUM=${ALIGN_NUM:-50}
 OUT=${TOY_OUT:-checkpoints/toy}
 TIMES=$OUT/training_times.json
@@ -85,6 +91,8 @@ for task in $TASKS; do
         stage "$section" "$task"
     done
     "$PY" eval/export_toy.py --task "$task" --guidance "$GUIDANCE" --guidance-mode "$GUIDANCE_MODE" \
+        --sampler "$SAMPLER" --steps "$STEPS" --upsample-sampler "$UPSAMPLE_SAMPLER" \
+        --upsample-steps "$UPSAMPLE_STEPS" --upsample-start "$UPSAMPLE_START" \
         --base "$(run_dir joint "$task")/model.safetensors" \
         --upsampler "$(run_dir upsampler "$task")/model.safetensors" --out-dir "$OUT"
 done
