@@ -17,7 +17,7 @@ from piti.cli import main as piti_main
 from piti.evaluation.segmenter import load_segmenter
 from piti.pipeline import TASKS, TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
 
-alignment = load_script("toy_alignment")
+alignment, x0_error = load_script("toy_alignment"), load_script("x0_error")
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 BUDGET_MB = 60
@@ -69,3 +69,10 @@ def test_piti_sample_uses_the_embedded_models(tmp_path):
     assert rc == 0
     pngs = sorted((tmp_path / "out").rglob("*.png"))
     assert pngs and all(Image.open(p).size in ((64, 64), (128, 128)) for p in pngs)
+
+
+def test_models_predict_clean_images_at_low_noise(pipes):
+    # a trained model's x0 estimate from a lightly noised held-out image is close (a random one is off by ~1)
+    for model in (pipes["mask"].base_model, pipes["mask"].upsampler_model):
+        errors = x0_error.x0_errors(model, [50], num=2)
+        assert errors[50][0] < 0.1, (model.config.name, errors)
