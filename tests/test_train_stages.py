@@ -6,10 +6,13 @@ batch, a NaN stops the run cleanly, a broken file is named, recipes and override
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +29,7 @@ from piti.train.loop import (
     UniformSampler,
     list_states,
 )
-from piti.train.stages import NamedItems
+from piti.train.stages import NamedItems, collate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,6 +230,25 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     for whole, micro in zip(*runs):
         torch.testing.assert_close(micro, whole, rtol=1e-4, atol=1e-5 * scale)
     assert scale > 0
+
+
+def test_x0_term_adds_the_capped_inverse_snr_weighted_epsilon_error(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "joint", x0_weight=0.5, x0_snr_cap=30.0))
+    stage = trainer.stage
+    batch = collate([NamedItems(stage.dataset)[(i, 0)] for i in range(4)])
+    drawn = stage.draw(batch, torch.Generator().manual_seed(0), np.random.default_rng(0), trainer.timestep_sampler)
+    drawn["t"] = torch.tensor([0, 300, 900, 999])  # a spread of SNRs: from uncapped to capped
+    with torch.no_grad():
+        with_term = stage.loss(trainer.model, drawn, step=0, autocast=contextlib.nullcontext).loss
+        stage.config = dataclasses.replace(stage.config, x0_weight=0.0)
+        without = stage.loss(trainer.model, drawn, step=0, autocast=contextlib.nullcontext).loss
+        x_t = stage.diffusion.q_sample(drawn["x_start"], drawn["t"], drawn["noise"])
+        eps = trainer.model(x_t, stage.diffusion.model_timesteps(drawn["t"]), **drawn["kwargs"])[:, :3]
+    alpha_bar = torch.as_tensor(stage.diffusion.alphas_cumprod)[drawn["t"]].float()
+    factor = ((1 - alpha_bar) / alpha_bar).clamp(max=30.0)
+    assert factor[0] < 1e-3 and factor[-1] == 30.0
+    expected = 0.5 * (factor * (eps - drawn["noise"]).pow(2).mean(dim=(1, 2, 3)) * drawn["weights"]).mean()
+    torch.testing.assert_close(with_term - without, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):

@@ -75,6 +75,11 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute activations in backward (full-size models)
     device: str = "auto"               # auto (CUDA if present), cpu, cuda
     seed: int = 0
+    # --- an extra term for short runs (not official): x0_weight * E[min(1/SNR_t, x0_snr_cap) |eps - eps_hat|^2],
+    #     i.e. the x0 error where the image is not drowned in noise, capped where it is; epsilon-MSE alone
+    #     hardly rewards using the condition at large t (docs/training.md) ---
+    x0_weight: float = 0.0
+    x0_snr_cap: float = 100.0
     # --- upsampler losses on x0_pred (official: both from step 100) ---
     perceptual_weight: float = 0.004   # 0 = off
     perceptual_kind: str = "vgg"       # vgg (official, VGG19 conv2_2) or lpips

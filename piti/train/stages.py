@@ -326,6 +326,12 @@ class Stage:
         terms = self.diffusion.training_losses(model_output.float(), x_start, x_t, t, noise)
         loss = (terms["loss"] * drawn["weights"]).mean()  # importance weights 1 / (N p_t) (uniform: 1)
         metrics = {"mse": terms["mse"].mean().item(), "vb": terms["vb"].mean().item()}
+        if self.config.x0_weight > 0:
+            # |x0 - x0_hat|^2 = |eps - eps_hat|^2 (1 - alpha_bar) / alpha_bar = eps error / SNR_t (capped)
+            alpha_bar = self.diffusion._extract(self.diffusion.alphas_cumprod, t, x_start).view(-1)
+            inv_snr = ((1 - alpha_bar) / alpha_bar).clamp(max=self.config.x0_snr_cap)
+            eps_err = (model_output[:, :3].float() - noise).pow(2).mean(dim=(1, 2, 3))
+            loss = loss + self.config.x0_weight * (inv_snr * eps_err * drawn["weights"]).mean()
         if self.extra is not None:
             loss = loss + self.extra.model_terms(terms["x0_pred"], x_start, step, share, metrics, autocast)
         metrics["loss"] = loss.item()
