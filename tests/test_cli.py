@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from piti.cli import build_parser, parse_args
+
 
 def _piti(*args):
     return subprocess.run([sys.executable, "-m", "piti.cli", *args], capture_output=True, text=True, timeout=120)
@@ -25,3 +29,13 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert "missing.yaml" in r.stderr
+
+
+def test_train_overrides_may_follow_options():
+    args = parse_args(build_parser(), ["train", "--config", "configs/toy.yaml", "--stage", "joint", "task=sketch",
+                                       "--from-scratch", "lr=1e-3", "iterations=5"])
+    assert args.overrides == ["task=sketch", "lr=1e-3", "iterations=5"] and args.from_scratch
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["train", "--config", "configs/toy.yaml", "--bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["info", "lr=1"])  # only `train` takes overrides
