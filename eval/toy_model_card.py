@@ -30,9 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from piti.pipeline import TASKS, TOY_CHECKPOINT_DIR, toy_checkpoint_paths  # noqa: E402
+from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR, toy_checkpoint_paths  # noqa: E402
 
-BUDGET_MB = 60
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
@@ -118,7 +117,7 @@ def markdown(card: dict) -> str:
     lines += ["**Shipped files**", "", "| file | parameters | MB |", "| --- | ---: | ---: |"]
     for name, s in card["files"].items():
         lines.append(f"| `{name}` | {s['params']:,} | {s['mb']:.1f} |")
-    lines += [f"| **total** | | **{card['total_mb']:.1f}** (budget {BUDGET_MB}) |", ""]
+    lines += [f"| **total** | | **{card['total_mb']:.1f}** (budget {TOY_BUDGET_MB}) |", ""]
     align = card.get("alignment")
     if align:
         lines += [f"**Alignment** (`{align['command']}`; {align['num']} held-out scenes per task, "

@@ -44,6 +44,7 @@ from piti.precision import Policy, make_policy
 
 # Where the embedded default models live (trained by `make toy-models`).
 TOY_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "toy"
+TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together (issue 6)
 TASKS = ("mask", "sketch", "depth")
 PROFILES = {
     "official": dict(sampler="ddpm", steps="250", upsample_sampler="ddpm", upsample_steps="fast27"),

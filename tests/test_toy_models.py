@@ -15,7 +15,7 @@ from test_toy_alignment import load_script
 
 from piti.cli import main as piti_main
 from piti.evaluation.segmenter import load_segmenter
-from piti.pipeline import TASKS, TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
+from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
 
 alignment, x0_error = load_script("toy_alignment"), load_script("x0_error")
 SHIPPED = [p for task in TASKS for p in toy_checkpoint_paths(task)]
@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),  # see conftest.py
               pytest.mark.skipif(not any(p.is_file() for p in SHIPPED),
                                  reason="the embedded toy models are not shipped yet (issue 6; `make toy-models`)")]
 
-BUDGET_MB = 60
 MIN_MASK_RATIO = 0.35  # half of issue 6's target (generated mIoU >= 0.7 x real mIoU)
 
 
@@ -37,7 +36,7 @@ def test_shipped_weights_fit_the_budget():
     missing = [str(p) for p in files if not p.is_file()]
     assert not missing, f"shipped toy files missing: {missing}"
     shipped = sorted(TOY_CHECKPOINT_DIR.rglob("*.safetensors"))
-    assert sum(p.stat().st_size for p in shipped) / 1e6 <= BUDGET_MB, [p.name for p in shipped]
+    assert sum(p.stat().st_size for p in shipped) / 1e6 <= TOY_BUDGET_MB, [p.name for p in shipped]
 
 
 @pytest.mark.parametrize("task", TASKS)
