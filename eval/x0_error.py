@@ -8,7 +8,8 @@ predicts epsilon, and the script prints, per t, the mean absolute error of the i
 (clamped to [-1, 1], in [-1, 1] units) next to the epsilon MSE that training minimises, and how much the x0
 prediction changes when the same x_t gets the next scene's condition instead (a model that ignores its
 condition scores ~0 there; one that follows it scores about the difference between two scenes, ~0.3-0.5 at
-large t). For an upsampler it also prints the error of its input alone (the bicubic enlargement of the
+large t). For a PITI model the condition is the scene's condition image, for a toy GLIDE model (pretrain
+stages) its caption. For an upsampler it also prints the error of its input alone (the bicubic enlargement of the
 64-px image).
 
 Why it matters: with epsilon prediction, x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), so where
@@ -25,25 +26,31 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from piti.checkpoints import load_model
+from piti.checkpoints import load_checkpoint, load_model
 from piti.data.datasets import SynthDataset
+from piti.data.tokenizer import tokenizer_from_dict
 from piti.diffusion import create_diffusion
 from piti.errors import PitiError
 from piti.evaluation.segmenter import HELDOUT_STREAM
 
 
 @torch.no_grad()
-def x0_errors(model, steps, num: int = 4, seed: int = 0) -> dict:
+def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict:
     """``{t: (x0 mean abs error, eps MSE, x0 change with another scene's condition)}`` and, for an
-    upsampler, ``"bicubic"``: its input's error."""
+    upsampler, ``"bicubic"``: its input's error. A PITI model's condition is the scene's condition image;
+    a GLIDE model's is the scene's caption, tokenized by ``tokenizer`` (the one stored in its file)."""
     cfg = model.config
-    if cfg.kind != "piti":
-        raise PitiError(f"{cfg.name or 'this model'} is a {cfg.kind} model; this check takes PITI models")
-    ds = SynthDataset(length=num, task=cfg.task, seed=HELDOUT_STREAM, image_size=cfg.image_size,
-                      cond_size=cfg.cond_size, flip=False)
+    if cfg.kind == "glide" and tokenizer is None:
+        raise PitiError(f"{cfg.name or 'this GLIDE model'} needs the tokenizer it was trained with")
+    task = cfg.task if cfg.kind == "piti" else "mask"  # a GLIDE model reads captions; any task has them
+    ds = SynthDataset(length=num, task=task, seed=HELDOUT_STREAM, image_size=cfg.image_size,
+                      cond_size=cfg.cond_size if cfg.kind == "piti" else 64, flip=False)
     items = [ds[i] for i in range(num)]
     x0 = torch.stack([it["image"] for it in items])
-    cond_emb = model.encode(torch.stack([it["cond"] for it in items]))
+    if cfg.kind == "piti":
+        cond_emb = model.encode(torch.stack([it["cond"] for it in items]))
+    else:
+        cond_emb = model.encode_text(*tokenizer.batch([it["caption"] for it in items], cfg.text_ctx))
     low_res = enlarged = None
     if cfg.super_res:
         low_res = F.interpolate(x0, size=64, mode="bicubic", antialias=True).clamp(-1, 1)
@@ -69,7 +76,7 @@ def x0_errors(model, steps, num: int = 4, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", help="a PITI model file (base or upsampler)")
+    p.add_argument("model", help="a PITI or GLIDE model file (base or upsampler) of this project")
     p.add_argument("--steps", type=int, nargs="+", default=[50, 200, 400, 600, 800, 950], help="noise steps t")
     p.add_argument("--num", type=int, default=4, help="held-out scenes (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -77,8 +84,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        ckpt = load_checkpoint(args.model)
         model = load_model(args.model).eval()
-        errors = x0_errors(model, args.steps, args.num)
+        tokenizer = None
+        if model.config.kind == "glide":
+            if "tokenizer" not in ckpt.metadata:
+                raise PitiError(f"{args.model} is a GLIDE model without its tokenizer in the file's header")
+            tokenizer = tokenizer_from_dict(ckpt.metadata["tokenizer"])
+        errors = x0_errors(model, args.steps, args.num, tokenizer=tokenizer)
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -150,3 +150,39 @@ def test_export_checks_the_model_role(ckpts, tmp_path, capsys):
     assert rc == 2 and "PITI base model" in capsys.readouterr().err
     rc = export.main(["--task", "sketch", "--base", str(base), "--upsampler", str(up), "--out-dir", str(tmp_path)])
     assert rc == 2 and "task 'sketch'" in capsys.readouterr().err
+
+
+x0_error = load_script("x0_error")
+
+
+def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tmp_path, capsys):
+    """The diagnostic runs on PITI models (condition image) and GLIDE models (caption, with the tokenizer
+    from the file), and its "other condition" column is exactly 0 for a network that cannot see it."""
+    from piti.checkpoints import load_model, save_checkpoint
+    from piti.data.tokenizer import WordTokenizer
+    from piti.presets import create_model
+
+    base = ckpts["mask"][0]
+    assert x0_error.main([str(base), "--steps", "100", "900", "--num", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 held-out scenes" in out and len([ln for ln in out.splitlines() if ln.strip().startswith(("100", "900"))]) == 2
+
+    model = load_model(base).eval()
+    assert all(v[2] > 0 for v in x0_error.x0_errors(model, [100, 900], num=2).values())
+    with torch.no_grad():  # cut every path from the condition tokens into the decoder
+        for name, p in model.decoder.named_parameters():
+            if "encoder_kv" in name or "transformer_proj" in name:
+                p.zero_()
+    assert all(v[2] == 0 for v in x0_error.x0_errors(model, [100, 900], num=2).values())
+
+    torch.manual_seed(0)
+    glide = create_model("toy-glide-base", num_channels=32, num_res_blocks=1, channel_mult=[1, 2],
+                         attention_resolutions=[32], image_size=64, xf_width=64, xf_layers=1, xf_heads=2, text_ctx=24)
+    words = "a an and by the sea sky tree trees two three house boat under clear with".split()
+    path = tmp_path / "glide.safetensors"
+    save_checkpoint(path, glide, metadata={"tokenizer": WordTokenizer(words).to_dict()})
+    assert x0_error.main([str(path), "--steps", "900", "--num", "2"]) == 0
+    assert "x0 change, other condition" in capsys.readouterr().out
+    save_checkpoint(path, glide)
+    assert x0_error.main([str(path), "--steps", "900", "--num", "2"]) == 2
+    assert "without its tokenizer" in capsys.readouterr().err
