@@ -105,3 +105,16 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 1
     assert "no training checkpoint" in capsys.readouterr().err
+
+
+def test_time_limit_saves_and_stops_and_resume_goes_on(tmp_path):
+    """``time_limit`` (minutes) ends a run early with its state and model file saved; --resume continues."""
+    recipe = _recipe(tmp_path)
+    run = tmp_path / "limited"
+    args = ["train", "--config", str(recipe), "--stage", "upsampler", f"out_dir={run}", "iterations=1000"]
+    assert main(args + ["time_limit=0.001"]) == 0  # 60 ms: a step or two of the tiny upsampler
+    states = list_states(run)
+    assert len(states) == 1 and 1 <= _load_state(states[0])["step"] < 1000
+    assert load_checkpoint(run / "model.safetensors").metadata["step"] == _load_state(states[0])["step"]
+    assert main(["train", "--resume", str(run), "iterations=8", "time_limit=0"]) == 0  # the limit is kept otherwise
+    assert _load_state(list_states(run)[-1])["step"] == 8

@@ -67,6 +67,8 @@ class TrainConfig:
     batch_size: int = 128              # global batch per step, split over ranks
     microbatch: int = 0                # per-rank chunk for gradient accumulation; 0 = the whole rank batch
     iterations: int = 0                # steps to run in total; 0 = until stopped (official stage 2)
+    time_limit: float = 0.0            # minutes this process may train, then it saves and stops (resume goes
+                                       # on); 0 = no limit. For machines lent for a fixed time, e.g. a GPU.
     ema_rate: float = 0.9999
     ema_warmup: bool = False           # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
     uncond_p: float = 0.0              # probability of replacing the condition by the null condition
@@ -137,8 +139,8 @@ class TrainConfig:
             bad(f"uncond_p must be in [0, 1], got {self.uncond_p}")
         if not 0.0 <= self.ema_rate < 1.0:
             bad(f"ema_rate must be in [0, 1), got {self.ema_rate}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.iterations < 0 or self.grad_clip < 0:
-            bad("lr must be > 0; warmup_steps, iterations and grad_clip must be >= 0")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.iterations < 0 or self.grad_clip < 0 or self.time_limit < 0:
+            bad("lr must be > 0; warmup_steps, iterations, grad_clip and time_limit must be >= 0")
         for k in ("log_interval", "save_interval", "keep_checkpoints"):
             if getattr(self, k) < 1:
                 bad(f"{k} must be >= 1, got {getattr(self, k)}")

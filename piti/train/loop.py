@@ -475,8 +475,22 @@ class Trainer:
                             num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
         return iter(loader)
 
+    def _out_of_time(self, start: float) -> bool:
+        """Whether ``time_limit`` minutes have passed since ``start``; every rank gets rank 0's answer."""
+        if not self.config.time_limit:
+            return False
+        over = time.perf_counter() - start > 60 * self.config.time_limit
+        if self.dist.world_size > 1:
+            flag = torch.tensor([float(over)], device=self.device)
+            dist.broadcast(flag, src=0)
+            over = bool(flag.item())
+        if over and self.dist.is_main:
+            log.info("time limit of %g min reached at step %d: saving and stopping (--resume goes on)",
+                     self.config.time_limit, self.step)
+        return over
+
     def train(self) -> Path:
-        """Run until ``iterations`` (forever if 0); returns the path of the model file."""
+        """Run until ``iterations`` (forever if 0) or ``time_limit``; returns the path of the model file."""
         cfg, main = self.config, self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -489,9 +503,9 @@ class Trainer:
                    dynamic_ncols=True)
         window: dict[str, list[float]] = defaultdict(list)
         saved_step = self.step
-        tick = time.perf_counter()
+        tick = start = time.perf_counter()
         try:
-            while not cfg.iterations or self.step < cfg.iterations:
+            while (not cfg.iterations or self.step < cfg.iterations) and not self._out_of_time(start):
                 metrics = self.train_step(next(data))
                 self.step += 1
                 now = time.perf_counter()
