@@ -36,8 +36,8 @@ from piti.evaluation.segmenter import HELDOUT_STREAM
 
 @torch.no_grad()
 def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict:
-    """``{t: (x0 mean abs error, eps MSE, x0 change with another scene's condition)}`` and, for an
-    upsampler, ``"bicubic"``: its input's error. A PITI model's condition is the scene's condition image;
+    """``{t: (x0 mean abs error, eps MSE, x0 change with another scene's condition)}``, ``"scenes"``: how much
+    the scenes differ from the next one, and, for an upsampler, ``"bicubic"``: its input's error. A PITI model's condition is the scene's condition image;
     a GLIDE model's is the scene's caption, tokenized by ``tokenizer`` (the one stored in its file)."""
     cfg = model.config
     if cfg.kind == "glide" and tokenizer is None:
@@ -71,6 +71,7 @@ def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict
                        float((x0_pred - x0_other).abs().mean()))
     if enlarged is not None:
         out["bicubic"] = float((enlarged - x0).abs().mean())
+    out["scenes"] = float((x0 - x0.roll(1, 0)).abs().mean())  # what following the condition fully would give
     return out
 
 
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
     print(f"{'t':>5} {'x0 error':>9} {'eps MSE':>8} {'x0 change, other condition':>27}")
     for t in args.steps:
         print(f"{t:>5} {errors[t][0]:9.3f} {errors[t][1]:8.4f} {errors[t][2]:27.3f}")
+    print(f"(the scenes themselves differ from the next one by {errors['scenes']:.3f})")
     if "bicubic" in errors:
         print(f"the upsampler's input alone (bicubic enlargement): x0 error {errors['bicubic']:.3f}")
     return 0
