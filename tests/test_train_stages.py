@@ -22,7 +22,6 @@ from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 from piti.train.ema import EMA
 from piti.train.loop import (
-    HighNoiseSampler,
     LossSecondMomentSampler,
     NonFiniteLossError,
     StepBatches,
@@ -325,17 +324,6 @@ def test_uniform_sampler_weights_are_one():
     t, w = UniformSampler(50).sample(1000, torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() < 50 and len(t.unique()) > 40
     assert torch.allclose(w, torch.ones(1000))
-
-
-def test_high_noise_sampler_draws_its_share_from_the_noisiest_steps_unweighted():
-    sampler = HighNoiseSampler(1000, share=0.8, start=0.6)
-    p = sampler.probabilities()
-    assert np.isclose(p.sum(), 1) and np.isclose(p[600:].sum(), 0.8 + 0.2 * 0.4)
-    t, w = sampler.sample(20000, torch.Generator().manual_seed(0))
-    assert abs(float((t >= 600).float().mean()) - 0.88) < 0.01 and t.min() < 600
-    assert torch.equal(w, torch.ones(20000))  # biased on purpose, unlike the importance-weighted samplers
-    with pytest.raises(ConfigError, match="high_noise_share"):
-        tiny_config(Path("unused"), "joint", schedule_sampler="high-noise", high_noise_share=1.5)
 
 
 def test_loss_second_moment_sampler_favours_high_losses():

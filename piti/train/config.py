@@ -33,7 +33,7 @@ from piti.errors import ConfigError
 
 STAGES = ("pretrain", "encoder", "encoder-dropout", "joint", "upsampler")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment", "high-noise")
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 
 
 @dataclass
@@ -72,10 +72,7 @@ class TrainConfig:
     ema_rate: float = 0.9999
     ema_warmup: bool = False           # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
     uncond_p: float = 0.0              # probability of replacing the condition by the null condition
-    schedule_sampler: str = "uniform"  # timestep sampler: uniform, loss-second-moment or high-noise (not official:
-                                       # high_noise_share of the t drawn from t >= high_noise_start * T, weight 1)
-    high_noise_share: float = 0.5
-    high_noise_start: float = 0.5
+    schedule_sampler: str = "uniform"  # timestep sampler: uniform or loss-second-moment
     precision: str = "fp32"            # fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA)
     activation_checkpointing: bool = False  # recompute activations in backward (full-size models)
     device: str = "auto"               # auto (CUDA if present), cpu, cuda
@@ -134,8 +131,6 @@ class TrainConfig:
             bad(f"sample_sampler must be one of ddim, ddpm, dpmpp, got {self.sample_sampler!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             bad(f"schedule_sampler must be one of {SCHEDULE_SAMPLERS}, got {self.schedule_sampler!r}")
-        if not (0 <= self.high_noise_share <= 1 and 0 <= self.high_noise_start < 1):
-            bad("high_noise_share must be in [0, 1] and high_noise_start in [0, 1)")
         if not self.model:
             bad("no model preset given (key `model`)")
         if self.batch_size < 1 or self.microbatch < 0:

@@ -188,38 +188,12 @@ class LossSecondMomentSampler(UniformSampler):
         self.counts = state["counts"].numpy().copy()
 
 
-class HighNoiseSampler(UniformSampler):
-    """Not official: a share of the timesteps from the noisiest part ``t >= start * N``, the rest uniform, all
-    with weight 1, i.e. a deliberately biased loss that trains the large t more often.
-
-    Why: the condition decides the layout at large t, but there the epsilon loss is small (x_t is almost
-    all noise), so with uniform t its gradient drowns in that of the small t and a young decoder learns to
-    read the condition very slowly (checkpoints/toy/README.md).
-    """
-
-    def __init__(self, num_timesteps: int, world_size: int = 1, share: float = 0.5, start: float = 0.5):
-        super().__init__(num_timesteps, world_size)
-        self.share, self.first = share, int(start * num_timesteps)
-
-    def probabilities(self) -> np.ndarray:
-        p = np.full(self.num_timesteps, (1 - self.share) / self.num_timesteps)
-        p[self.first:] += self.share / (self.num_timesteps - self.first)
-        return p
-
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        t, _ = super().sample(batch, generator)
-        return t, torch.ones(batch)  # biased on purpose: no importance weights
-
-
-def make_timestep_sampler(name: str, num_timesteps: int, world_size: int = 1, high_noise_share: float = 0.5,
-                          high_noise_start: float = 0.5) -> UniformSampler:
+def make_timestep_sampler(name: str, num_timesteps: int, world_size: int = 1) -> UniformSampler:
     if name == "uniform":
         return UniformSampler(num_timesteps, world_size)
     if name == "loss-second-moment":
         return LossSecondMomentSampler(num_timesteps, world_size)
-    if name == "high-noise":
-        return HighNoiseSampler(num_timesteps, world_size, high_noise_share, high_noise_start)
-    raise ConfigError(f"unknown timestep sampler {name!r}; expected uniform, loss-second-moment or high-noise")
+    raise ConfigError(f"unknown timestep sampler {name!r}; expected uniform or loss-second-moment")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,8 +300,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_rate, warmup=cfg.ema_warmup)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-        self.timestep_sampler = make_timestep_sampler(cfg.schedule_sampler, self.stage.diffusion.num_timesteps, world,
-                                                      cfg.high_noise_share, cfg.high_noise_start)
+        self.timestep_sampler = make_timestep_sampler(cfg.schedule_sampler, self.stage.diffusion.num_timesteps, world)
         self.ddp = self.model
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
