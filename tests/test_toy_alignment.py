@@ -188,3 +188,14 @@ def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tm
     save_checkpoint(path, glide)
     assert x0_error.main([str(path), "--steps", "900", "--num", "2"]) == 2
     assert "without its tokenizer" in capsys.readouterr().err
+
+
+def test_condition_probe_trains_in_memory_and_reports_the_influence(ckpts, capsys):
+    probe = load_script("condition_probe")
+    base, up = ckpts["mask"]
+    assert probe.main([str(base), "--steps", "2", "--every", "1", "--scenes", "2"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["0", "1", "2"] and all(0 <= float(r[2]) <= 2 for r in rows)
+    assert rows[0][1:] != rows[2][1:]  # the model was trained between the measurements
+    assert probe.main([str(up), "--steps", "1"]) == 2
+    assert "PITI base model" in capsys.readouterr().err
