@@ -9,8 +9,8 @@ predicts epsilon, and the script prints, per t, the mean absolute error of the i
 prediction changes when the same x_t gets the next scene's condition instead (a model that ignores its
 condition scores ~0 there; one that follows it scores about the difference between two scenes, ~0.3-0.5 at
 large t). For a PITI model the condition is the scene's condition image, for a toy GLIDE model (pretrain
-stages) its caption. For an upsampler it also prints the error of its input alone (the bicubic enlargement of the
-64-px image).
+stages) its caption. For an upsampler it also prints the error of its input alone (the bicubic
+enlargement of the 64-px image).
 
 Why it matters: with epsilon prediction, x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), so where
 alpha_bar -> 0 a small epsilon error is a large x0 error, and the loss hardly teaches x0 there. A model whose
@@ -37,8 +37,10 @@ from piti.evaluation.segmenter import HELDOUT_STREAM
 @torch.no_grad()
 def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict:
     """``{t: (x0 mean abs error, eps MSE, x0 change with another scene's condition)}``, ``"scenes"``: how much
-    the scenes differ from the next one, and, for an upsampler, ``"bicubic"``: its input's error. A PITI model's condition is the scene's condition image;
-    a GLIDE model's is the scene's caption, tokenized by ``tokenizer`` (the one stored in its file)."""
+    the scenes differ from the next one, and, for an upsampler, ``"bicubic"``: its input's error.
+
+    A PITI model's condition is the scene's condition image; a GLIDE model's is the scene's caption,
+    tokenized by ``tokenizer`` (the one stored in its file)."""
     cfg = model.config
     if cfg.kind == "glide" and tokenizer is None:
         raise PitiError(f"{cfg.name or 'this GLIDE model'} needs the tokenizer it was trained with")
