@@ -26,7 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from piti.checkpoints import load_checkpoint, load_model
+from piti.checkpoints import load_model
 from piti.data.datasets import SynthDataset
 from piti.data.tokenizer import tokenizer_from_dict
 from piti.diffusion import create_diffusion
@@ -87,13 +87,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        ckpt = load_checkpoint(args.model)
         model = load_model(args.model).eval()
         tokenizer = None
         if model.config.kind == "glide":
-            if "tokenizer" not in ckpt.metadata:
+            if "tokenizer" not in model.checkpoint_metadata:
                 raise PitiError(f"{args.model} is a GLIDE model without its tokenizer in the file's header")
-            tokenizer = tokenizer_from_dict(ckpt.metadata["tokenizer"])
+            tokenizer = tokenizer_from_dict(model.checkpoint_metadata["tokenizer"])
         errors = x0_errors(model, args.steps, args.num, tokenizer=tokenizer)
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
