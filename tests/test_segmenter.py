@@ -122,7 +122,7 @@ def test_loading_something_else_fails_clearly(tmp_path):
 
 
 def test_the_toy_training_pairs_agree_with_the_shipped_segmenter():
-    """Data integrity of the PITI stages: a batch as the trainer draws it (random flips included) holds each
+    """Data integrity of the PITI stages: the training dataset's items (random flips included) hold each
     image with ITS condition map. The shipped segmenter's labels of the images agree with the labels written
     in the colour maps on most pixels, and clearly less with the mirrored maps."""
     import torch.nn.functional as F
