@@ -73,6 +73,9 @@ class ModelConfig:
     encoder_layers: int = 8
     encoder_heads: int = 8
     encoder_cnn_channels: tuple = (32, 64, 128, 256, 512)  # last = xf_width; grid = cond_size / 2**(len-1)
+    # Project option, not in the official code (0 = official): a fixed prior in the decoder's attention
+    # that makes each pixel prefer the grid tokens covering it (piti.nn.unet.grid_locality_bias).
+    cond_locality: float = 0.0
     # --- metadata for the diffusion process ---
     noise_schedule: str = "squaredcos_cap_v2"  # official: base cosine, upsamplers linear
     diffusion_steps: int = 1000
@@ -147,6 +150,10 @@ class ModelConfig:
                 bad(f"cond_size {self.cond_size} cannot be halved {len(cnn) - 1} times (encoder_cnn_channels {cnn})")
             if self.xf_width % self.encoder_heads:
                 bad(f"xf_width {self.xf_width} is not divisible by encoder_heads {self.encoder_heads}")
+        if self.cond_locality < 0:
+            bad(f"cond_locality must be >= 0, got {self.cond_locality}")
+        if self.cond_locality and self.kind != "piti":
+            bad("cond_locality applies to PITI's grid of condition tokens; a GLIDE model's text tokens have no position")
 
     # --- plain-data round trip ---
     def to_dict(self) -> dict:
@@ -197,8 +204,12 @@ _PRESETS = {"glide-base": {}, "glide-upsample": _GLIDE_UPSAMPLE}
 _PRESETS.update({f"piti-{stage}-{task}": _piti(d, task) for stage, d in (("base", {}), ("upsample", _GLIDE_UPSAMPLE))
                  for task in TASK_CHANNELS})
 _PRESETS.update({"toy-glide-base": _TOY_BASE, "toy-glide-upsample": _TOY_UPSAMPLE})
+# The toy PITI base decoders get the locality prior for their 8x8 grid tokens (cond_locality, not official):
+# without it, the decoder learned to use its condition several times more slowly per sample (checkpoints/toy/README.md).
+# The upsamplers see the layout in their low-res input and keep the official attention.
+_TOY_PITI_BASE = dict(_TOY_BASE, cond_locality=1.0)
 _PRESETS.update({f"toy-piti-{stage}-{task}": _piti(dict(d, **_TOY_ENCODER), task)
-                 for stage, d in (("base", _TOY_BASE), ("upsample", _TOY_UPSAMPLE)) for task in TASK_CHANNELS})
+                 for stage, d in (("base", _TOY_PITI_BASE), ("upsample", _TOY_UPSAMPLE)) for task in TASK_CHANNELS})
 
 
 def list_presets() -> list:

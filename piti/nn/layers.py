@@ -54,15 +54,15 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(ch)) v`` over (B, heads, T, ch) tensors.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(ch) + bias) v`` over (B, heads, T, ch) tensors; ``bias`` (T_q, T_k) or None.
 
     The fused ``scaled_dot_product_attention`` computes what GLIDE's einsum form does (q and k
     each scaled by ``ch**-0.25``) and lets GPUs use flash / memory-efficient kernels. The legacy
     (head, {q,k,v}, ch) split leaves the tensors strided; the CPU flash kernel needs them contiguous
     and otherwise falls back to the slow math path.
     """
-    return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+    return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=bias)
 
 
 def maybe_checkpoint(fn, *args, enabled: bool):

@@ -31,6 +31,7 @@ def _unet_kwargs(config) -> dict:
         num_heads=config.num_heads, num_head_channels=config.num_head_channels, dropout=config.dropout,
         use_scale_shift_norm=config.use_scale_shift_norm, resblock_updown=config.resblock_updown,
         xf_width=config.xf_width, super_res=config.super_res, use_checkpoint=config.use_checkpoint,
+        cond_locality=config.cond_locality,
     )
 
 
