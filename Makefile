@@ -26,13 +26,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow
 
 # The main job on the embedded toy models: three held-out synthetic scenes (world seed 7; the models
-# train on seed 0) translated from their label map, sketch and depth map, two samples each. Until the
-# toy models ship (issue 6), it draws the scenes and says so.
+# train on seed 0) translated from their label map, sketch and depth map, two samples each. Without the
+# model files in checkpoints/toy/, it draws the scenes and says so.
 demo: $(STAMP)
 	$(VENV)/bin/piti info
 	$(VENV)/bin/piti synth --out out/demo/scenes --num 3 --size 128 --seed 7 --quiet
 	@if [ ! -f checkpoints/toy/piti-toy-mask-base.safetensors ]; then \
-	  echo "demo: scenes in out/demo/scenes; the embedded toy models are not shipped yet (issue 6), so nothing was translated"; \
+	  echo "demo: scenes in out/demo/scenes; checkpoints/toy/piti-toy-*.safetensors are missing (make toy-models), so nothing was translated"; \
 	  exit 0; \
 	fi; \
 	for i in 000000 000001 000002; do \

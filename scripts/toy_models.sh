@@ -11,7 +11,7 @@
 #   4. the alignment check of the shipped models (eval/toy_alignment.py -> checkpoints/toy/alignment.json).
 #
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
-# TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 0.3), GUIDANCE_MODE
+# TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 5), GUIDANCE_MODE
 # (default normalized), SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/UPSAMPLE_START (the recommended
 # sampling written into the files' headers; defaults: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
 # default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
@@ -23,10 +23,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/toy.yaml}
 TASKS=${TASKS:-"mask sketch depth"}
-GUIDANCE=${GUIDANCE:-0.3}
+GUIDANCE=${GUIDANCE:-5}
 GUIDANCE_MODE=${GUIDANCE_MODE:-normalized}
 SAMPLER=${SAMPLER:-ddpm}
-STEPS=${STEPS:-50}
+STEPS=${STEPS:-25}
 UPSAMPLE_SAMPLER=${UPSAMPLE_SAMPLER:-ddpm}
 UPSAMPLE_STEPS=${UPSAMPLE_STEPS:-10}
 UPSAMPLE_START=${UPSAMPLE_START:-0.1}

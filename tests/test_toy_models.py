@@ -21,7 +21,7 @@ alignment, x0_error = load_script("toy_alignment"), load_script("x0_error")
 SHIPPED = [p for task in TASKS for p in toy_checkpoint_paths(task)]
 pytestmark = [pytest.mark.usefixtures("one_thread"),  # see conftest.py
               pytest.mark.skipif(not any(p.is_file() for p in SHIPPED),
-                                 reason="the embedded toy models are not shipped yet (issue 6; `make toy-models`)")]
+                                 reason="the embedded toy model files are missing (`make toy-models` makes them)")]
 
 MIN_MASK_RATIO = 0.35  # half of issue 6's target (generated mIoU >= 0.7 x real mIoU)
 
@@ -44,7 +44,7 @@ def test_every_task_translates_a_heldout_condition(pipes, task):
     pipe = pipes[task]
     assert pipe.upsampler_model is not None and pipe.defaults["palette"] == "synth"
     data = alignment.heldout_examples(task, 1, 0, 128, pipe.base_model.config.cond_size)
-    out = pipe(data["cond"][0], num_samples=1, seed=0, progress=False)  # the fast profile: DPM++ 20 + 10 steps
+    out = pipe(data["cond"][0], num_samples=1, seed=0, progress=False)  # the settings in the files' headers
     image, base = np.asarray(out.images[0]), np.asarray(out.base_images[0])
     assert image.shape == (128, 128, 3) and base.shape == (64, 64, 3)
     # a picture, not a flat field or noise: the upsampled image keeps the base image's layout
