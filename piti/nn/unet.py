@@ -11,6 +11,7 @@ The super-resolution variant (``super_res=True``) bilinearly upsamples ``low_res
 ``x_t`` (``align_corners=False``) and concatenates it after ``x_t`` (6 input channels).
 """
 
+import functools
 import math
 
 import torch
@@ -97,6 +98,7 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+@functools.lru_cache(maxsize=32)  # the same few (size, device) pairs at every step of every block
 def grid_locality_bias(height: int, width: int, num_tokens: int, alpha: float, device=None) -> torch.Tensor:
     """Additive attention-logit bias (HW, N) from each pixel to a square grid of N condition tokens.
 
@@ -105,7 +107,8 @@ def grid_locality_bias(height: int, width: int, num_tokens: int, alpha: float, d
     tokens that cover it; the rest normalises the prior so that, at zero logits, the N tokens together
     get as much of each pixel's attention as the HW pixels together. Why: a small decoder trained for
     minutes does not learn which grid token belongs to which pixel from content alone (its queries carry
-    no position), so a spatial condition barely reached it (checkpoints/toy/README.md).
+    no position), so a spatial condition barely reached it (checkpoints/toy/README.md). Cached: do not
+    modify the returned tensor.
     """
     grid = math.isqrt(num_tokens)
     if grid * grid != num_tokens:
