@@ -35,13 +35,20 @@ def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str =
     if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
         raise CheckpointError(f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
                               f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}")
+    copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling)
+
+
+def copy_model(src, dst, *, dtype: str = "fp16", ckpt=None, **metadata) -> None:
+    """Copy any model file of this project (``ckpt``: ``src`` already loaded) with its floating-point tensors
+    cast to ``dtype``, its header kept and ``metadata`` added (e.g. a toy GLIDE pretraining, kept in fp16)."""
+    ckpt = ckpt or load_checkpoint(src)
     tensors = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{src}: {len(bad)} tensors are not finite in {dtype} (e.g. {bad[0]}); export in fp32")
     meta = {k: v for k, v in ckpt.metadata.items() if k not in HEADER_KEYS_SET_BY_SAVE}
-    meta.update(sampling=sampling, stored_dtype=str(DTYPES[dtype]).removeprefix("torch."), exported_from=str(src))
-    save_checkpoint(dst, tensors, config=cfg, step=ckpt.metadata.get("step"), metadata=meta)
+    meta.update(metadata, stored_dtype=str(DTYPES[dtype]).removeprefix("torch."), exported_from=str(src))
+    save_checkpoint(dst, tensors, config=ckpt.config or {}, step=ckpt.metadata.get("step"), metadata=meta)
 
 
 def main(argv=None) -> int:

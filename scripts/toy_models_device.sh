@@ -89,15 +89,8 @@ for task in $TASKS; do
         --base "$RUNS/joint-$task/model.safetensors" --upsampler "$RUNS/upsampler-$task/model.safetensors" \
         --out-dir "$OUT/toy"
 done
-"$PY" - "$RUNS/pretrain/model.safetensors" "$OUT/toy/toy-glide-base-pretrain.safetensors" <<'EOF'
-import sys
-import torch
-from piti.checkpoints import load_checkpoint, save_checkpoint
-ckpt = load_checkpoint(sys.argv[1])
-tensors = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
-meta = {k: v for k, v in ckpt.metadata.items() if k not in ("format_version", "layout", "config", "step")}
-save_checkpoint(sys.argv[2], tensors, config=ckpt.config, step=ckpt.metadata.get("step"), metadata=meta)
-EOF
+"$PY" -c 'import sys; sys.path.insert(0, "eval"); from export_toy import copy_model; copy_model(*sys.argv[1:])' \
+    "$RUNS/pretrain/model.safetensors" "$OUT/toy/toy-glide-base-pretrain.safetensors"
 tar -czf "$OUT/toy_runs.tar.gz" -C "$RUNS" $(cd "$RUNS" && ls -d -- */config.yaml */log.csv *.log)
 ls -l "$OUT/toy" "$OUT/toy_runs.tar.gz"
 echo "=== all done in $((SECONDS - start)) s"
