@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw
 from piti.data.conditions import TASK_CHANNELS
 from piti.data.datasets import SynthDataset
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
-from piti.evaluation.metrics import fid_t, miou
+from piti.data.synth import CLASSES
+from piti.evaluation.metrics import confusion_matrix, fid_t, iou_from_confusion
 from piti.evaluation.segmenter import HELDOUT_STREAM, load_segmenter, render_example
 from piti.pipeline import TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
 
@@ -85,13 +86,17 @@ def heldout_examples(task: str, num: int, start: int, size: int, cond_size: int,
 
 
 def judge(segmenter, generated: np.ndarray, real: np.ndarray, labels: np.ndarray) -> dict:
-    """mIoU of generated and real images against ``labels``, their ratio, and FID-T (all uint8 (N, S, S, ...))."""
+    """mIoU of generated and real images against ``labels``, their ratio, FID-T, and the IoU of each class
+    (``iou_per_class``: class name -> [generated, real], None where a class is absent) (inputs uint8 (N, S, S, ...))."""
     k = segmenter.config.num_classes
-    m_gen = miou(segmenter.predict(generated), labels, k)
-    m_real = miou(segmenter.predict(real), labels, k)
+    m_gen, iou_gen = iou_from_confusion(confusion_matrix(segmenter.predict(generated), labels, k))
+    m_real, iou_real = iou_from_confusion(confusion_matrix(segmenter.predict(real), labels, k))
+    names = CLASSES if len(CLASSES) == k else [str(c) for c in range(k)]
+    per_class = {name: [None if np.isnan(g) else float(g), None if np.isnan(r) else float(r)]
+                 for name, g, r in zip(names, iou_gen, iou_real)}
     return {"size": int(labels.shape[-1]), "miou_generated": m_gen, "miou_real": m_real,
             "miou_ratio": m_gen / m_real if m_real > 0 else float("nan"),
-            "fid_t": fid_t(real, generated, segmenter)}
+            "fid_t": fid_t(real, generated, segmenter), "iou_per_class": per_class}
 
 
 def save_grid(path: Path, columns: dict, rows: int) -> None:
@@ -155,6 +160,11 @@ def print_table(results: dict) -> None:
             timing = f"{r['seconds_per_image']:8.2f}" if row is r else f"{'':>8}"
             print(f"{task:<7} {row['size']:>4} {row['miou_generated']:9.3f} {row['miou_real']:10.3f} "
                   f"{row['miou_ratio']:6.2f} {row['fid_t']:8.3f} {timing}")
+    print("\nIoU per class, generated / real (at the final size):")
+    for task, r in results.items():
+        cells = [f"{name} {'-' if g is None else f'{g:.2f}'}/{'-' if t is None else f'{t:.2f}'}"
+                 for name, (g, t) in r["iou_per_class"].items()]
+        print(f"{task:<7} " + "  ".join(cells))
     print(f"\n{FID_T_NOTE}.")
 
 

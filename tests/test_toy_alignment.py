@@ -67,6 +67,7 @@ def test_end_to_end_writes_json_and_grid(ckpts, segmenter_file, tmp_path, task, 
     for row in (r, r["at_base_size"]):
         assert 0 <= row["miou_generated"] <= 1 and 0 < row["miou_real"] <= 1 and row["fid_t"] >= 0
         assert row["miou_ratio"] == pytest.approx(row["miou_generated"] / row["miou_real"])
+        assert len(row["iou_per_class"]) == 10
     assert r["seconds_per_image"] > 0 and r["base_seconds_per_image"] > 0 and r["upsample_seconds_per_image"] > 0
     # the settings asked for, and the checkpoint's recommended guidance (no --guidance given)
     assert r["settings"]["guidance_mode"] == "normalized" and r["settings"]["guidance"] == 0.5
@@ -88,6 +89,38 @@ def test_conditions_are_the_training_datas(segmenter_file):
     assert data["labels"].shape == (2, 64, 64) and data["labels_base"].shape == (2, 32, 32)
     assert data["real_base"].shape == (2, 32, 32, 3)
     assert not np.array_equal(data["labels"][0], data["labels"][1])  # two different scenes
+
+
+class _FixedSegmenter:
+    """Predicts the labels it was given, with every pixel of class 1 read as class 2 in the generated set."""
+
+    class config:
+        num_classes = 10
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def predict(self, images):
+        pred = self.labels.copy()
+        if images[0, 0, 0, 0] == 1:  # the "generated" images
+            pred[pred == 1] = 2
+        return pred
+
+
+def test_judge_reports_the_iou_of_each_class(monkeypatch):
+    """Per-class IoU by hand: class 1 read as class 2 in the generated images gives IoU 0 for class 1,
+    IoU 2/3 for class 2 (2 of its 3 predicted pixels are right), 1 for class 0, None for absent classes."""
+    labels = np.array([[[0, 0], [1, 2]], [[0, 2], [0, 0]]], np.uint8)  # 5 x class 0, 1 x class 1, 2 x class 2
+    real = np.zeros((2, 2, 2, 3), np.uint8)
+    generated = real.copy() + 1
+    monkeypatch.setattr(alignment, "fid_t", lambda *a, **k: 0.0)
+    scores = alignment.judge(_FixedSegmenter(labels), generated, real, labels)
+    per_class = scores["iou_per_class"]
+    assert list(per_class)[:3] == ["sky", "sea", "sand"] and len(per_class) == 10
+    assert per_class["sky"] == [1.0, 1.0] and per_class["sea"] == [0.0, 1.0]
+    assert per_class["sand"][0] == pytest.approx(2 / 3) and per_class["sand"][1] == 1.0
+    assert per_class["boat"] == [None, None]
+    assert scores["miou_generated"] == pytest.approx((1 + 0 + 2 / 3) / 3) and scores["miou_real"] == 1.0
 
 
 def test_missing_checkpoint_is_a_clear_error(ckpts, segmenter_file, tmp_path, capsys):
