@@ -131,6 +131,14 @@ def markdown(card: dict) -> str:
                 b = r["at_base_size"]
                 lines.append(f"| {task} (base) | {b['size']} | {b['miou_generated']:.3f} | {b['miou_real']:.3f} | "
                              f"{b['miou_ratio']:.2f} | {b['fid_t']:.2f} | |")
+        per_class = {task: r["iou_per_class"] for task, r in align["tasks"].items() if "iou_per_class" in r}
+        if per_class:
+            names = list(next(iter(per_class.values())))
+            lines += ["", "IoU of each class, generated / real, at the final size:", "",
+                      "| task | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+            for task, ious in per_class.items():
+                lines.append(f"| {task} | " + " | ".join("-" if g is None else f"{g:.2f} / {t:.2f}"
+                                                        for g, t in ious.values()) + " |")
         first = next(iter(align["tasks"].values()))["settings"]
         lines += ["", "Sampling settings: " + ", ".join(f"{k} {v}" for k, v in first.items()) + ".",
                   "", f"{align['fid_t']}."]

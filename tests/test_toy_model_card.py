@@ -1,0 +1,55 @@
+"""eval/toy_model_card.py: the card's numbers come from the logs and alignment.json, not by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_toy_alignment import load_script
+
+card_script = load_script("toy_model_card")
+FIELDS = "step,loss,mse,vb,perceptual,adv,disc,lr,grad_norm,sec_per_step\n"
+
+
+def write_log(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(FIELDS + "".join(f"{s},{m},{m},0,,,,0.0002,0.1,{sec}\n" for s, m, sec in rows))
+
+
+def test_log_summary_counts_compute_seconds_and_resumed_repeats():
+    rows = [{"step": 25, "mse": 0.4, "sec_per_step": 2.0}, {"step": 50, "mse": 0.3, "sec_per_step": 2.0},
+            {"step": 25, "mse": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
+            {"step": 50, "mse": 0.2, "sec_per_step": 100.0}]  # paused interval, counted at the median
+    s = card_script.log_summary(rows)
+    assert s["steps"] == 50 and s["seconds"] == pytest.approx(4 * 25 * 2.0)
+    assert s["final_mse"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
+
+
+def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path, capsys):
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    write_log(runs / "pretrain" / "log.csv", [(25, 0.5, 2.0), (50, 0.25, 4.0)])
+    write_log(runs / "joint-mask" / "log.csv", [(25, 0.1, 1.0)])
+    models.mkdir()
+    ious = {"sky": [0.8, 0.98], "boat": [None, None]}
+    row = {"size": 128, "miou_generated": 0.5, "miou_real": 0.9, "miou_ratio": 0.5 / 0.9, "fid_t": 2.5,
+           "seconds_per_image": 3.2, "iou_per_class": ious, "settings": {"guidance": 5.0}}
+    (models / "alignment.json").write_text(json.dumps({"command": "python eval/toy_alignment.py", "num": 50,
+                                                       "threads": 2, "fid_t": "FID-T note", "tasks": {"mask": row}}))
+    (models / "README.md").write_text("# Card\nhand-written\n<!-- numbers:begin -->\nold\n<!-- numbers:end -->\ntail\n")
+
+    assert card_script.main(["--runs", str(runs), "--models-dir", str(models)]) == 0
+    text = (models / "README.md").read_text()
+    assert text.startswith("# Card\nhand-written\n") and text.endswith("<!-- numbers:end -->\ntail\n")
+    assert "old" not in text
+    assert "| pretrain | 50 | 2.5 | 0.3750 |" in text  # (25 x 2 s + 25 x 4 s) / 60, mean of the last MSEs
+    assert "| joint-mask | 25 | 0.4 | 0.1000 |" in text
+    assert "| mask | 128 | 0.500 | 0.900 | 0.56 | 2.50 | 3.20 |" in text
+    assert "| task | sky | boat |" in text and "| mask | 0.80 / 0.98 | - |" in text
+    assert (models / "logs" / "pretrain.csv").is_file() and (models / "loss_curves.png").stat().st_size > 0
+    card = json.loads((models / "card.json").read_text())
+    assert card["total_seconds"] == pytest.approx(150 + 25)
+
+
+def test_card_without_logs_is_a_clear_error(tmp_path, capsys):
+    assert card_script.main(["--runs", str(tmp_path / "none"), "--models-dir", str(tmp_path)]) == 2
+    assert "make toy-models" in capsys.readouterr().err
