@@ -37,8 +37,8 @@ from PIL import Image, ImageDraw
 
 from piti.data.conditions import TASK_CHANNELS
 from piti.data.datasets import SynthDataset
-from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
 from piti.data.synth import CLASSES
+from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
 from piti.evaluation.metrics import confusion_matrix, fid_t, iou_from_confusion
 from piti.evaluation.segmenter import HELDOUT_STREAM, load_segmenter, render_example
 from piti.pipeline import TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
