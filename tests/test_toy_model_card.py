@@ -13,16 +13,16 @@ FIELDS = "step,loss,mse,vb,perceptual,adv,disc,lr,grad_norm,sec_per_step\n"
 
 def write_log(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(FIELDS + "".join(f"{s},{m},{m},0,,,,0.0002,0.1,{sec}\n" for s, m, sec in rows))
+    path.write_text(FIELDS + "".join(f"{s},{m},{10 * m},0,,,,0.0002,0.1,{sec}\n" for s, m, sec in rows))
 
 
 def test_log_summary_counts_compute_seconds_and_resumed_repeats():
-    rows = [{"step": 25, "mse": 0.4, "sec_per_step": 2.0}, {"step": 50, "mse": 0.3, "sec_per_step": 2.0},
-            {"step": 25, "mse": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
-            {"step": 50, "mse": 0.2, "sec_per_step": 100.0}]  # paused interval, counted at the median
+    rows = [{"step": 25, "loss": 0.4, "sec_per_step": 2.0}, {"step": 50, "loss": 0.3, "sec_per_step": 2.0},
+            {"step": 25, "loss": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
+            {"step": 50, "loss": 0.2, "sec_per_step": 100.0}]  # paused interval, counted at the median
     s = card_script.log_summary(rows)
     assert s["steps"] == 50 and s["seconds"] == pytest.approx(4 * 25 * 2.0)
-    assert s["final_mse"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
+    assert s["final_loss"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
 
 
 def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path, capsys):
     text = (models / "README.md").read_text()
     assert text.startswith("# Card\nhand-written\n") and text.endswith("<!-- numbers:end -->\ntail\n")
     assert "old" not in text
-    assert "| pretrain | 50 | 2.5 | 0.3750 |" in text  # (25 x 2 s + 25 x 4 s) / 60, mean of the last MSEs
+    assert "| pretrain | 50 | 2.5 | 0.3750 |" in text  # (25 x 2 s + 25 x 4 s) / 60, mean of the last losses (not MSEs)
     assert "| joint-mask | 25 | 0.4 | 0.1000 |" in text
     assert "| mask | 128 | 0.500 | 0.900 | 0.56 | 2.50 | 3.20 |" in text
     assert "| task | sky | boat |" in text and "| mask | 0.80 / 0.98 | - |" in text
