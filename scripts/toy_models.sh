@@ -11,7 +11,8 @@
 #   4. the alignment check of the shipped models (eval/toy_alignment.py -> checkpoints/toy/alignment.json).
 #
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
-# TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 5), GUIDANCE_MODE
+# TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 5, chosen
+# for 2,400 joint steps; the shipped mask file, 5,000 steps, has 8: checkpoints/toy/README.md), GUIDANCE_MODE
 # (default normalized), SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/UPSAMPLE_START (the recommended
 # sampling written into the files' headers; defaults: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
 # default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
