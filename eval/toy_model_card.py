@@ -144,9 +144,13 @@ def markdown(card: dict) -> str:
             for task, ious in per_class.items():
                 lines.append(f"| {task} | " + " | ".join("-" if g is None else f"{g:.2f} / {t:.2f}"
                                                         for g, t in ious.values()) + " |")
-        first = next(iter(align["tasks"].values()))["settings"]
-        lines += ["", "Sampling settings: " + ", ".join(f"{k} {v}" for k, v in first.items()) + ".",
-                  "", f"{align['fid_t']}."]
+        settings = {task: ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + "."
+                    for task, r in align["tasks"].items()}
+        if len(set(settings.values())) == 1:
+            lines += ["", "Sampling settings: " + next(iter(settings.values()))]
+        else:  # e.g. a different recommended guidance per task; two trailing spaces break the Markdown line
+            lines += [""] + [f"Sampling settings, {task}: {text}  " for task, text in settings.items()]
+        lines += ["", f"{align['fid_t']}."]
     return "\n".join(lines)
 
 

@@ -45,9 +45,21 @@ def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path, capsys):
     assert "| joint-mask | 25 | 0.4 | 0.1000 |" in text
     assert "| mask | 128 | 0.500 | 0.900 | 0.56 | 2.50 | 3.20 |" in text
     assert "| task | sky | boat |" in text and "| mask | 0.80 / 0.98 | - |" in text
+    assert "Sampling settings: guidance 5.0." in text
     assert (models / "logs" / "pretrain.csv").is_file() and (models / "loss_curves.png").stat().st_size > 0
     card = json.loads((models / "card.json").read_text())
     assert card["total_seconds"] == pytest.approx(150 + 25)
+
+
+def test_card_names_each_tasks_settings_when_they_differ():
+    row = {"size": 64, "miou_generated": 0.5, "miou_real": 0.9, "miou_ratio": 0.55, "fid_t": 2.0,
+           "seconds_per_image": 1.0}
+    align = {"command": "c", "num": 2, "threads": 1, "fid_t": "note",
+             "tasks": {"mask": dict(row, settings={"guidance": 8.0}), "sketch": dict(row, settings={"guidance": 5.0})}}
+    text = card_script.markdown({"command": "c", "stages": {}, "total_seconds": 0, "files": {}, "total_mb": 0,
+                                 "alignment": align})
+    assert "Sampling settings, mask: guidance 8.0." in text and "Sampling settings, sketch: guidance 5.0." in text
+    assert "Sampling settings:" not in text
 
 
 def test_card_without_logs_is_a_clear_error(tmp_path, capsys):
