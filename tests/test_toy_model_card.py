@@ -25,7 +25,7 @@ def test_log_summary_counts_compute_seconds_and_resumed_repeats():
     assert s["final_loss"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
 
 
-def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path, capsys):
+def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):
     runs, models = tmp_path / "runs", tmp_path / "models"
     write_log(runs / "pretrain" / "log.csv", [(25, 0.5, 2.0), (50, 0.25, 4.0)])
     write_log(runs / "joint-mask" / "log.csv", [(25, 0.1, 1.0)])
