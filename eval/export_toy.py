@@ -1,12 +1,14 @@
 """Ship a trained toy pipeline: copy its final model files to ``checkpoints/toy/`` with sampling settings.
 
-    python eval/export_toy.py --task mask --guidance 0.3       # runs/toy/{joint,upsampler}-mask/model.safetensors
+    python eval/export_toy.py --task mask                      # runs/toy/{joint,upsampler}-mask/model.safetensors
+    python eval/export_toy.py --task mask --guidance 8 --base runs/toy/joint-mask-long/model.safetensors
 
 The base model comes from the ``joint`` run and the upsampler from the ``upsampler`` run of the toy recipe
 (their model files hold the EMA weights). Each is written as
 ``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
 recommended sampling settings added (``"sampling": {"palette": "synth", "guidance": w,
-"guidance_convention": "paper", "guidance_mode": ...}``, read by ``PITIPipeline.from_checkpoints``).
+"guidance_convention": "paper", "guidance_mode": ...}``, read by ``PITIPipeline.from_checkpoints``);
+by default the toy recipe's (``RECIPE_SAMPLING``), each one changed by its flag.
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -25,6 +27,11 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEADER_KEYS_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
+# The toy recipe's recommended sampling, chosen on held-out selection scenes (checkpoints/toy/README.md):
+# normalized guidance w=5 (the shipped mask model, trained longer, is exported with --guidance 8), ancestral
+# DDPM in 25 base steps, and the upsampler's 10 DDPM steps started from the base image noised to t=0.1.
+RECIPE_SAMPLING = {"guidance": 5.0, "guidance_mode": "normalized", "sampler": "ddpm", "steps": "25",
+                   "upsample_sampler": "ddpm", "upsample_steps": "10", "upsample_start": 0.1}
 
 
 def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
@@ -56,21 +63,23 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--base", type=Path, help="base model file (default runs/toy/joint-TASK/model.safetensors)")
     p.add_argument("--upsampler", type=Path, help="upsampler file (default runs/toy/upsampler-TASK/model.safetensors)")
-    p.add_argument("--guidance", type=float, default=0.3, help="recommended guidance, paper convention w (default 0.3)")
-    p.add_argument("--guidance-mode", choices=("plain", "normalized"), default="normalized")
+    r = RECIPE_SAMPLING
+    p.add_argument("--guidance", type=float, default=r["guidance"],
+                   help=f"recommended guidance, paper convention w (default {r['guidance']:g})")
+    p.add_argument("--guidance-mode", choices=("plain", "normalized"), default=r["guidance_mode"],
+                   help=f"(default {r['guidance_mode']})")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="stored weight type (default fp16)")
     for name in ("sampler", "steps", "upsample-sampler", "upsample-steps"):
-        p.add_argument(f"--{name}", help=f"recommended {name.replace('-', ' ')} (default: the pipeline's fast profile)")
-    p.add_argument("--upsample-start", type=float, help="recommended upsample_start (default 1: from pure noise)")
+        default = r[name.replace("-", "_")]
+        p.add_argument(f"--{name}", default=default, help=f"recommended {name.replace('-', ' ')} (default {default})")
+    p.add_argument("--upsample-start", type=float, default=r["upsample_start"],
+                   help=f"recommended upsample_start, 1 = from pure noise (default {r['upsample_start']:g})")
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
     sources = {"base": args.base or Path(f"runs/toy/joint-{args.task}/model.safetensors"),
                "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors")}
-    sampling = {"palette": "synth", "guidance": args.guidance, "guidance_convention": "paper",
-                "guidance_mode": args.guidance_mode}
-    sampling.update({k: v for k in ("sampler", "steps", "upsample_sampler", "upsample_steps", "upsample_start")
-                     if (v := getattr(args, k)) is not None})
+    sampling = {"palette": "synth", "guidance_convention": "paper", **{k: getattr(args, k) for k in RECIPE_SAMPLING}}
     try:
         for role, src in sources.items():
             dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"

@@ -11,10 +11,10 @@
 #   4. the alignment check of the shipped models (eval/toy_alignment.py -> checkpoints/toy/alignment.json).
 #
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
-# TASKS (default "mask sketch depth"), GUIDANCE (recommended guidance w, default 5, chosen
-# for 2,400 joint steps; the shipped mask file, 5,000 steps, has 8: checkpoints/toy/README.md), GUIDANCE_MODE
-# (default normalized), SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/UPSAMPLE_START (the recommended
-# sampling written into the files' headers; defaults: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
+# TASKS (default "mask sketch depth"), GUIDANCE/GUIDANCE_MODE/SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/
+# UPSAMPLE_START (the recommended sampling written into the files' headers; unset: eval/export_toy.py's
+# RECIPE_SAMPLING, e.g. guidance w=5, chosen for 2,400 joint steps; the shipped mask file, 5,000 steps, has
+# GUIDANCE=8: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
 # default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
 # "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with OMP_NUM_THREADS=1). Extra arguments are passed to
 # every `piti train` call as key=value overrides (e.g. device=cpu).
@@ -24,13 +24,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/toy.yaml}
 TASKS=${TASKS:-"mask sketch depth"}
-GUIDANCE=${GUIDANCE:-5}
-GUIDANCE_MODE=${GUIDANCE_MODE:-normalized}
-SAMPLER=${SAMPLER:-ddpm}
-STEPS=${STEPS:-25}
-UPSAMPLE_SAMPLER=${UPSAMPLE_SAMPLER:-ddpm}
-UPSAMPLE_STEPS=${UPSAMPLE_STEPS:-10}
-UPSAMPLE_START=${UPSAMPLE_START:-0.1}
+export_flags=()  # GUIDANCE=8 -> --guidance 8, for each sampling variable that is set
+for var in GUIDANCE GUIDANCE_MODE SAMPLER STEPS UPSAMPLE_SAMPLER UPSAMPLE_STEPS UPSAMPLE_START; do
+    if [ -n "${!var:-}" ]; then export_flags+=("--$(tr 'A-Z_' 'a-z-' <<< "$var")" "${!var}"); fi
+done
 ALIGN_NUM=${ALIGN_NUM:-50}
 OUT=${TOY_OUT:-checkpoints/toy}
 TIMES=$OUT/training_times.json
@@ -91,9 +88,7 @@ for task in $TASKS; do
     for section in encoder encoder-dropout joint upsampler; do
         stage "$section" "$task"
     done
-    "$PY" eval/export_toy.py --task "$task" --guidance "$GUIDANCE" --guidance-mode "$GUIDANCE_MODE" \
-        --sampler "$SAMPLER" --steps "$STEPS" --upsample-sampler "$UPSAMPLE_SAMPLER" \
-        --upsample-steps "$UPSAMPLE_STEPS" --upsample-start "$UPSAMPLE_START" \
+    "$PY" eval/export_toy.py --task "$task" ${export_flags[@]+"${export_flags[@]}"} \
         --base "$(run_dir joint "$task")/model.safetensors" \
         --upsampler "$(run_dir upsampler "$task")/model.safetensors" --out-dir "$OUT"
 done

@@ -159,9 +159,11 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
 
     pipe = PITIPipeline.from_checkpoints(new_base, new_up, precision="fp32")
     ref = PITIPipeline.from_checkpoints(base, up, precision="fp32")
-    # the sampling header the pipeline reads
+    # the sampling header the pipeline reads: --guidance as given, the rest the recipe's defaults
     assert pipe.defaults["guidance"] == 1.5 and pipe.defaults["guidance_mode"] == "normalized"
     assert pipe.defaults["palette"] == "synth" and pipe.defaults["guidance_convention"] == "paper"
+    recipe = {k: v for k, v in export.RECIPE_SAMPLING.items() if k != "guidance"}
+    assert {k: pipe.defaults[k] for k in recipe} == recipe
     assert pipe.base_model.checkpoint_metadata["stored_dtype"] == "float16"
     # weights widened to fp32, equal to the fp16-rounded originals
     for model, original in ((pipe.base_model, ref.base_model), (pipe.upsampler_model, ref.upsampler_model)):
@@ -173,7 +175,9 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     cond = alignment.heldout_examples("mask", 1, 0, size=64, cond_size=32)["cond"][0]
     a = np.asarray(pipe(cond, seed=0, steps=2, upsample_steps=2, progress=False).images[0], np.int16)
     b = np.asarray(ref(cond, seed=0, steps=2, upsample_steps=2, guidance=1.5, guidance_mode="normalized",
-                       guidance_convention="paper", progress=False).images[0], np.int16)
+                       guidance_convention="paper", sampler=recipe["sampler"],
+                       upsample_sampler=recipe["upsample_sampler"], upsample_start=recipe["upsample_start"],
+                       progress=False).images[0], np.int16)
     assert np.abs(a - b).mean() < 2.0
 
 
