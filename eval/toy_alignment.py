@@ -123,7 +123,8 @@ def evaluate_task(task: str, pipe: PITIPipeline, segmenter, args) -> dict:
                             base_cfg.image_size if upsample else None)
     settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, sampler=args.sampler, steps=args.steps,
                     upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps,
-                    upsample_start=args.upsample_start)
+                    upsample_start=args.upsample_start, noise_scale=args.noise_scale,
+                    upsample_noise_scale=args.upsample_noise_scale)
     generated, base_images, seconds, timings, used = [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         start = time.perf_counter()
@@ -142,7 +143,8 @@ def evaluate_task(task: str, pipe: PITIPipeline, segmenter, args) -> dict:
               "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
               "settings": {k: used[k] for k in ("guidance", "guidance_convention", "guidance_mode", "guidance_w",
                                                 "guidance_stats", "sampler", "steps", "upsample_sampler",
-                                                "upsample_steps", "upsample_start", "precision", "device") if k in used}}
+                                                "upsample_steps", "upsample_start", "noise_scale",
+                                                "upsample_noise_scale", "precision", "device") if k in used}}
     if upsample:
         result["at_base_size"] = judge(segmenter, np.stack(base_images), data["real_base"], data["labels_base"])
     rows = min(args.grid_rows, args.num)
@@ -187,6 +189,8 @@ def parse_args(argv):
     p.add_argument("--upsample-sampler", choices=("ddpm", "ddim", "dpmpp"), help="upsampler sampler (default: the checkpoint's)")
     p.add_argument("--upsample-steps", help="upsampler steps (default: the checkpoint's)")
     p.add_argument("--upsample-start", type=float, help="upsampler start, 1 = from noise (default: the checkpoint's)")
+    p.add_argument("--noise-scale", type=float, help="DDPM noise factor of the base steps (default: the checkpoint's)")
+    p.add_argument("--upsample-noise-scale", type=float, help="the same for the upsampler (default: the checkpoint's)")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 (default auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--segmenter", type=Path, help="segmenter file (default checkpoints/toy/segmenter.safetensors)")

@@ -53,6 +53,7 @@ PROFILES = {
 # Defaults shared by both profiles: the official guidance strength and low-res handling.
 COMMON_DEFAULTS = dict(
     guidance=0.3, guidance_mode="plain", guidance_convention="paper", guidance_stats="sample", eta=0.0,
+    noise_scale=1.0, upsample_noise_scale=1.0,
     quantize_low_res=True, upsample_temperature=0.997, upsample_start=1.0, palette="coco-stuff",
 )
 SETTING_NAMES = tuple(COMMON_DEFAULTS) + tuple(PROFILES["fast"])
@@ -343,6 +344,9 @@ class PITIPipeline:
             raise ConfigError(f"upsample_start must be in (0, 1], got {s['upsample_start']}")
         if float(s["eta"]) < 0:
             raise ConfigError(f"eta must be >= 0, got {s['eta']}")
+        for key in ("noise_scale", "upsample_noise_scale"):
+            if not 0 <= float(s[key]) <= 1.5:
+                raise ConfigError(f"{key} must be in [0, 1.5], got {s[key]}")
         s["steps"], s["upsample_steps"] = str(s["steps"]), str(s["upsample_steps"])
         return s
 
@@ -400,10 +404,12 @@ class PITIPipeline:
 
         return denoise
 
-    def _sampler_kwargs(self, name, settings, generator, progress):
+    def _sampler_kwargs(self, name, settings, generator, progress, noise_scale_key="noise_scale"):
         kwargs = dict(generator=generator, progress=progress)
         if name == "ddim":
             kwargs["eta"] = float(settings["eta"])
+        if name == "ddpm":  # the other samplers add no noise of their own (DDIM's eta is its counterpart)
+            kwargs["noise_scale"] = float(settings[noise_scale_key])
         return kwargs
 
     # ----------------------------------------------------------------------------------------------
@@ -426,7 +432,9 @@ class PITIPipeline:
             **settings: ``guidance`` (its meaning set by ``guidance_convention``: "paper" w, or "official" s =
                 1 + w), ``guidance_mode`` ("plain" | "normalized"), ``guidance_stats`` ("sample" | "channel"),
                 ``sampler``/``upsample_sampler`` ("ddpm" | "ddim" | "dpmpp"), ``steps``/``upsample_steps``
-                (a number or a respacing such as "fast27"), ``eta`` (DDIM), ``quantize_low_res``,
+                (a number or a respacing such as "fast27"), ``eta`` (DDIM), ``noise_scale`` /
+                ``upsample_noise_scale`` (DDPM: the factor of the noise added at each step; 1 = official,
+                below 1 = cleaner, less varied pictures from small models), ``quantize_low_res``,
                 ``upsample_temperature``, ``upsample_start`` (1 = official: the upsampler starts from noise;
                 s < 1: from the bicubic enlargement of the base image noised to step s x T, SDEdit-style,
                 for upsamplers whose high-noise steps are not trained well enough), ``palette`` (mask colours).
@@ -481,7 +489,7 @@ class PITIPipeline:
                 last = torch.full((num_samples,), up_diffusion.num_timesteps - 1, device=dev, dtype=torch.long)
                 x_T = up_diffusion.q_sample(enlarged, last, x_T)
             denoise = self.upsampler_denoiser(refs[ucfg.cond_size], low_res, encode_once=encode_once)
-            kwargs = self._sampler_kwargs(s["upsample_sampler"], s, generator, progress)
+            kwargs = self._sampler_kwargs(s["upsample_sampler"], s, generator, progress, "upsample_noise_scale")
             upsampled = to_pil(sample(s["upsample_sampler"], denoise, x_T, up_diffusion, **kwargs))
             timings["upsample_s"] = time.perf_counter() - start
 

@@ -48,6 +48,10 @@ def configure_parser(parser) -> None:
                         help="1 = the upsampler starts from noise (official); s < 1: from the enlarged base image "
                              "noised to step s x T (SDEdit; default: the checkpoint's)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--noise-scale", type=float, default=None,
+                        help="DDPM: factor of the noise added at each base step (1 = official; default: the checkpoint's)")
+    parser.add_argument("--upsample-noise-scale", type=float, default=None,
+                        help="DDPM: the same for the upsampler's steps")
     parser.add_argument("--profile", choices=list(PROFILES), default=None,
                         help="default settings: official (DDPM 250 + fast27) or fast (DPM-Solver++ 20 + 10); "
                              "default: official for official checkpoints, fast otherwise")
@@ -96,7 +100,8 @@ def run(args) -> int:
     settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, guidance_convention=args.guidance_convention,
                     guidance_stats=args.guidance_stats, sampler=args.sampler, steps=args.steps,
                     upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps,
-                    upsample_start=args.upsample_start, eta=args.eta,
+                    upsample_start=args.upsample_start, eta=args.eta, noise_scale=args.noise_scale,
+                    upsample_noise_scale=args.upsample_noise_scale,
                     palette=args.palette)
     out = pipe(condition, num_samples=args.num, seed=args.seed,
                upsample=False if args.no_upsample else None, sketch_from_photo=args.sketch_from_photo,

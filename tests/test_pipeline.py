@@ -156,6 +156,31 @@ def test_upsample_start_begins_from_the_noised_base_image(mask_pipe):
         mask_pipe(synth_mask(), upsample_start=0.0, **FEW)
 
 
+def test_noise_scale_reaches_each_ddpm_sampler_only(mask_pipe, monkeypatch):
+    import piti.diffusion.samplers as samplers
+    seen = []
+    original = samplers.ddpm_step
+
+    def spy(*args, noise_scale=1.0, **kwargs):
+        seen.append(noise_scale)
+        return original(*args, noise_scale=noise_scale, **kwargs)
+
+    monkeypatch.setattr(samplers, "ddpm_step", spy)
+    ddpm = dict(sampler="ddpm", upsample_sampler="ddpm", steps=2, upsample_steps=3, progress=False)
+    quiet = mask_pipe(synth_mask(), seed=1, noise_scale=0.5, upsample_noise_scale=0.25, **ddpm)
+    assert seen == [0.5, 0.5, 0.25, 0.25, 0.25]  # 2 base steps, then 3 upsampler steps
+    assert quiet.settings["noise_scale"] == 0.5 and quiet.settings["upsample_noise_scale"] == 0.25
+    official = mask_pipe(synth_mask(), seed=1, **ddpm)
+    assert official.settings["noise_scale"] == 1.0 and not np.array_equal(pixels(quiet.base_images),
+                                                                          pixels(official.base_images))
+    seen.clear()
+    mask_pipe(synth_mask(), seed=1, noise_scale=0.5, **FEW)  # the deterministic samplers draw no noise
+    assert seen == []
+    for key in ("noise_scale", "upsample_noise_scale"):
+        with pytest.raises(ConfigError, match=key):
+            mask_pipe(synth_mask(), **{key: -0.5}, **FEW)
+
+
 # --------------------------------------------------------------------------------------------------
 # The encoder runs once: same predictions as re-encoding at every step
 

@@ -47,7 +47,8 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
     synth_mask().save(cond)
     out = tmp_path / "out"
     assert main(sample_cmd(ckpts, "mask", cond, out, "--num", "2", "--seed", "7", "--guidance", "1.5",
-                           "--guidance-mode", "normalized", "--sampler", "ddim", "--upsample-start", "0.5")) == 0
+                           "--guidance-mode", "normalized", "--sampler", "ddim", "--upsample-start", "0.5",
+                           "--noise-scale", "0.7", "--upsample-noise-scale", "0.9")) == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["base-000.png", "base-001.png", "sample-000.png", "sample-001.png", "settings.json"]
     assert Image.open(out / "base-000.png").size == (32, 32) and Image.open(out / "sample-000.png").size == (64, 64)
@@ -55,7 +56,7 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
     s = record["settings"]
     assert (s["seed"], s["num_samples"], s["guidance"], s["guidance_mode"], s["sampler"]) == (7, 2, 1.5, "normalized", "ddim")
     assert s["upsample_sampler"] == "dpmpp" and s["palette"] == "synth" and s["precision"] == "fp32"
-    assert s["upsample_start"] == 0.5
+    assert s["upsample_start"] == 0.5 and (s["noise_scale"], s["upsample_noise_scale"]) == (0.7, 0.9)
     assert record["condition"] == str(cond) and "torch" in record["versions"]
     assert any("resized" in n for n in record["notes"])  # 48x40 -> 32x32
     assert "wrote 2 sample(s)" in capsys.readouterr().out

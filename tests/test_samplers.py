@@ -148,3 +148,20 @@ def test_ddpm_clips_x0():
     seen = []
     sample_ddpm(lambda x, t: -10 * torch.ones_like(x), noise(4), diffusion, callback=seen.append)
     assert all(s["x0_pred"].abs().max() <= 1 for s in seen)
+
+
+def test_ddpm_noise_scale_narrows_the_samples_and_zero_is_deterministic():
+    diffusion = create_diffusion("linear", 1000, "250")
+    denoise, x_T = gaussian_denoiser("linear"), noise()
+    out = {scale: sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1), noise_scale=scale)
+           for scale in (1.0, 0.5, 0.0)}
+    assert torch.equal(out[1.0], sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1)))
+    assert abs(out[1.0].std().item() / S - 1) < 0.05  # the official sampler: the data's spread
+    assert out[0.0].std() < out[0.5].std() < 0.9 * out[1.0].std()  # less noise, narrower samples
+    assert all(abs(o.mean().item() - M) < 0.01 for o in out.values())  # around the same mean
+    # no noise is drawn into the result at 0: another generator gives the same samples
+    assert torch.equal(out[0.0], sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(2),
+                                             noise_scale=0.0))
+    for bad in (-0.1, 2.0):
+        with pytest.raises(ConfigError, match="noise_scale"):
+            sample_ddpm(denoise, x_T, diffusion, noise_scale=bad)
