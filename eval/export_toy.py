@@ -2,6 +2,8 @@
 
     python eval/export_toy.py --task mask                      # runs/toy/{joint,upsampler}-mask/model.safetensors
     python eval/export_toy.py --task mask --guidance 8 --base runs/toy/joint-mask-long/model.safetensors
+    python eval/export_toy.py --task mask --guidance 8 --base checkpoints/toy/piti-toy-mask-base.safetensors \
+        --upsampler checkpoints/toy/piti-toy-mask-upsample.safetensors      # new settings, same weights
 
 The base model comes from the ``joint`` run and the upsampler from the ``upsampler`` run of the toy recipe
 (their model files hold the EMA weights). Each is written as
@@ -29,9 +31,11 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEADER_KEYS_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
 # The toy recipe's recommended sampling, chosen on held-out selection scenes (checkpoints/toy/README.md):
 # normalized guidance w=5 (the shipped mask model, trained longer, is exported with --guidance 8), ancestral
-# DDPM in 25 base steps, and the upsampler's 10 DDPM steps started from the base image noised to t=0.1.
+# DDPM in 25 base steps with 0.7 of the official noise per step, and the upsampler's 10 DDPM steps started
+# from the base image noised to t=0.1.
 RECIPE_SAMPLING = {"guidance": 5.0, "guidance_mode": "normalized", "sampler": "ddpm", "steps": "25",
-                   "upsample_sampler": "ddpm", "upsample_steps": "10", "upsample_start": 0.1}
+                   "noise_scale": 0.7, "upsample_sampler": "ddpm", "upsample_steps": "10", "upsample_start": 0.1,
+                   "upsample_noise_scale": 1.0}
 
 
 def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
@@ -54,7 +58,9 @@ def copy_model(src, dst, *, dtype: str = "fp16", ckpt=None, **metadata) -> None:
     if bad:
         raise CheckpointError(f"{src}: {len(bad)} tensors are not finite in {dtype} (e.g. {bad[0]}); export in fp32")
     meta = {k: v for k, v in ckpt.metadata.items() if k not in HEADER_KEYS_SET_BY_SAVE}
-    meta.update(metadata, stored_dtype=str(DTYPES[dtype]).removeprefix("torch."), exported_from=str(src))
+    # re-exporting a shipped file (e.g. to change its sampling settings) keeps the name of the run it came from
+    meta.update(metadata, stored_dtype=str(DTYPES[dtype]).removeprefix("torch."),
+                exported_from=meta.get("exported_from", str(src)))
     save_checkpoint(dst, tensors, config=ckpt.config or {}, step=ckpt.metadata.get("step"), metadata=meta)
 
 
@@ -74,6 +80,10 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name}", default=default, help=f"recommended {name.replace('-', ' ')} (default {default})")
     p.add_argument("--upsample-start", type=float, default=r["upsample_start"],
                    help=f"recommended upsample_start, 1 = from pure noise (default {r['upsample_start']:g})")
+    for name in ("noise-scale", "upsample-noise-scale"):
+        default = r[name.replace("-", "_")]
+        p.add_argument(f"--{name}", type=float, default=default,
+                       help=f"recommended DDPM {name.replace('-', ' ')}, 1 = official (default {default:g})")
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 

@@ -11,13 +11,14 @@
 #   4. the alignment check of the shipped models (eval/toy_alignment.py -> checkpoints/toy/alignment.json).
 #
 # Settings (environment): PY (python, default .venv/bin/python), CONFIG (default configs/toy.yaml),
-# TASKS (default "mask sketch depth"), GUIDANCE/GUIDANCE_MODE/SAMPLER/STEPS/UPSAMPLE_SAMPLER/UPSAMPLE_STEPS/
-# UPSAMPLE_START (the recommended sampling written into the files' headers; unset: eval/export_toy.py's
-# RECIPE_SAMPLING, e.g. guidance w=5, chosen for 2,400 joint steps; the shipped mask file, 5,000 steps, has
-# GUIDANCE=8: checkpoints/toy/README.md), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the shipped folder,
-# default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these stages,
-# "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with OMP_NUM_THREADS=1). Extra arguments are passed to
-# every `piti train` call as key=value overrides (e.g. device=cpu).
+# TASKS (default "mask sketch depth"), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the
+# shipped folder, default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these
+# stages, "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with
+# OMP_NUM_THREADS=1), and the recommended sampling written into the files' headers: GUIDANCE,
+# GUIDANCE_MODE, SAMPLER, STEPS, NOISE_SCALE, UPSAMPLE_SAMPLER, UPSAMPLE_STEPS, UPSAMPLE_START,
+# UPSAMPLE_NOISE_SCALE (unset: eval/export_toy.py's RECIPE_SAMPLING, e.g. guidance w=5, chosen for 2,400
+# joint steps; the shipped mask file, 5,000 steps, has GUIDANCE=8: checkpoints/toy/README.md). Extra
+# arguments are passed to every `piti train` call as key=value overrides (e.g. device=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,8 @@ PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/toy.yaml}
 TASKS=${TASKS:-"mask sketch depth"}
 export_flags=()  # GUIDANCE=8 -> --guidance 8, for each sampling variable that is set
-for var in GUIDANCE GUIDANCE_MODE SAMPLER STEPS UPSAMPLE_SAMPLER UPSAMPLE_STEPS UPSAMPLE_START; do
+for var in GUIDANCE GUIDANCE_MODE SAMPLER STEPS NOISE_SCALE UPSAMPLE_SAMPLER UPSAMPLE_STEPS UPSAMPLE_START \
+           UPSAMPLE_NOISE_SCALE; do
     if [ -n "${!var:-}" ]; then export_flags+=("--$(tr 'A-Z_' 'a-z-' <<< "$var")" "${!var}"); fi
 done
 ALIGN_NUM=${ALIGN_NUM:-50}
