@@ -1,8 +1,8 @@
 """Ship a trained toy pipeline: copy its final model files to ``checkpoints/toy/`` with sampling settings.
 
     python eval/export_toy.py --task mask                      # runs/toy/{joint,upsampler}-mask/model.safetensors
-    python eval/export_toy.py --task mask --guidance 8 --base runs/toy/joint-mask-long/model.safetensors
-    python eval/export_toy.py --task mask --guidance 8 --base checkpoints/toy/piti-toy-mask-base.safetensors \
+    python eval/export_toy.py --task mask --base runs/toy/joint-mask-long/model.safetensors --guidance 8
+    python eval/export_toy.py --task mask --base checkpoints/toy/piti-toy-mask-base.safetensors \
         --upsampler checkpoints/toy/piti-toy-mask-upsample.safetensors      # new settings, same weights
 
 The base model comes from the ``joint`` run and the upsampler from the ``upsampler`` run of the toy recipe
@@ -30,9 +30,8 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEADER_KEYS_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
 # The toy recipe's recommended sampling, chosen on held-out selection scenes (checkpoints/toy/README.md):
-# normalized guidance w=5 (the shipped mask model, trained longer, is exported with --guidance 8), ancestral
-# DDPM in 25 base steps with 0.7 of the official noise per step, and the upsampler's 10 DDPM steps started
-# from the base image noised to t=0.1.
+# normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise per step, and the
+# upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
 RECIPE_SAMPLING = {"guidance": 5.0, "guidance_mode": "normalized", "sampler": "ddpm", "steps": "25",
                    "noise_scale": 0.7, "upsample_sampler": "ddpm", "upsample_steps": "10", "upsample_start": 0.1,
                    "upsample_noise_scale": 1.0}

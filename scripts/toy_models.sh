@@ -16,9 +16,9 @@
 # stages, "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with
 # OMP_NUM_THREADS=1), and the recommended sampling written into the files' headers: GUIDANCE,
 # GUIDANCE_MODE, SAMPLER, STEPS, NOISE_SCALE, UPSAMPLE_SAMPLER, UPSAMPLE_STEPS, UPSAMPLE_START,
-# UPSAMPLE_NOISE_SCALE (unset: eval/export_toy.py's RECIPE_SAMPLING, e.g. guidance w=5, chosen for 2,400
-# joint steps; the shipped mask file, 5,000 steps, has GUIDANCE=8: checkpoints/toy/README.md). Extra
-# arguments are passed to every `piti train` call as key=value overrides (e.g. device=cpu).
+# UPSAMPLE_NOISE_SCALE (unset: eval/export_toy.py's RECIPE_SAMPLING, chosen on held-out selection scenes:
+# checkpoints/toy/README.md). Extra arguments are passed to every `piti train` call as key=value
+# overrides (e.g. device=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
