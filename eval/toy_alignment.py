@@ -7,8 +7,9 @@
 For each task, ``--num`` held-out synthetic scenes (seeds ``(HELDOUT_STREAM, start + i)``, disjoint
 from the ``(seed, i)`` scenes the diffusion models train on) become conditions exactly as the training
 data makes them (``SynthDataset``'s own conversion code), one image is sampled per condition with the
-checkpoint's recommended settings (its header, else the pipeline's ``fast`` profile) unless ``--sampler``,
-``--steps``, ``--upsample-sampler`` or ``--upsample-steps`` say otherwise, and the shipped segmenter judges it:
+checkpoint's recommended settings (its header, else the pipeline's ``fast`` profile) unless ``--guidance``,
+``--sampler``, ``--steps``, ``--noise-scale``, ``--upsample-sampler``, ``--upsample-steps``, ``--upsample-start``
+or ``--upsample-noise-scale`` say otherwise, and the shipped segmenter judges it:
 
 * **mIoU** of the segmenter on the generated images against the scene's label map, next to its mIoU on
   the real images of the same scenes, and their ratio (issue 6's target: >= 0.7 for mask to image);
