@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow demo toy-models bench clean-venv
+.PHONY: install test test-slow demo toy-models bench lab clean-venv
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -50,6 +50,10 @@ toy-models: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampling.py
+
+# JupyterLab on the numbered notebooks (notebooks/00_quickstart.ipynb ...)
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-venv:
 	rm -rf $(VENV)
