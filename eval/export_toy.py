@@ -8,9 +8,9 @@
 The base model comes from the ``joint`` run and the upsampler from the ``upsampler`` run of the toy recipe
 (their model files hold the EMA weights). Each is written as
 ``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
-recommended sampling settings added (``"sampling": {"palette": "synth", "guidance": w,
-"guidance_convention": "paper", "guidance_mode": ...}``, read by ``PITIPipeline.from_checkpoints``);
-by default the toy recipe's (``RECIPE_SAMPLING``), each one changed by its flag.
+recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
+read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``RECIPE_SAMPLING``), each one
+changed by its flag.
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -25,16 +25,18 @@ import torch
 
 from piti.checkpoints import load_checkpoint, save_checkpoint
 from piti.errors import CheckpointError, PitiError
-from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
+from piti.pipeline import TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
+from piti.settings import PROFILES, add_settings_arguments, settings_from_args
+from piti.tasks import TASKS
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEADER_KEYS_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
-# The toy recipe's recommended sampling, chosen on held-out selection scenes (checkpoints/toy/README.md):
+# The toy recipe's recommended sampling, chosen on held-out selection scenes (docs/experiments.md):
 # normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise per step, and the
 # upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
-RECIPE_SAMPLING = {"guidance": 5.0, "guidance_mode": "normalized", "sampler": "ddpm", "steps": "25",
-                   "noise_scale": 0.7, "upsample_sampler": "ddpm", "upsample_steps": "10", "upsample_start": 0.1,
-                   "upsample_noise_scale": 1.0}
+RECIPE_SAMPLING = PROFILES["fast"].replace(
+    guidance=5.0, guidance_mode="normalized", sampler="ddpm", steps="25", noise_scale=0.7,
+    upsample_sampler="ddpm", upsample_steps="10", upsample_start=0.1, palette="synth")
 
 
 def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
@@ -68,27 +70,14 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--base", type=Path, help="base model file (default runs/toy/joint-TASK/model.safetensors)")
     p.add_argument("--upsampler", type=Path, help="upsampler file (default runs/toy/upsampler-TASK/model.safetensors)")
-    r = RECIPE_SAMPLING
-    p.add_argument("--guidance", type=float, default=r["guidance"],
-                   help=f"recommended guidance, paper convention w (default {r['guidance']:g})")
-    p.add_argument("--guidance-mode", choices=("plain", "normalized"), default=r["guidance_mode"],
-                   help=f"(default {r['guidance_mode']})")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="stored weight type (default fp16)")
-    for name in ("sampler", "steps", "upsample-sampler", "upsample-steps"):
-        default = r[name.replace("-", "_")]
-        p.add_argument(f"--{name}", default=default, help=f"recommended {name.replace('-', ' ')} (default {default})")
-    p.add_argument("--upsample-start", type=float, default=r["upsample_start"],
-                   help=f"recommended upsample_start, 1 = from pure noise (default {r['upsample_start']:g})")
-    for name in ("noise-scale", "upsample-noise-scale"):
-        default = r[name.replace("-", "_")]
-        p.add_argument(f"--{name}", type=float, default=default,
-                       help=f"recommended DDPM {name.replace('-', ' ')}, 1 = official (default {default:g})")
+    add_settings_arguments(p, RECIPE_SAMPLING, title="recommended sampling settings (default: the toy recipe's)")
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
     sources = {"base": args.base or Path(f"runs/toy/joint-{args.task}/model.safetensors"),
                "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors")}
-    sampling = {"palette": "synth", "guidance_convention": "paper", **{k: getattr(args, k) for k in RECIPE_SAMPLING}}
+    sampling = settings_from_args(args)
     try:
         for role, src in sources.items():
             dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"

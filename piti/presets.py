@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from piti.errors import ConfigError
+from piti.tasks import TASK_CHANNELS
 
-# Channels of the condition image of each PITI task (official `mode`: coco / coco-edge / depth-normal).
-TASK_CHANNELS = {"mask": 3, "sketch": 1, "depth": 6}
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear")
 # Official rule for an empty channel_mult (guided-diffusion / GLIDE `create_model`).
 AUTO_CHANNEL_MULT = {64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4)}

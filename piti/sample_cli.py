@@ -18,10 +18,9 @@ from piti.errors import ConfigError, PitiError
 
 
 def configure_parser(parser) -> None:
-    from piti.diffusion.guidance import CONVENTIONS, MODES, STATS
-    from piti.diffusion.samplers import SAMPLERS
-    from piti.pipeline import PROFILES, TASKS
     from piti.precision import PRECISIONS
+    from piti.settings import PROFILES, add_settings_arguments
+    from piti.tasks import TASKS
 
     parser.add_argument("--task", required=True, choices=TASKS, help="what the condition is")
     parser.add_argument("--cond", required=True, nargs="+", metavar="PATH",
@@ -30,47 +29,26 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and settings.json")
     parser.add_argument("--num", type=int, default=1, help="number of samples (one batch; default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same pixels (default 0)")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance strength, in the convention of --guidance-convention "
-                             "(default: 0.3 paper = 1.3 official, or the checkpoint's recommendation)")
-    parser.add_argument("--guidance-mode", choices=MODES, default=None,
-                        help="plain (official) or normalized (the paper's normalized guidance)")
-    parser.add_argument("--guidance-convention", choices=CONVENTIONS, default=None,
-                        help="paper: eps_c + w (eps_c - eps_u), 0 = no guidance (default); "
-                             "official: eps_u + s (eps_c - eps_u), 1 = no guidance")
-    parser.add_argument("--guidance-stats", choices=STATS, default=None,
-                        help="statistics of normalized guidance: per sample (default) or per channel")
-    parser.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="base sampler (default: by profile)")
-    parser.add_argument("--steps", default=None, help="base steps: a number or a respacing such as ddim50")
-    parser.add_argument("--upsample-sampler", choices=list(SAMPLERS), default=None, help="upsampler sampler")
-    parser.add_argument("--upsample-steps", default=None, help="upsampler steps: a number or a respacing such as fast27")
-    parser.add_argument("--upsample-start", type=float, default=None,
-                        help="1 = the upsampler starts from noise (official); s < 1: from the enlarged base image "
-                             "noised to step s x T (SDEdit; default: the checkpoint's)")
-    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
-    parser.add_argument("--noise-scale", type=float, default=None,
-                        help="DDPM: factor of the noise added at each base step (1 = official; default: the checkpoint's)")
-    parser.add_argument("--upsample-noise-scale", type=float, default=None,
-                        help="DDPM: the same for the upsampler's steps")
     parser.add_argument("--profile", choices=list(PROFILES), default=None,
-                        help="default settings: official (DDPM 250 + fast27) or fast (DPM-Solver++ 20 + 10); "
+                        help="default settings: official (DDPM 250 + fast27, fp32) or fast (DPM-Solver++ 20 + 10); "
                              "default: official for official checkpoints, fast otherwise")
     parser.add_argument("--no-upsample", action="store_true", help="stop at the 64-px base samples")
     parser.add_argument("--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)")
     parser.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (default: bf16 where the hardware computes it, else fp32), fp32, bf16, fp16 (CUDA only)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="default: fp32 in the official profile; auto (bf16 where the hardware computes it, else "
+                             "fp32) in the fast one; fp16 is CUDA only")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first call)")
     parser.add_argument("--sketch-from-photo", action="store_true", help="(sketch) extract the sketch from a photo first")
-    parser.add_argument("--palette", default=None, help="(mask) colour palette: coco-stuff, ade20k or synth")
     parser.add_argument("--snap", action="store_true", help="(mask) map colours outside the palette to the nearest class")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_settings_arguments(parser)
 
 
 def _condition(args):
     """The --cond argument: one file, or the (normal, depth) pair of visualisations for depth."""
-    from piti.pipeline import open_condition
+    from piti.data.conditions import open_condition
 
     paths = args.cond
     if len(paths) == 2 and args.task == "depth":
@@ -85,6 +63,7 @@ def run(args) -> int:
 
     import piti
     from piti.pipeline import PITIPipeline
+    from piti.settings import settings_from_args
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
@@ -97,12 +76,7 @@ def run(args) -> int:
 
     pipe = PITIPipeline.from_checkpoints(args.base, args.upsampler, task=args.task, device=args.device,
                                          precision=args.precision, compile=args.compile, profile=args.profile)
-    settings = dict(guidance=args.guidance, guidance_mode=args.guidance_mode, guidance_convention=args.guidance_convention,
-                    guidance_stats=args.guidance_stats, sampler=args.sampler, steps=args.steps,
-                    upsample_sampler=args.upsample_sampler, upsample_steps=args.upsample_steps,
-                    upsample_start=args.upsample_start, eta=args.eta, noise_scale=args.noise_scale,
-                    upsample_noise_scale=args.upsample_noise_scale,
-                    palette=args.palette)
+    settings = settings_from_args(args)
     out = pipe(condition, num_samples=args.num, seed=args.seed,
                upsample=False if args.no_upsample else None, sketch_from_photo=args.sketch_from_photo,
                snap=args.snap, progress=not args.no_progress, source=source, **settings)

@@ -14,22 +14,17 @@
 # TASKS (default "mask sketch depth"), ALIGN_NUM (held-out scenes per task, default 50), TOY_OUT (the
 # shipped folder, default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these
 # stages, "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with
-# OMP_NUM_THREADS=1), and the recommended sampling written into the files' headers: GUIDANCE,
-# GUIDANCE_MODE, SAMPLER, STEPS, NOISE_SCALE, UPSAMPLE_SAMPLER, UPSAMPLE_STEPS, UPSAMPLE_START,
-# UPSAMPLE_NOISE_SCALE (unset: eval/export_toy.py's RECIPE_SAMPLING, chosen on held-out selection scenes:
-# checkpoints/toy/README.md). Extra arguments are passed to every `piti train` call as key=value
-# overrides (e.g. device=cpu).
+# OMP_NUM_THREADS=1), and EXPORT_FLAGS: sampling flags of eval/export_toy.py for the recommended settings
+# written into the files' headers (e.g. EXPORT_FLAGS="--guidance 8 --steps 30"; unset: its RECIPE_SAMPLING,
+# chosen on held-out selection scenes: docs/experiments.md). Extra arguments are passed to every
+# `piti train` call as key=value overrides (e.g. device=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/toy.yaml}
 TASKS=${TASKS:-"mask sketch depth"}
-export_flags=()  # GUIDANCE=8 -> --guidance 8, for each sampling variable that is set
-for var in GUIDANCE GUIDANCE_MODE SAMPLER STEPS NOISE_SCALE UPSAMPLE_SAMPLER UPSAMPLE_STEPS UPSAMPLE_START \
-           UPSAMPLE_NOISE_SCALE; do
-    if [ -n "${!var:-}" ]; then export_flags+=("--$(tr 'A-Z_' 'a-z-' <<< "$var")" "${!var}"); fi
-done
+read -r -a export_flags <<< "${EXPORT_FLAGS:-}"
 ALIGN_NUM=${ALIGN_NUM:-50}
 OUT=${TOY_OUT:-checkpoints/toy}
 TIMES=$OUT/training_times.json

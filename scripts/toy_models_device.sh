@@ -40,7 +40,7 @@ BATCH=${BATCH:-}            # one batch for every stage (a CPU miniature); defau
 WORKERS=${WORKERS:-}        # data-loader workers per lane; default from the machine's cores
 OUT=${OUT:-runs/toy-device}
 RUNS=${RUNS:-runs/toy}
-GUIDANCE=${GUIDANCE:-}   # recommended guidance w for the files' headers (unset: eval/export_toy.py's recipe)
+read -r -a export_flags <<< "${EXPORT_FLAGS:-}"  # sampling flags of eval/export_toy.py (unset: its recipe)
 CORES=$(nproc)
 
 minutes() { "$PY" -c "print(round($1 * $2, 3))"; }  # minutes TOTAL FRACTION
@@ -84,7 +84,7 @@ wait_all "${lanes[@]}"
 echo "=== training done in $((SECONDS - start)) s"
 
 for task in $TASKS; do
-    "$PY" eval/export_toy.py --task "$task" ${GUIDANCE:+--guidance "$GUIDANCE"} \
+    "$PY" eval/export_toy.py --task "$task" ${export_flags[@]+"${export_flags[@]}"} \
         --base "$RUNS/joint-$task/model.safetensors" --upsampler "$RUNS/upsampler-$task/model.safetensors" \
         --out-dir "$OUT/toy"
 done

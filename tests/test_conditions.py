@@ -15,7 +15,7 @@ from piti.errors import ConditionError, ConfigError
 
 def test_coco_palette_is_pix2pixhd_bit_interleaved_with_label_plus_one():
     pal = C.COCO_STUFF_PALETTE
-    assert pal.shape == (182, 3) and pal.dtype == np.uint8
+    assert pal.shape == (183, 3) and pal.dtype == np.uint8
     # worked out by hand: label i takes id i+1; id bit 3k -> red bit 7-k, 3k+1 -> green, 3k+2 -> blue
     assert pal[0].tolist() == [128, 0, 0]  # id 1 = 0b001
     assert pal[1].tolist() == [0, 128, 0]  # id 2 = 0b010
@@ -24,12 +24,14 @@ def test_coco_palette_is_pix2pixhd_bit_interleaved_with_label_plus_one():
     assert pal[6].tolist() == [128, 128, 128]  # id 7 = 0b111
     assert pal[7].tolist() == [64, 0, 0]  # id 8 = 0b001000: bit 3 -> red bit 6
     assert pal[62].tolist() == [192, 192, 192]  # id 63 = 0b111111: bits 0-2 -> 128 each, bits 3-5 -> 64 each
-    assert len(np.unique(pal, axis=0)) == 182
+    assert len(np.unique(pal, axis=0)) == 183
 
 
 def test_palettes_sizes_names_and_no_black():
     assert C.ADE20K_PALETTE.shape == (150, 3) and len(C.ADE20K_CLASSES) == 150
-    assert len(C.COCO_STUFF_CLASSES) == 182 and C.COCO_STUFF_CLASSES[0] == "person" and C.COCO_STUFF_CLASSES[-1] == "wood"
+    assert len(C.COCO_STUFF_CLASSES) == 183 and C.COCO_STUFF_CLASSES[0] == "person" and C.COCO_STUFF_CLASSES[181] == "wood"
+    # index 182 ("other") is the colour the official preprocessing gives the label after the 182 classes
+    assert C.COCO_STUFF_CLASSES[182] == "other" and C.COCO_STUFF_PALETTE[182].tolist() == [128, 224, 192]
     assert len(C.SYNTH_CLASSES) >= 8
     for pal, _ in C.PALETTES.values():
         assert not (pal == 0).all(1).any()
@@ -185,68 +187,68 @@ def _synth_mask(h=20, w=30):
 
 def test_condition_tensor_mask_modes():
     labels, colors = _synth_mask()
-    t = C.condition_tensor("mask", Image.fromarray(colors), size=16, palette="synth")
+    t = C.condition_tensor("mask", Image.fromarray(colors), size=16, palette="synth")[0]
     assert t.shape == (3, 16, 16) and t.dtype == torch.float32
     grass = torch.tensor(C.SYNTH_PALETTE[C.SYNTH_CLASSES.index("grass")] / 127.5 - 1, dtype=torch.float32)
     assert torch.allclose(t[:, -1, 0], grass)
     # RGBA: transparent pixels become unlabelled (black); the rest is unchanged
     rgba = np.concatenate([colors, np.full(colors.shape[:2] + (1,), 255, np.uint8)], 2)
     rgba[:2, :, 3] = 0
-    t2 = C.condition_tensor("mask", Image.fromarray(rgba, "RGBA"), size=20, palette="synth")
+    t2 = C.condition_tensor("mask", Image.fromarray(rgba, "RGBA"), size=20, palette="synth")[0]
     assert (t2[:, :2] == -1).all() and torch.allclose(t2[:, -1, 0], grass)
     # palette-mode picture and a grey label-index picture give the same tensor as RGB
     p_mode = Image.fromarray(colors).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
-    assert torch.equal(C.condition_tensor("mask", p_mode, 16, "synth"), t)
-    assert torch.equal(C.condition_tensor("mask", Image.fromarray(labels, "L"), 16, "synth"), t)
+    assert torch.equal(C.condition_tensor("mask", p_mode, 16, "synth")[0], t)
+    assert torch.equal(C.condition_tensor("mask", Image.fromarray(labels, "L"), 16, "synth")[0], t)
     # a huge picture is resized, not rejected
     big = Image.fromarray(colors).resize((3000, 2000), Image.NEAREST)
-    assert C.condition_tensor("mask", big, 16, "synth").shape == (3, 16, 16)
+    assert C.condition_tensor("mask", big, 16, "synth")[0].shape == (3, 16, 16)
 
 
 def test_condition_tensor_mask_errors():
     with pytest.raises(ConditionError, match="empty"):
-        C.condition_tensor("mask", Image.new("RGB", (8, 8)), 8, "synth")
+        C.condition_tensor("mask", Image.new("RGB", (8, 8)), 8, "synth")[0]
     _, colors = _synth_mask()
     colors[0, 0] = (7, 7, 7)
     with pytest.raises(ConditionError, match="user_mask.png.*\\(7, 7, 7\\)"):
-        C.condition_tensor("mask", colors, 8, "synth", source="user_mask.png")
-    assert C.condition_tensor("mask", colors, 8, "synth", snap=True).shape == (3, 8, 8)
+        C.condition_tensor("mask", colors, 8, "synth", source="user_mask.png")[0]
+    assert C.condition_tensor("mask", colors, 8, "synth", snap=True)[0].shape == (3, 8, 8)
     with pytest.raises(ConfigError, match="unknown task"):
-        C.condition_tensor("edges", colors)
+        C.condition_tensor("edges", colors)[0]
 
 
 def test_condition_tensor_sketch():
     canvas = np.full((40, 40), 255, np.uint8)  # dark lines drawn on white paper
     canvas[20, 5:35] = 0
-    t = C.condition_tensor("sketch", Image.fromarray(canvas), size=40)
+    t = C.condition_tensor("sketch", Image.fromarray(canvas), size=40)[0]
     assert t.shape == (1, 40, 40) and t[0, 20, 10] == -1
     assert t[0, 0, 0] == pytest.approx((20 + 5) / 127.5 - 1)  # 20 rows and 5 columns from the line
-    assert torch.equal(C.condition_tensor("sketch", 255 - canvas, size=40), t)
+    assert torch.equal(C.condition_tensor("sketch", 255 - canvas, size=40)[0], t)
     # thin lines survive a 4x reduction
     big = np.zeros((160, 160), np.uint8)
     big[81, :] = 255
-    assert (C.condition_tensor("sketch", big, size=40)[0].min(1).values == -1).sum() >= 1
+    assert (C.condition_tensor("sketch", big, size=40)[0][0].min(1).values == -1).sum() >= 1
     with pytest.raises(ConditionError, match="no lines"):
-        C.condition_tensor("sketch", Image.new("L", (32, 32)), 32)
+        C.condition_tensor("sketch", Image.new("L", (32, 32)), 32)[0]
     photo = np.zeros((64, 64, 3), np.uint8)
     photo[16:48, 16:48] = 200
-    assert (C.condition_tensor("sketch", photo, size=32, from_photo=True) == -1).any()
+    assert (C.condition_tensor("sketch", photo, size=32, from_photo=True)[0] == -1).any()
 
 
 def test_condition_tensor_depth():
     depth = np.round(np.linspace(1, 20, 30 * 30).reshape(30, 30) * 256).astype(np.float32) / 256  # PNG-exact
-    t = C.condition_tensor("depth", depth, size=16)
+    t = C.condition_tensor("depth", depth, size=16)[0]
     assert t.shape == (6, 16, 16)
     pair = np.concatenate([np.full((10, 10, 3), 255, np.uint8), np.zeros((10, 10, 3), np.uint8)], 2)
-    t2 = C.condition_tensor("depth", pair, size=8)
+    t2 = C.condition_tensor("depth", pair, size=8)[0]
     assert (t2[:3] == 1).all() and (t2[3:] == -1).all()
     # a 16-bit PNG of metres x 256 equals the float map it stores
     png = Image.fromarray(np.round(depth * C.DEPTH_PNG_SCALE).astype(np.uint16))
-    assert torch.equal(C.condition_tensor("depth", png, size=16), t)
+    assert torch.equal(C.condition_tensor("depth", png, size=16)[0], t)
     with pytest.raises(ConditionError, match="not a depth map"):
-        C.condition_tensor("depth", Image.new("RGB", (8, 8)), 8)
+        C.condition_tensor("depth", Image.new("RGB", (8, 8)), 8)[0]
     with pytest.raises(ConditionError, match="no valid"):
-        C.condition_tensor("depth", np.zeros((8, 8), np.float32), 8)
+        C.condition_tensor("depth", np.zeros((8, 8), np.float32), 8)[0]
 
 
 def test_nearest_resize_matches_pil():

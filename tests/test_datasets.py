@@ -135,7 +135,7 @@ def test_coco_stuff_reader_with_captions(tmp_path):
     assert _close(item["cond"][:, 10, 3], person) and (item["cond"][:, 10, -3] == -1).all()
     onehot = COCOStuffDataset(tmp_path, split="val", cond_size=32, resize="squash", flip=False, mask_encoding="onehot")
     oh = onehot[0]["cond"]
-    assert oh.shape == (182, 32, 32) and ((oh == 1).sum(0) <= 1).all()
+    assert oh.shape == (183, 32, 32) and ((oh == 1).sum(0) <= 1).all()
     assert oh[0, 10, 3] == 1 and (oh[:, 10, -3] == -1).all()
     sketch = COCOStuffDataset(tmp_path, split="val", task="sketch", image_size=16, cond_size=32, flip=False)
     assert (sketch[0]["cond"] == -1).any()  # the edge between the halves, found by the extractor

@@ -5,6 +5,7 @@ import torch
 
 from piti.diffusion import create_diffusion, guided_denoiser, normalized_guidance, plain_guidance, sample
 from piti.errors import ConditionError, ConfigError
+from piti.settings import official_to_w
 
 
 def eps_pair(seed=0, shape=(4, 3, 8, 8)):
@@ -34,24 +35,36 @@ def test_per_sample_and_per_channel_statistics_differ():
     assert not torch.allclose(per_sample, per_channel, atol=1e-3)
 
 
-def test_plain_guidance_formula_and_conventions():
+def test_plain_guidance_formula_and_the_official_scale():
     eps_c, eps_u = eps_pair()
     w = 2.5
     assert torch.allclose(plain_guidance(eps_c, eps_u, w), eps_c + w * (eps_c - eps_u))  # paper
     s = 1.3
-    official = plain_guidance(eps_c, eps_u, s, convention="official")
+    official = plain_guidance(eps_c, eps_u, official_to_w(s))
     assert torch.allclose(official, eps_u + s * (eps_c - eps_u), atol=1e-6)
-    assert torch.allclose(plain_guidance(eps_c, eps_u, 1 + w, convention="official"), plain_guidance(eps_c, eps_u, w),
-                          atol=1e-6)
-    assert torch.allclose(normalized_guidance(eps_c, eps_u, 1 + w, convention="official"),
-                          normalized_guidance(eps_c, eps_u, w), atol=1e-6)
 
 
 @pytest.mark.parametrize("fn", [plain_guidance, normalized_guidance])
 def test_zero_guidance_is_the_conditional_prediction(fn):
     eps_c, eps_u = eps_pair()
     assert torch.equal(fn(eps_c, eps_u, 0.0), eps_c)  # paper w = 0
-    assert torch.equal(fn(eps_c, eps_u, 1.0, convention="official"), eps_c)  # official s = 1
+    assert torch.equal(fn(eps_c, eps_u, official_to_w(1.0)), eps_c)  # official s = 1
+
+
+def test_analytic_sigma_is_the_papers_formula():
+    eps_c, eps_u = eps_pair()
+    w, dims = 2.0, (1, 2, 3)
+    out = normalized_guidance(eps_c, eps_u, w, sigma="analytic")
+    eps_hat = eps_c + w * (eps_c - eps_u)
+    sd = lambda x: x.std(dims, keepdim=True, unbiased=False)  # noqa: E731
+    mu_hat = eps_c.mean(dims, keepdim=True) + w * (eps_c.mean(dims, keepdim=True) - eps_u.mean(dims, keepdim=True))
+    sigma_hat = ((1 + w) ** 2 * sd(eps_c) ** 2 + w**2 * sd(eps_u) ** 2).sqrt()
+    expected = sd(eps_c) / sigma_hat * (eps_hat - mu_hat) + eps_c.mean(dims, keepdim=True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    # eps_c and eps_u are positively correlated here, so the analytic sigma_hat overestimates the spread of
+    # eps_hat and the output is narrower than eps_c; the measured form matches eps_c's spread exactly.
+    assert (sd(out) < 0.95 * sd(eps_c)).all()
+    assert torch.allclose(sd(normalized_guidance(eps_c, eps_u, w)), sd(eps_c), atol=1e-5)
 
 
 class ToyConditional:
@@ -95,7 +108,7 @@ def test_guided_denoiser_with_tensor_conditions_and_official_scale():
     model_fn = lambda x, t, c: x + c.view(-1, 1, 1, 1)  # noqa: E731  (epsilon only)
     x_t, t = torch.randn(3, 3, 4, 4), torch.zeros(3)
     cond, null = torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)
-    out = guided_denoiser(model_fn, cond, null, 2.0, mode="plain", convention="official")(x_t, t)
+    out = guided_denoiser(model_fn, cond, null, official_to_w(2.0), mode="plain")(x_t, t)
     assert torch.allclose(out, x_t + 2 * cond.view(-1, 1, 1, 1))  # eps_u + 2 (eps_c - eps_u)
 
 
@@ -108,10 +121,9 @@ def test_zero_guidance_samples_equal_conditional_samples(mode, name):
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     conditional = sample(name, lambda x, t: model(x, t, cond), x_T, diffusion,
                          generator=torch.Generator().manual_seed(1))
-    for scale, convention in [(0.0, "paper"), (1.0, "official")]:
-        denoise = guided_denoiser(model, cond, null, scale, mode=mode, convention=convention)
-        guided = sample(name, denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1))
-        assert torch.equal(guided, conditional)
+    denoise = guided_denoiser(model, cond, null, 0.0, mode=mode)
+    guided = sample(name, denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(guided, conditional)
     # And a real guidance scale changes the samples.
     guided = sample(name, guided_denoiser(model, cond, null, 2.0, mode=mode), x_T, diffusion,
                     generator=torch.Generator().manual_seed(1))
@@ -123,8 +135,8 @@ def test_bad_guidance_settings():
     cond, null = toy_conds()
     with pytest.raises(ConfigError, match="plain, normalized"):
         guided_denoiser(model, cond, null, 1.0, mode="rescaled")
-    with pytest.raises(ConfigError, match="paper, official"):
-        guided_denoiser(model, cond, null, 1.0, convention="w")
+    with pytest.raises(ConfigError, match="measured, analytic"):
+        guided_denoiser(model, cond, null, 1.0, sigma="paper")
     with pytest.raises(ConfigError, match="sample, channel"):
         guided_denoiser(model, cond, null, 1.0, stats="pixel")
     with pytest.raises(ConditionError, match="keys"):

@@ -59,7 +59,7 @@ def test_coco_mask_to_training_layout(tmp_path):
     assert np.array_equal(colors, C.labels_to_colors(source, "coco-stuff"))
     assert Image.open(out / "images" / "000000000001.png").size == (W, H)
     classes = json.loads((out / "classes.json").read_text())
-    assert len(classes) == 182 and classes[181] == {"id": 181, "name": "wood", "color": C.COCO_STUFF_PALETTE[181].tolist()}
+    assert len(classes) == 183 and classes[181] == {"id": 181, "name": "wood", "color": C.COCO_STUFF_PALETTE[181].tolist()}
     lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
     assert lines[2] == {"file": "000000000002.png", "caption": "picture number 2"}
     item = PreparedDataset(out, "mask", image_size=16, cond_size=32)[0]

@@ -31,38 +31,9 @@ from piti.train.loop import (
 )
 from piti.train.stages import NamedItems, collate
 
+from conftest import TINY_TEXT, TINY_UNET, tiny_config, tiny_model_overrides, tiny_settings
+
 ROOT = Path(__file__).resolve().parents[1]
-
-# Tiny versions of the toy presets: 16 px base, 16 -> 32 px upsampler, 4x4 condition tokens.
-TINY_UNET = dict(num_channels=32, num_res_blocks=1, channel_mult=[1, 2], attention_resolutions=[8], image_size=16,
-                 num_head_channels=32, dropout=0.0)
-TINY_TEXT = dict(xf_width=64, xf_layers=1, xf_heads=2, text_ctx=24)
-TINY_ENCODER = dict(xf_width=64, cond_size=16, encoder_layers=1, encoder_heads=2, encoder_cnn_channels=[16, 32, 64])
-TINY_UPSAMPLER = dict(image_size=32, channel_mult=[1, 1, 2])
-
-
-def tiny_model_overrides(stage: str) -> dict:
-    out = dict(TINY_UNET, **(TINY_TEXT if stage == "pretrain" else TINY_ENCODER))
-    if stage == "upsampler":
-        out.update(TINY_UPSAMPLER)
-    return out
-
-
-def tiny_settings(tmp_path: Path, stage: str) -> dict:
-    """TrainConfig fields of a tiny run of ``stage`` (plain data, also written as YAML by other tests)."""
-    model = {"pretrain": "toy-glide-base", "upsampler": "toy-piti-upsample-mask"}.get(stage, "toy-piti-base-mask")
-    return dict(
-        name=stage, stage=stage, model=model, model_overrides=tiny_model_overrides(stage),
-        out_dir=str(tmp_path / stage), data={"kind": "synth", "length": 16}, batch_size=4, iterations=3,
-        save_interval=100, sample_interval=0, log_interval=1, low_res_size=16, device="cpu", lr=1e-3, ema_rate=0.9,
-        from_scratch=stage in ("joint", "upsampler"), allow_random_perceptual=True, perceptual_start=0, adv_start=0,
-        disc_ndf=8, disc_layers=2, tokenizer_scan=16,
-    )
-
-
-def tiny_config(tmp_path: Path, stage: str, **changes) -> TrainConfig:
-    return TrainConfig(**dict(tiny_settings(tmp_path, stage), **changes))
-
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch, tmp_path):

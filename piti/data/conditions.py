@@ -24,129 +24,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from piti.data.imageio import read_image
+from piti.data.imageio import read_array, read_image
+from piti.data.palettes import (  # noqa: F401  (re-exported: the palettes belong with the conditions' API)
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_PALETTE,
+    PALETTES,
+    SYNTH_CLASSES,
+    SYNTH_PALETTE,
+    _palette_name,
+    get_palette,
+    labelcolormap,
+)
 from piti.errors import ConditionError, ConfigError, DatasetError
-
-TASK_CHANNELS = {"mask": 3, "sketch": 1, "depth": 6}
+from piti.tasks import TASK_CHANNELS
 UNLABELLED = 255  # label index of "no class"; drawn black in every palette
 DEPTH_PNG_SCALE = 256.0  # 16-bit depth PNGs of the training layout store round(metres * 256); 0 = invalid
 
 
-# --------------------------------------------------------------------------- palettes
-
-
-def labelcolormap(n: int) -> np.ndarray:
-    """pix2pixHD's bit-interleaved colour map as the official PITI preprocessing uses it.
-
-    Label ``i`` gets the colour of id ``i + 1``: bit 3k of the id goes to the
-    red channel's bit 7-k, bit 3k+1 to green, bit 3k+2 to blue (7 rounds).
-    Returns (n, 3) uint8; all colours are distinct and none is black.
-    """
-    ids = np.arange(1, n + 1, dtype=np.int64)
-    rgb = np.zeros((n, 3), dtype=np.int64)
-    for j in range(7):
-        for c in range(3):
-            rgb[:, c] |= ((ids >> (3 * j + c)) & 1) << (7 - j)
-    return rgb.astype(np.uint8)
-
-
-# COCO-Stuff 164k: the 182 ids of `stuffthingmaps` (91 things incl. 11 unused, then 91 stuff)
-COCO_STUFF_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird",
-    "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat",
-    "backpack", "umbrella", "shoe", "eye glasses", "handbag", "tie", "suitcase", "frisbee", "skis",
-    "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "plate", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
-    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-    "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table", "window", "desk",
-    "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave",
-    "oven", "toaster", "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush", "hair brush",
-    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
-    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter",
-    "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
-    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other",
-    "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves",
-    "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
-    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing",
-    "railroad", "river", "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf",
-    "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw",
-    "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
-    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
-    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
-)  # fmt: skip
-
-# ADE20K SceneParsing (ADEChallengeData2016): annotation value v in 1..150 is class v-1; 0 ("other") -> 255
-ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
-    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing",
-    "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
-    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
-    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
-    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
-    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
-    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
-    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
-    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)  # fmt: skip
-
-# the synthetic world (piti.data.synth): name and label-map colour of each class
-SYNTH_CLASSES = ("sky", "sea", "sand", "grass", "mountain", "snow", "tree", "house", "road", "boat")
-SYNTH_PALETTE = np.array(
-    [
-        (110, 180, 255),  # sky: light blue
-        (20, 60, 170),  # sea: deep blue
-        (240, 210, 120),  # sand: yellow
-        (70, 190, 60),  # grass: green
-        (130, 95, 70),  # mountain: brown
-        (235, 235, 250),  # snow: white
-        (10, 100, 40),  # tree: dark green
-        (210, 40, 40),  # house: red
-        (100, 100, 100),  # road: grey
-        (250, 140, 20),  # boat: orange
-    ],
-    dtype=np.uint8,
-)
-
-COCO_STUFF_PALETTE = labelcolormap(182)
-# ADE20K: the same pix2pixHD colour map (the PITI/SPADE family colours ADE20K with it too);
-# the well-known CSAIL palette is not used because it repeats a colour (classes 6 and 48).
-ADE20K_PALETTE = labelcolormap(150)
-
-PALETTES = {
-    "coco-stuff": (COCO_STUFF_PALETTE, COCO_STUFF_CLASSES),
-    "ade20k": (ADE20K_PALETTE, ADE20K_CLASSES),
-    "synth": (SYNTH_PALETTE, SYNTH_CLASSES),
-}
-for _name, (_pal, _cls) in PALETTES.items():
-    assert len(_pal) == len(_cls), _name
-    assert len(np.unique(_pal, axis=0)) == len(_pal) and not (_pal == 0).all(1).any(), _name
-
-
-def get_palette(palette) -> np.ndarray:
-    """A palette given by name (``"coco-stuff"``, ``"ade20k"``, ``"synth"``) or as an (n, 3) array."""
-    if isinstance(palette, str):
-        if palette not in PALETTES:
-            raise ConfigError(f"unknown palette {palette!r}; expected one of {sorted(PALETTES)} or an (n, 3) array")
-        return PALETTES[palette][0]
-    pal = np.asarray(palette)
-    if pal.ndim != 2 or pal.shape[1] != 3 or len(pal) > 255 or pal.min() < 0 or pal.max() > 255:
-        raise ConfigError(f"a palette must be an (n, 3) array of 0..255 colours with n <= 255, got shape {pal.shape}")
-    return pal.astype(np.uint8)
-
-
-def _palette_name(palette) -> str:
-    return f"{palette!r} palette" if isinstance(palette, str) else f"{len(get_palette(palette))}-colour palette"
-
+# --------------------------------------------------------------------------- palettes (piti.data.palettes)
 
 def labels_to_colors(labels: np.ndarray, palette="coco-stuff") -> np.ndarray:
     """Class indices (any shape) to RGB colours (shape + (3,)), uint8; 255 (unlabelled) -> black.
@@ -510,16 +407,6 @@ def _as_uint8_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _load_condition(image, source):
-    """Paths are opened here; everything else is passed through."""
-    if isinstance(image, (str, Path)):
-        try:
-            return read_image(image, mode=None), str(image)
-        except DatasetError as e:
-            raise ConditionError(str(e)) from e
-    return image, source
-
-
 def picture_to_labels(image, palette="coco-stuff", snap: bool = False, source=None) -> np.ndarray:
     """A mask picture (PIL any mode, or array) -> (H, W) uint8 class indices, checked against the palette.
 
@@ -556,7 +443,7 @@ def _checked_labels(labels, palette, source):
 def _depth_pair(image, source) -> np.ndarray | None:
     """A pair of 8-bit visualisations (normal, depth) as (H, W, 6) uint8, or None if ``image`` is not one."""
     if isinstance(image, (tuple, list)) and len(image) == 2:
-        parts = [_as_uint8_rgb(_load_condition(p, source)[0]) for p in image]
+        parts = [_as_uint8_rgb(open_condition(p) if isinstance(p, (str, Path)) else p) for p in image]
         if parts[0].shape != parts[1].shape:
             raise ConditionError(f"{source or 'depth'}: normal and depth pictures differ in size: {parts[0].shape} vs {parts[1].shape}")
         return np.concatenate(parts, axis=2)
@@ -588,6 +475,104 @@ def _depth_metres(image, source) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+LARGE_FACTOR = 4  # a mask or depth picture above this many times the target size is first reduced (nearest)
+
+
+def open_condition(path):
+    """Read a condition file: an image in its own mode (PIL), or a ``.npy`` array (e.g. depth in metres)."""
+    try:
+        if str(path).lower().endswith(".npy"):
+            return read_array(path)
+        return read_image(path, mode=None)
+    except DatasetError as e:
+        raise ConditionError(str(e)) from None
+
+
+def _has_transparency(image) -> bool:
+    """True for a PIL picture with an alpha channel (or transparent palette entry) that is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA", "P"):
+        return False
+    if image.mode == "P" and "transparency" not in image.info:
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
+def _mid_grey_fraction(image) -> float:
+    """Fraction of mid-grey pixels (48..207): a sketch is nearly binary, a photo is not."""
+    if isinstance(image, Image.Image):
+        if _has_transparency(image):
+            return 0.0  # a transparent drawing layer: the strokes are the alpha channel
+        gray = np.asarray(image.convert("L"))
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[2] == 4 and arr[..., 3].min() < 255:
+            return 0.0
+        if arr.dtype != np.uint8:
+            return 0.0  # float or bool sketches are binarised as they are
+        gray = arr[..., :3].mean(-1) if arr.ndim == 3 else arr
+    return float(((gray >= 48) & (gray <= 207)).mean())
+
+
+def _describe(image) -> str:
+    if isinstance(image, Image.Image):
+        return f"{image.width}x{image.height} {image.mode} image"
+    return f"array of shape {tuple(np.shape(image))}"
+
+
+def _tensor_condition(task: str, cond: torch.Tensor, size: int) -> tuple[torch.Tensor, list]:
+    """A condition already in the model's encoding, (C, H, W) or (1, C, H, W) in [-1, 1], at ``size``."""
+    c = TASK_CHANNELS[task]
+    if cond.dim() == 4 and cond.shape[0] == 1:
+        cond = cond[0]
+    if cond.dim() != 3 or cond.shape[0] != c:
+        raise ConditionError(f"a condition tensor for {task!r} must be ({c}, H, W) in [-1, 1], got {tuple(cond.shape)}")
+    notes = []
+    if tuple(cond.shape[1:]) != (size, size):
+        notes.append(f"condition tensor resized (nearest) from {tuple(cond.shape[1:])} to {size}x{size}")
+        cond = torch.nn.functional.interpolate(cond[None].float(), size=(size, size), mode="nearest")[0]
+    return cond.float(), notes
+
+
+def _picture_notes(task: str, image, size: int, name: str, from_photo: bool):
+    """The notes on what converting a user's picture will do, and the picture (large ones reduced first)."""
+    notes = []
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        transparent = _has_transparency(image)
+        if image.mode == "P":
+            notes.append(f"{name}: palette-mode (P) image converted to its RGB colours")
+        if transparent and task == "mask":
+            notes.append(f"{name}: alpha channel used: transparent pixels are unlabelled (black)")
+        elif transparent and task == "sketch" and not from_photo:
+            notes.append(f"{name}: alpha channel used: the opaque pixels are the strokes")
+        elif image.mode in ("RGBA", "LA", "PA"):
+            notes.append(f"{name}: alpha channel ignored (fully opaque)")
+        if task in ("mask", "depth") and max(w, h) > LARGE_FACTOR * size:  # what the final NEAREST resize does anyway
+            notes.append(f"{name}: large image ({w}x{h}) reduced before conversion")
+            image = image.resize((LARGE_FACTOR * size, LARGE_FACTOR * size), Image.NEAREST)
+    else:
+        transparent = False
+        shape = np.shape(image) if not isinstance(image, (tuple, list)) else ()
+        h, w = shape[:2] if len(shape) >= 2 else (size, size)  # a (normal, depth) pair is checked later
+    if (w, h) != (size, size):
+        aspect = " (aspect ratio not kept, as in the official code)" if w != h else ""
+        notes.append(f"{name}: resized from {w}x{h} to {size}x{size}{aspect}")
+    if task == "sketch" and not from_photo:
+        mid = _mid_grey_fraction(image)
+        if mid > 0.2:
+            raise ConditionError(
+                f"{name} ({_describe(image)}) looks like a photo, not a sketch ({mid:.0%} of its pixels are mid-grey); "
+                "a sketch is white lines on black (or dark lines on white). Use sketch_from_photo=True "
+                "(CLI: --sketch-from-photo) to extract its edges first"
+            )
+        gray = np.asarray(image.convert("L")) if isinstance(image, Image.Image) and not transparent else None
+        if gray is not None and (gray >= 128).mean() > 0.5:
+            notes.append(f"{name}: dark lines on a light background, inverted to white lines on black")
+    if from_photo:
+        notes.append(f"{name}: sketch extracted from the photo (Canny edges at {size}x{size})")
+    return image, notes
+
+
 def condition_tensor(
     task: str,
     image,
@@ -597,11 +582,13 @@ def condition_tensor(
     snap: bool = False,
     from_photo: bool = False,
     source: str | None = None,
-) -> torch.Tensor:
-    """Turn a user's condition picture into the model's input: float32 (C, size, size) in [-1, 1].
+) -> tuple[torch.Tensor, list]:
+    """Turn a user's condition into the model's input: ``(tensor, notes)``, float32 (C, size, size) in [-1, 1]
+    and a list of sentences saying what was converted (resizing, alpha, palette mode, inverted sketch).
 
-    ``image``: a PIL image of any mode, a NumPy array, or a file path. The picture is
-    squashed to ``size`` x ``size`` as the official code does. Per task:
+    ``image``: a PIL image of any mode, a NumPy array, a file path (``.npy`` for arrays), or a tensor already
+    in the model's encoding ((C, H, W) in [-1, 1], only resized). The picture is squashed to ``size`` x
+    ``size`` as the official code does. Per task:
 
     * ``"mask"`` (C=3): an RGB colour map in ``palette`` (RGBA: transparent pixels are
       unlabelled; palette mode 'P' is converted to colours; a grey 'L' picture or an
@@ -610,8 +597,9 @@ def condition_tensor(
       An all-black (all unlabelled) map is an error.
     * ``"sketch"`` (C=1): white lines on black (dark-on-white pictures are inverted, a
       transparent drawing layer uses its strokes; see :func:`binarize_sketch`), reduced
-      so thin lines survive, then :func:`sketch_to_distance`. ``from_photo=True`` takes
-      a photo instead and extracts its edges at ``size``. A sketch without lines is an error.
+      so thin lines survive, then :func:`sketch_to_distance`. A picture that looks like a
+      photo is refused; ``from_photo=True`` takes a photo instead and extracts its edges at
+      ``size``. A sketch without lines is an error.
     * ``"depth"`` (C=6): depth in metres (float array, 'F' picture, or 16-bit PNG storing
       metres x 256; zero / non-finite = invalid), resized NEAREST then visualised with
       :func:`depth_to_condition`; or an (H, W, 6) uint8 array / a (normal, depth) pair of
@@ -619,7 +607,13 @@ def condition_tensor(
     """
     if task not in TASK_CHANNELS:
         raise ConfigError(f"unknown task {task!r}; expected one of {list(TASK_CHANNELS)}")
-    image, source = _load_condition(image, source)
+    if from_photo and task != "sketch":
+        raise ConfigError(f"sketch_from_photo applies to the sketch task only, not to {task!r}")
+    if torch.is_tensor(image):
+        return _tensor_condition(task, image, size)
+    if isinstance(image, (str, Path)):
+        image, source = open_condition(image), str(image)
+    image, notes = _picture_notes(task, image, size, source or "the condition", from_photo)
     out = (size, size)
 
     if task == "mask":
@@ -648,4 +642,4 @@ def condition_tensor(
             if not (np.isfinite(depth) & (depth > 0)).any():
                 raise ConditionError(f"{source or 'depth'}: the depth map has no valid (finite, positive) pixel")
             cond = depth_to_condition(resize_nearest(depth, out))
-    return torch.from_numpy(cond)
+    return torch.from_numpy(cond), notes

@@ -7,11 +7,11 @@ function, and ``guided_denoiser`` wraps a conditional network into such a functi
 
 from piti.diffusion.gaussian import GaussianDiffusion, create_diffusion
 from piti.diffusion.guidance import guided_denoiser, normalized_guidance, plain_guidance
-from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sampler_options
 from piti.diffusion.schedules import get_betas, space_timesteps
 
 __all__ = [
     "GaussianDiffusion", "create_diffusion", "get_betas", "space_timesteps",
-    "SAMPLERS", "sample", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
+    "SAMPLERS", "sample", "sampler_options", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
     "guided_denoiser", "normalized_guidance", "plain_guidance",
 ]

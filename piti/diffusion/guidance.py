@@ -1,21 +1,19 @@
 """Classifier-free guidance, plain (official) and normalized (the PITI paper's).
 
-Two scale conventions, both accepted explicitly:
-
-* ``convention="paper"``: the PITI / CFG paper's **w**, eps_hat = eps_c + w (eps_c - eps_u);
-  w = 0 is the conditional prediction alone.
-* ``convention="official"``: the official code's **s** (``sample_c``, 1.3 in its scripts),
-  eps_hat = eps_u + s (eps_c - eps_u); s = 1 is the conditional prediction alone.
-
-They are the same family with s = 1 + w. Guidance acts on epsilon only; the learned
+``w`` is the paper's guidance strength: eps_hat = eps_c + w (eps_c - eps_u), w = 0 is the
+conditional prediction alone. (The official code's s is 1 + w: eps_u + s (eps_c - eps_u);
+:func:`piti.settings.official_to_w` converts it.) Guidance acts on epsilon only; the learned
 variance channels come from the conditional prediction.
 
-Normalized guidance (the PITI paper's "normalized classifier-free guidance") rescales eps_hat back to the conditional
-prediction's statistics:  eps_tilde = sigma_c / sigma_hat * (eps_hat - mu_hat) + mu_c,
+Normalized guidance (the PITI paper's "normalized classifier-free guidance") rescales eps_hat back
+to the conditional prediction's statistics:  eps_tilde = sigma_c / sigma_hat * (eps_hat - mu_hat) + mu_c,
 per sample over (C, H, W) (``stats="sample"``) or per sample and channel over (H, W)
-(``stats="channel"``). mu_hat and sigma_hat are measured on eps_hat itself (the paper
-derives them assuming eps_c and eps_u independent; measuring them makes eps_tilde's
-moments equal the conditional ones exactly).
+(``stats="channel"``). ``sigma="analytic"`` takes the paper's moments, derived as if eps_c and eps_u
+were independent: mu_hat = mu_c + w (mu_c - mu_u), sigma_hat^2 = (1 + w)^2 sigma_c^2 + w^2 sigma_u^2.
+``sigma="measured"`` (the default) measures mu_hat and sigma_hat on eps_hat itself, so eps_tilde's
+moments equal the conditional ones exactly. The two predictions share x_t and are strongly
+correlated, so the analytic sigma_hat is larger than the real spread of eps_hat and the analytic
+form shrinks the guided epsilon below the conditional one's scale.
 """
 
 from __future__ import annotations
@@ -25,41 +23,42 @@ import torch
 from piti.errors import ConditionError, ConfigError
 
 MODES = ("plain", "normalized")
-CONVENTIONS = ("paper", "official")
 STATS = ("sample", "channel")
+SIGMAS = ("measured", "analytic")
 
 
-def _paper_w(scale: float, convention: str) -> float:
-    """The paper's w for ``scale`` given in ``convention``."""
-    if convention not in CONVENTIONS:
-        raise ConfigError(f"unknown guidance convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
-    return float(scale) if convention == "paper" else float(scale) - 1.0
+def _check(name: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown guidance {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
-def plain_guidance(eps_c, eps_u, scale, convention="paper"):
+def plain_guidance(eps_c, eps_u, w):
     """Classifier-free guidance: eps_c + w (eps_c - eps_u) (Ho & Salimans 2021, Eq. 6)."""
-    w = _paper_w(scale, convention)
     if w == 0:
         return eps_c
     return eps_c + w * (eps_c - eps_u)
 
 
-def normalized_guidance(eps_c, eps_u, scale, stats="sample", convention="paper", eps=1e-12):
+def normalized_guidance(eps_c, eps_u, w, stats="sample", sigma="measured", eps=1e-12):
     """Normalized classifier-free guidance (the PITI paper).
 
-    The plain guided eps_hat, shifted and rescaled so that its mean and standard
-    deviation (per sample, or per sample and channel) are those of ``eps_c``.
-    ``eps`` guards the division where eps_hat is constant.
+    The plain guided eps_hat, shifted and rescaled so that its mean and standard deviation (per
+    sample, or per sample and channel) become those of ``eps_c``; ``sigma`` picks measured or
+    analytic moments of eps_hat (module docstring). ``eps`` guards the division where eps_hat is constant.
     """
-    if stats not in STATS:
-        raise ConfigError(f"unknown guidance statistics {stats!r}; expected one of {', '.join(STATS)}")
-    w = _paper_w(scale, convention)
+    _check("statistics", stats, STATS)
+    _check("sigma", sigma, SIGMAS)
     if w == 0:
         return eps_c
     eps_hat = eps_c + w * (eps_c - eps_u)
     dims = tuple(range(1, eps_c.ndim)) if stats == "sample" else tuple(range(2, eps_c.ndim))
     mu_c, sigma_c = eps_c.mean(dims, keepdim=True), eps_c.std(dims, keepdim=True, unbiased=False)
-    mu_hat, sigma_hat = eps_hat.mean(dims, keepdim=True), eps_hat.std(dims, keepdim=True, unbiased=False)
+    if sigma == "measured":
+        mu_hat, sigma_hat = eps_hat.mean(dims, keepdim=True), eps_hat.std(dims, keepdim=True, unbiased=False)
+    else:  # the paper's moments for independent eps_c, eps_u
+        mu_u, sigma_u = eps_u.mean(dims, keepdim=True), eps_u.std(dims, keepdim=True, unbiased=False)
+        mu_hat = mu_c + w * (mu_c - mu_u)
+        sigma_hat = ((1 + w) ** 2 * sigma_c**2 + w**2 * sigma_u**2).sqrt()
     return sigma_c / sigma_hat.clamp(min=eps) * (eps_hat - mu_hat) + mu_c
 
 
@@ -80,22 +79,21 @@ def _batch(cond, null_cond, where="cond"):
     return torch.cat([cond, null_cond.to(device=cond.device, dtype=cond.dtype)])
 
 
-def guided_denoiser(model_fn, cond, null_cond, scale, mode="normalized", convention="paper", stats="sample"):
+def guided_denoiser(model_fn, cond, null_cond, w, mode="normalized", stats="sample", sigma="measured"):
     """Wrap ``model_fn(x, t, cond) -> output`` into a guided ``denoise(x_t, t_model)``.
 
     As the official code does, the conditional and null predictions come from one doubled
     batch ``model_fn([x_t; x_t], [t; t], [cond; null_cond])``. ``cond`` and ``null_cond``
     are tensors or dicts of tensors (e.g. precomputed ``dict(xf_proj=..., xf_out=...)``);
-    a null batch of 1 is broadcast. Guidance (``mode`` "plain" or "normalized", see the
-    module docstring for ``scale``/``convention``/``stats``) acts on the first C channels
+    a null batch of 1 is broadcast. Guidance of strength ``w`` (``mode`` "plain" or "normalized";
+    ``stats`` and ``sigma``: see the module docstring) acts on the first C channels
     (epsilon); the other channels (learned variance) are those of the conditional half.
     At zero guidance the null batch is not run and ``model_fn(x_t, t, cond)`` is returned.
     """
-    if mode not in MODES:
-        raise ConfigError(f"unknown guidance mode {mode!r}; expected one of {', '.join(MODES)}")
-    if stats not in STATS:
-        raise ConfigError(f"unknown guidance statistics {stats!r}; expected one of {', '.join(STATS)}")
-    w = _paper_w(scale, convention)
+    _check("mode", mode, MODES)
+    _check("statistics", stats, STATS)
+    _check("sigma", sigma, SIGMAS)
+    w = float(w)
     if w == 0:
         return lambda x_t, t: model_fn(x_t, t, cond)
     cond_in = _batch(cond, null_cond)
@@ -110,7 +108,7 @@ def guided_denoiser(model_fn, cond, null_cond, scale, mode="normalized", convent
         if mode == "plain":
             eps_guided = plain_guidance(eps_c, eps_u, w)
         else:
-            eps_guided = normalized_guidance(eps_c, eps_u, w, stats=stats)
+            eps_guided = normalized_guidance(eps_c, eps_u, w, stats=stats, sigma=sigma)
         return torch.cat([eps_guided, out_c[:, channels:]], dim=1)
 
     return denoise

@@ -19,6 +19,7 @@ reproducible whatever else uses the global RNG; with ``generator=None`` they are
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -145,6 +146,18 @@ def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=No
 
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp": sample_dpmpp_2m}
+# the keyword parameters every sampler shares; the others are a sampler's own knobs
+COMMON_PARAMETERS = ("clip_denoised", "generator", "progress", "callback")
+
+
+def sampler_options(name: str, settings, prefix: str = "") -> dict:
+    """The knobs of sampler ``name`` (e.g. DDPM's ``noise_scale``, DDIM's ``eta``) taken from ``settings``
+    (an object with attributes), where each is named ``prefix`` + the sampler's parameter name."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    params = list(inspect.signature(SAMPLERS[name]).parameters)[3:]  # after denoise, x_T, diffusion
+    return {p: getattr(settings, prefix + p) for p in params
+            if p not in COMMON_PARAMETERS and hasattr(settings, prefix + p)}
 
 
 def sample(name, denoise, x_T, diffusion, **kwargs):

@@ -40,6 +40,7 @@ from piti.data.conditions import null_condition
 from piti.data.datasets import PairDataset, make_dataset
 from piti.data.tokenizer import GPT2BPETokenizer, WordTokenizer, load_tokenizer, tokenizer_from_dict
 from piti.diffusion import create_diffusion, guided_denoiser, sample
+from piti.settings import official_to_w
 from piti.errors import ConfigError, DatasetError
 from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig
@@ -390,7 +391,7 @@ class Stage:
                 return model(x, t, cond_emb=c, low_res=low_res).float()
 
         if guidance != 1.0 and low_res is None:
-            denoise = guided_denoiser(model_fn, cond, null, guidance, mode="plain", convention="official")
+            denoise = guided_denoiser(model_fn, cond, null, official_to_w(guidance), mode="plain")
         else:
             denoise = lambda x, t: model_fn(x, t, cond)  # noqa: E731
         x_T = torch.randn(x_start.shape, generator=gen).to(self.device)
