@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from piti.errors import CheckpointError
+from piti.fileio import atomic_write
 
 FORMAT_VERSION = 1
 METADATA_KEY = "piti"
@@ -261,34 +261,6 @@ def load_model(path: str | os.PathLike, preset: str | None = None, device: str |
 
 # --------------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Write a file so that a crash at any moment leaves either the old file or the new one.
-
-    ``write_fn(tmp_path)`` writes the content; we fsync it, rename it over ``path`` and fsync the folder.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(

@@ -81,9 +81,7 @@ class Policy:
 
     def autocast(self):
         """Context manager for network forwards: autocast to bf16/fp16, or nothing for fp32."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.precision, self.device)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Put ``model`` in inference form under this policy, in place; returns the module to call.
@@ -116,6 +114,24 @@ class Policy:
                 "channels_last": self.channels_last, "compile": self.compile}
 
 
+def autocast(precision: str, device: torch.device):
+    """Context manager for forwards in ``precision`` (fp32, bf16 or fp16) on ``device``: autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError when ``precision`` (fp32, bf16, fp16) cannot run on ``device``: fp16 needs CUDA, and bf16 on
+    CUDA a GPU that supports it."""
+    if precision not in DTYPES:
+        raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"this GPU ({torch.cuda.get_device_name(device)}) does not support bf16; use fp16 or fp32")
+
+
 def auto_precision(device: torch.device) -> str:
     """The fastest precision that keeps quality on ``device`` (see the module docstring)."""
     if device.type == "cuda":
@@ -133,10 +149,8 @@ def make_policy(device="cpu", precision: str = "auto", channels_last: bool | Non
     dev = resolve_device(device)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and dev.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
-    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"this GPU ({torch.cuda.get_device_name(dev)}) does not support bf16; use fp16 or fp32")
+    if precision != "auto":
+        check_precision(precision, dev)
     notes = []
     if precision == "auto":
         precision = auto_precision(dev)

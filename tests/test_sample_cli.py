@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from piti.cli import main
-from test_pipeline import depth_metres, sketch_picture, synth_mask, tiny_checkpoints
+from conftest import depth_metres, sketch_picture, synth_mask, tiny_checkpoints
 
 FAST = ["--steps", "3", "--upsample-steps", "2", "--no-progress", "--precision", "fp32"]
 

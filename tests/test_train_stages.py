@@ -21,14 +21,8 @@ from piti.errors import CheckpointError, ConfigError, DatasetError, MissingWeigh
 from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 from piti.train.ema import EMA
-from piti.train.loop import (
-    LossSecondMomentSampler,
-    NonFiniteLossError,
-    StepBatches,
-    Trainer,
-    UniformSampler,
-    list_states,
-)
+from piti.diffusion.resample import LossSecondMomentSampler, UniformSampler
+from piti.train.loop import NonFiniteLossError, StepBatches, Trainer, list_states
 from piti.train.stages import NamedItems, collate
 
 from conftest import TINY_TEXT, TINY_UNET, tiny_config, tiny_model_overrides, tiny_settings

@@ -9,14 +9,13 @@ Writers are atomic (write a temporary file, then rename), so an interrupted
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from piti.errors import DatasetError
+from piti.fileio import atomic_write
 
 # file endings accepted as images everywhere in piti.data
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -60,20 +59,6 @@ def read_array(path: str | Path) -> np.ndarray:
         raise DatasetError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_png(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (H,W) / (H,W,3) or uint16 (H,W) array as a PNG, atomically.
 
@@ -89,9 +74,9 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
         image = Image.fromarray(array)
     else:
         raise ValueError(f"save_png expects uint8 or uint16, got {array.dtype}")
-    _atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG", compress_level=6))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=6))
 
 
 def save_text(path: str | Path, text: str) -> None:
     """Write a UTF-8 text file atomically."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -69,7 +69,7 @@ class _Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON, atomically."""
-        from piti.checkpoints import atomic_write
+        from piti.fileio import atomic_write
 
         text = json.dumps(self.to_dict(), indent=1)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -29,11 +29,12 @@ from typing import Any
 
 import yaml
 
+from piti.diffusion.resample import TIMESTEP_SAMPLERS as SCHEDULE_SAMPLERS
 from piti.errors import ConfigError
+from piti.precision import DTYPES
 
 STAGES = ("pretrain", "encoder", "encoder-dropout", "joint", "upsampler")
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
+PRECISIONS = tuple(DTYPES)  # fp32, bf16, fp16: training takes an explicit precision
 
 
 @dataclass
@@ -158,7 +159,7 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML, atomically."""
-        from piti.checkpoints import atomic_write
+        from piti.fileio import atomic_write
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
