@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+
 from piti.errors import ConfigError
 from piti.train.config import STAGES, TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 

@@ -40,9 +40,9 @@ from piti.data.conditions import null_condition
 from piti.data.datasets import PairDataset, make_dataset
 from piti.data.tokenizer import GPT2BPETokenizer, WordTokenizer, load_tokenizer, tokenizer_from_dict
 from piti.diffusion import create_diffusion, guided_denoiser, sample
-from piti.settings import official_to_w
 from piti.errors import ConfigError, DatasetError
 from piti.presets import create_model, get_config
+from piti.settings import official_to_w
 from piti.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
