@@ -215,6 +215,19 @@ def test_degrade_is_not_black_even_with_l0_always_on():
     assert all(abs(m - img.mean()) < 10 for m in means)  # the official pipeline gave ~0 here
 
 
+def test_the_official_l0_switch_blacks_out_as_the_official_code():
+    img = dg.to_uint8(_image(64, 64))
+    official = dg.DegradationConfig(l0_prob=1.0, l0_official=True)
+    means = [dg.degrade(img, 4, official, np.random.default_rng(s)).mean() for s in range(8)]
+    assert all(m < 10 for m in means) and img.mean() > 50  # near black: only the later noise/JPEG steps remain
+    # with L0 never drawn, the switch changes nothing (same random numbers either way)
+    never = dict(l0_prob=0.0)
+    for s in range(3):
+        a = dg.degrade(img, 4, dg.DegradationConfig(**never), np.random.default_rng(s))
+        b = dg.degrade(img, 4, dg.DegradationConfig(**never, l0_official=True), np.random.default_rng(s))
+        assert np.array_equal(a, b)
+
+
 def test_degrade_runs_random_downsample_before_the_final_resize(monkeypatch):
     calls = []
     real_down, real_resize = dg.random_downsample, dg.resize

@@ -16,7 +16,9 @@ randomness comes from the ``numpy.random.Generator`` passed in, so a seed fixes 
 One deliberate difference: the official L0 smoothing expects 0..255 input, receives [0, 1] and
 returns ``uint8(S * 256)`` of a [0, 1/256] image, i.e. an all-black image; about 20 % of the
 official low-resolution inputs are black. :func:`l0_smooth` works on [0, 1] and keeps the
-image's brightness.
+image's brightness. ``DegradationConfig(l0_official=True)`` (off by default) reproduces the official
+step instead, for an exact match of the official upsampler recipe: the L0 branch then yields black,
+and the steps after it in the random order still apply.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class DegradationConfig:
     l0_lambda: tuple[float, float] = (1.2e-3, 4.0e-3)
     l0_kappa: float = 2.0
     l0_beta_max: float = 1e5
+    l0_official: bool = False  # True: the official L0 step's all-black output (see the module docstring)
 
     def __post_init__(self):
         probs = ("blur_prob", "jpeg_prob", "scale2_prob", "l0_prob", "scale2_opencv_prob",
@@ -410,8 +413,10 @@ def l0_smooth(image: np.ndarray, lam: float, kappa: float = 2.0, beta_max: float
 
 def random_l0_smooth(image: np.ndarray, rng: np.random.Generator,
                      config: DegradationConfig = _DEFAULT) -> np.ndarray:
-    """L0 smoothing with lambda ~ U(1.2e-3, 4e-3), kappa 2, beta up to 1e5."""
-    lam = rng.uniform(*config.l0_lambda)
+    """L0 smoothing with lambda ~ U(1.2e-3, 4e-3), kappa 2, beta up to 1e5 (black with ``config.l0_official``)."""
+    lam = rng.uniform(*config.l0_lambda)  # drawn either way, so both settings consume the same random numbers
+    if config.l0_official:
+        return np.zeros_like(image)
     return l0_smooth(image, lam, config.l0_kappa, config.l0_beta_max)
 
 
