@@ -1,13 +1,19 @@
-# The README's set-up. `make test` and `make demo` work on a fresh machine with Python 3.11.
-PYTHON ?= python3.11
+# The README's set-up. `make test` and `make demo` work on a fresh machine with Python 3.10 or later.
+# PYTHON: the first of these found (or set PYTHON=/path/to/python3.x).
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,python3.11 python3.12 python3.13 python3.10 python3,\
+            $(if $(shell command -v $(p) >/dev/null 2>&1 && $(p) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+            2>/dev/null && echo ok),$(p))))
+endif
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow demo toy-models bench lab clean-venv
+.PHONY: install test lint test-slow demo toy-models bench lab clean-venv
 
 $(PY):
-	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@[ -n "$(PYTHON)" ] || { echo "make: no Python 3.10 or later found; set PYTHON=/path/to/python3"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
@@ -18,8 +24,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest
+
+# ruff: lint and format check (its settings are in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # the tests marked slow (kept out of `make test`)
 test-slow: $(STAMP)
