@@ -21,7 +21,7 @@ from piti.errors import CheckpointError, ConditionError, ConfigError, MissingWei
 from piti.pipeline import PITIPipeline, to_pil, to_uint8
 from piti.precision import cpu_has_native_bf16
 
-from conftest import FEW, depth_metres, pixels, sketch_picture, synth_mask, tiny_checkpoints
+from conftest import FEW, PRECISIONS, depth_metres, pixels, sketch_picture, synth_mask, tiny_checkpoints
 
 CONDITIONS = {"mask": synth_mask, "sketch": sketch_picture, "depth": depth_metres}
 
@@ -51,9 +51,10 @@ def prepare(task, image, size, **kwargs):
 # End to end
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("task", list(CONDITIONS))
-def test_pipeline_end_to_end_each_task(ckpts, task):
-    pipe = PITIPipeline.from_checkpoints(*ckpts[task], precision="fp32")
+def test_pipeline_end_to_end_each_task(ckpts, task, precision):
+    pipe = PITIPipeline.from_checkpoints(*ckpts[task], precision=precision)
     assert pipe.task == task and pipe.profile == "fast"  # project checkpoints get the fast defaults
     out = pipe(CONDITIONS[task](), num_samples=2, seed=0, **FEW)
     assert [im.size for im in out.base_images] == [(32, 32)] * 2
@@ -62,10 +63,22 @@ def test_pipeline_end_to_end_each_task(ckpts, task):
     assert out.condition.shape == (1, {"mask": 3, "sketch": 1, "depth": 6}[task], 32, 32)
     assert out.settings["task"] == task and out.settings["upsample"] is True
     assert out.settings["steps"] == "3" and out.settings["upsample_steps"] == "2"
+    assert out.settings["precision"] == precision
     json.dumps(out.settings)  # JSON-ready, for the CLI's settings.json
     # two samples of one condition differ (different noise), and images are not constant
     assert (pixels(out.images[:1]) != pixels(out.images[1:])).any()
     assert pixels(out.images).std() > 1
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_every_sampler_and_encoder_path_in_each_precision(ckpts, sampler, precision):
+    # every path that feeds a network goes through the precision policy: bf16 weights get bf16-safe inputs
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision=precision)
+    for encode_once in (True, False):
+        out = pipe(synth_mask(), seed=0, sampler=sampler, upsample_sampler=sampler, guidance=1.0,
+                   guidance_mode="normalized", encode_once=encode_once, eta=0.5, upsample_start=0.5, **FEW)
+        assert pixels(out.images).std() > 1
 
 
 @pytest.mark.parametrize("task", list(CONDITIONS))

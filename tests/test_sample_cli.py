@@ -69,6 +69,15 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
         assert (np.asarray(Image.open(out / name)) == np.asarray(Image.open(again / name))).all()
 
 
+def test_cli_official_guidance_scale_and_bf16(ckpts, tmp_path):
+    cond = tmp_path / "labels.png"
+    synth_mask().save(cond)
+    out = tmp_path / "s"
+    assert main(sample_cmd(ckpts, "mask", cond, out, "--guidance-scale", "2.5", "--precision", "bf16")) == 0
+    s = json.loads((out / "settings.json").read_text())["settings"]
+    assert s["guidance"] == 1.5 and s["guidance_scale_official"] == 2.5 and s["precision"] == "bf16"
+
+
 def test_cli_no_upsample_and_sketch_from_photo(ckpts, tmp_path):
     photo = tmp_path / "photo.png"
     yy, xx = np.mgrid[0:48, 0:48]
