@@ -89,7 +89,8 @@ def run_path(path: str, args) -> dict:
     """Time one path; returns a JSON-ready dict."""
     import torch
 
-    from piti.pipeline import PITIPipeline, prepare_condition
+    from piti.data.conditions import condition_tensor
+    from piti.pipeline import PITIPipeline
     from piti.presets import create_model
 
     torch.manual_seed(0)
@@ -111,7 +112,7 @@ def run_path(path: str, args) -> dict:
     settings = pipe.resolve_settings(guidance=0.3)  # guided: the base batch is doubled
     base_size, up_size = base.config.image_size, up.config.image_size
 
-    ref, _ = prepare_condition(args.task, _condition_picture(), base.config.cond_size)
+    ref = condition_tensor(args.task, _condition_picture(), base.config.cond_size)[0][None]
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(1, 3, base_size, base_size, generator=gen, device=dev)
     t = torch.full((1,), 500.0, device=dev)
