@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The whole toy recipe (configs/toy.yaml) in ONE short call of a lent GPU machine, for sessions that have
-# one (the `device` tool: at most 10 minutes a command, 15 minutes of device time in all). On the project's
-# 2-core CPU the recipe gets about 16,000 samples of pretraining in an hour, far too few for a toy GLIDE
-# that follows its captions (checkpoints/toy/README.md); an H100 gives hundreds of thousands in minutes.
+# The whole toy recipe (configs/toy.yaml) in ONE short call of a GPU machine (at most 10 minutes a command).
+# On a 2-core CPU the recipe gets about 16,000 samples of pretraining in an hour, far too few for a toy GLIDE
+# that follows its captions (docs/experiments.md); an H100 gives hundreds of thousands in minutes.
 #
 #   phase 1 (PRETRAIN_MIN minutes): pretrain (toy GLIDE base, batch 128) beside pretrain-upsampler (batch 32);
 #   phase 2 (TASK_MIN minutes): for each task one lane encoder -> encoder-dropout -> joint (shares
