@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -298,3 +299,36 @@ def save_checkpoint(
         header.update(metadata)
     meta = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+# --------------------------------------------------------------------------------------------------
+# Exporting a trained model file
+
+EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # the weight types a model file is exported in
+_SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
+
+
+def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
+    """Copy the model file ``src`` (a PITI ``role`` = "base" or "upsample" model of ``task``) to ``dst``,
+    floating-point tensors cast to ``dtype``, with ``sampling`` added to its header."""
+    ckpt = load_checkpoint(src)
+    cfg = ckpt.config or {}
+    if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
+        raise CheckpointError(f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
+                              f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}")
+    copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling)
+
+
+def copy_model(src, dst, *, dtype: str = "fp16", ckpt=None, **metadata) -> None:
+    """Copy any model file of this project (``ckpt``: ``src`` already loaded) with its floating-point tensors
+    cast to ``dtype``, its header kept and ``metadata`` added (e.g. a toy GLIDE pretraining, kept in fp16)."""
+    ckpt = ckpt or load_checkpoint(src)
+    tensors = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{src}: {len(bad)} tensors are not finite in {dtype} (e.g. {bad[0]}); export in fp32")
+    meta = {k: v for k, v in ckpt.metadata.items() if k not in _SET_BY_SAVE}
+    # re-exporting a shipped file (e.g. to change its sampling settings) keeps the name of the run it came from
+    meta.update(metadata, stored_dtype=str(EXPORT_DTYPES[dtype]).removeprefix("torch."),
+                exported_from=meta.get("exported_from", str(src)))
+    save_checkpoint(dst, tensors, config=ckpt.config or {}, step=ckpt.metadata.get("step"), metadata=meta)

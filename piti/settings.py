@@ -159,6 +159,14 @@ PROFILES = {
 }
 
 
+# The toy recipe's recommended sampling, chosen on held-out selection scenes (docs/experiments.md):
+# normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise per step, and the
+# upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
+TOY_RECIPE = PROFILES["fast"].replace(
+    guidance=5.0, guidance_mode="normalized", sampler="ddpm", steps="25", noise_scale=0.7,
+    upsample_sampler="ddpm", upsample_steps="10", upsample_start=0.1, palette="synth")
+
+
 def official_to_w(scale: float) -> float:
     """The paper's w from the official code's guidance scale s (eps_u + s (eps_c - eps_u)): w = s - 1."""
     return float(scale) - 1.0

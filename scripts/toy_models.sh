@@ -15,7 +15,7 @@
 # shipped folder, default checkpoints/toy; the pipeline loads the models from there), ONLY (run just these
 # stages, "section[:task] ...", then stop: to split the work into lanes, e.g. one per core with
 # OMP_NUM_THREADS=1), and EXPORT_FLAGS: sampling flags of eval/export_toy.py for the recommended settings
-# written into the files' headers (e.g. EXPORT_FLAGS="--guidance 8 --steps 30"; unset: its RECIPE_SAMPLING,
+# written into the files' headers (e.g. EXPORT_FLAGS="--guidance 8 --steps 30"; unset: piti.settings.TOY_RECIPE,
 # chosen on held-out selection scenes: docs/experiments.md). Extra arguments are passed to every
 # `piti train` call as key=value overrides (e.g. device=cpu).
 set -euo pipefail

@@ -87,7 +87,7 @@ for task in $TASKS; do
         --base "$RUNS/joint-$task/model.safetensors" --upsampler "$RUNS/upsampler-$task/model.safetensors" \
         --out-dir "$OUT/toy"
 done
-"$PY" -c 'import sys; sys.path.insert(0, "eval"); from export_toy import copy_model; copy_model(*sys.argv[1:])' \
+"$PY" -c 'import sys; from piti.checkpoints import copy_model; copy_model(*sys.argv[1:])' \
     "$RUNS/pretrain/model.safetensors" "$OUT/toy/toy-glide-base-pretrain.safetensors"
 tar -czf "$OUT/toy_runs.tar.gz" -C "$RUNS" $(cd "$RUNS" && ls -d -- */config.yaml */log.csv *.log)
 ls -l "$OUT/toy" "$OUT/toy_runs.tar.gz"
