@@ -1,0 +1,287 @@
+"""PITI in the browser: paint a label map, draw a sketch or give a depth map, get photos.
+
+    python demo/app.py                                   # the embedded toy models, every task
+    python demo/app.py --task mask --base ckpt/base_mask.pt --upsampler ckpt/upsample_mask.pt
+    python demo/app.py --hub tfwang/PITI                 # the official checkpoints through huggingface_hub
+
+Gradio's GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured (--host and --port win over them).
+The layout and callbacks are here; what they compute lives in piti.demo_support.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import functools
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import piti  # noqa: F401
+except ImportError:  # run from a checkout without installing: the package is beside this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import gradio as gr
+
+from piti import demo_support as ds
+from piti.errors import ConditionError, PitiError
+from piti.tasks import TASKS
+
+EXAMPLES = 3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", choices=TASKS, default=None, help="serve this task only (required with --base)")
+    p.add_argument("--base", default=None, metavar="CKPT",
+                   help="base checkpoint (official .pt or project .safetensors)")
+    p.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
+    p.add_argument("--hub", default=None, metavar="REPO", help="fetch the official checkpoints from this Hugging Face "
+                   "model repo (tfwang/PITI: mask and sketch)")
+    p.add_argument("--palette", choices=("coco-stuff", "ade20k", "synth"), default=None,
+                   help="mask colours (default: synth for the embedded models, coco-stuff for official ones)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
+    p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    args = p.parse_args(argv)
+    if (args.base or args.upsampler) and not args.task:
+        p.error("--base/--upsampler need --task")
+    if args.upsampler and not args.base:
+        p.error("--upsampler needs --base")
+    if args.hub and args.base:
+        p.error("give --hub or --base, not both")
+    return args
+
+
+def make_store(args) -> tuple[ds.ModelStore, str, int]:
+    """The lazily loaded pipelines, the mask palette and the size of the example scenes."""
+    from piti.pipeline import PITIPipeline
+
+    official = bool(args.base or args.hub)
+    palette = args.palette or ("coco-stuff" if official else "synth")
+    if args.hub:
+        from piti.hub import HUB_FILES, from_pretrained
+
+        tasks = [args.task] if args.task else list(HUB_FILES)
+
+        def loader(task):
+            return from_pretrained(args.hub, task=task, device=args.device, palette=palette)
+    else:
+        tasks = [args.task] if args.task else list(TASKS)
+
+        def loader(task):
+            return PITIPipeline.from_checkpoints(args.base, args.upsampler, task=task, device=args.device,
+                                                 palette=palette)
+    return ds.ModelStore(loader, tasks), palette, 256 if official else 128
+
+
+# The pipeline's advice names API keywords and CLI flags; in the page, the controls that do the same.
+UI_HINTS = {"pass snap=True (CLI: --snap)": "tick 'Snap every colour'",
+            "Use sketch_from_photo=True (CLI: --sketch-from-photo)": "Choose 'photo' under 'Translate from'"}
+
+
+def user_errors(fn):
+    """Show the pipeline's message for a user's mistake (PitiError) in the page, not a stack trace."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PitiError as e:
+            message = str(e)
+            for api, ui in UI_HINTS.items():
+                message = message.replace(api, ui)
+            raise gr.Error(message, print_exception=False) from None
+    return wrapper
+
+
+def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path) -> gr.Blocks:
+    scenes = ds.write_examples(example_dir / "examples", EXAMPLES, scene_size, palette)
+    random_dir = example_dir / "random"
+
+    specs = ds.control_specs()
+    private = dict(api_visibility="private")
+
+    def settings_panel(task):
+        with gr.Accordion("Settings", open=True):
+            with gr.Row():
+                num = gr.Slider(**specs["num_samples"], value=1, step=1, label="Number of samples")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                dice = gr.Button("Randomise seed", size="sm")
+            with gr.Row():
+                guidance = gr.Slider(**specs["guidance"], step=0.1, label="Guidance strength w")
+                mode = gr.Radio(**specs["guidance_mode"], label="Guidance mode")
+            with gr.Row():
+                sampler = gr.Dropdown(**specs["sampler"], label="Sampler")
+                steps = gr.Slider(**specs["steps"], step=1, label="Base steps")
+                upsample = gr.Checkbox(label="Upsampler on")
+        dice.click(ds.random_seed, None, seed, queue=False, **private)
+        recommended = [guidance, mode, sampler, steps, upsample]
+
+        def load_defaults():  # on page load: the task's pipeline is loaded once, on first use
+            values = ds.control_values(store.get(task))
+            return [values[k] for k in ("guidance", "guidance_mode", "sampler", "steps", "upsample")]
+
+        demo.load(load_defaults, None, recommended, **private)
+        return [num, seed, guidance, mode, sampler, steps, upsample]
+
+    def outputs_panel(task):
+        with gr.Row():
+            gallery = gr.Gallery(label="Samples", columns=2, height=440, format="png", scale=2,
+                                 elem_id=f"{task}-gallery")
+            with gr.Column(scale=1):
+                condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=180)
+                settings = gr.JSON(label="Settings used (copy to reproduce)", height=240)
+        return [gallery, condition, settings]
+
+    def run(task, condition, controls, notes=(), **kwargs):
+        images, cond, record = ds.translate(store.get(task), condition, **controls, notes=notes, **kwargs)
+        for note in record["notes"]:
+            gr.Info(note)
+        return images, cond, record
+
+    with gr.Blocks(title="PITI: image-to-image translation") as demo:
+        gr.Markdown("# PITI: pretraining is all you need for image-to-image translation\n"
+                    "Translate a label map, a sketch or a depth map into photos. "
+                    + ("The embedded toy models were trained on the project's synthetic world (128 px): "
+                       "the examples come from that world." if scene_size == 128 else ""))
+        with gr.Tabs():
+            if "mask" in store.tasks:
+                with gr.Tab(ds.TASK_TITLES["mask"]):
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            canvas = gr.ImageEditor(
+                                label="Label map: paint with the class colours (black = unlabelled), or upload one",
+                                type="pil", image_mode="RGBA", format="png", sources=("upload",),
+                                canvas_size=(256, 256), height=420, layers=False, transforms=(),
+                                brush=gr.Brush(colors=ds.brush_colors(palette), color_mode="fixed", default_size=8),
+                                value=ds.blank_canvas(256))
+                            gr.Markdown("Browsers antialias brush strokes: colours close to a class colour are "
+                                        "snapped to that class (the notes in the settings say how many pixels).")
+                            snap = gr.Checkbox(False, label="Snap every colour to the nearest class (for colour maps "
+                                                            "saved with other colours, e.g. as JPEG)")
+                            gr.Examples([[str(s.colormap)] for s in scenes], inputs=[canvas],
+                                        label="Scenes from the synthetic world")
+                            new_mask = gr.Button("New random scene")
+                        with gr.Column(scale=1, min_width=200):
+                            legend = ds.palette_legend(palette)
+                            gr.Image(legend, label=f"Legend ({palette} palette)", type="pil", format="png",
+                                     interactive=False, height=legend.height + 60, buttons=["download"])
+                    mask_controls = settings_panel("mask")
+                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
+                    mask_out = outputs_panel("mask")
+
+                    @user_errors
+                    def mask_fn(canvas, snap, num_samples, seed, guidance, guidance_mode, sampler, steps, upsample,
+                                progress=gr.Progress(track_tqdm=True)):
+                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
+                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                        colormap, notes = ds.canvas_to_colormap(canvas, palette)
+                        return run("mask", colormap, controls, notes, snap=bool(snap), source="canvas")
+
+                    go.click(mask_fn, [canvas, snap] + mask_controls, mask_out, api_name="mask")
+                    new_mask.click(lambda: ds.random_scene_files(random_dir, scene_size, palette).colormap.as_posix(),
+                                   None, canvas, **private)
+
+            if "sketch" in store.tasks:
+                with gr.Tab(ds.TASK_TITLES["sketch"]):
+                    src = gr.Radio(["sketch", "photo"], value="sketch", label="Translate from",
+                                      info="a sketch (drawn or uploaded), or a photo whose edges are extracted")
+                    with gr.Row():
+                        with gr.Column():
+                            pad = gr.ImageEditor(
+                                label="Sketch: white lines on black or dark lines on white (draw or upload)",
+                                type="pil", image_mode="RGBA", format="png", sources=("upload",),
+                                canvas_size=(256, 256), height=420, layers=False, transforms=(),
+                                brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed", default_size=2),
+                                value=ds.blank_canvas(256))
+                            gr.Examples([[str(s.sketch)] for s in scenes], inputs=[pad], label="Sketches")
+                        with gr.Column():
+                            photo = gr.Image(label="Photo", type="pil", image_mode="RGB", sources=("upload",),
+                                             height=260)
+                            edges = gr.Image(label="Its edges, as the model will see them (distance to the lines)",
+                                             type="pil", format="png", height=160, interactive=False)
+                            gr.Examples([[str(s.photo)] for s in scenes], inputs=[photo], label="Photos")
+                    new_sketch = gr.Button("New random scene")
+                    sketch_controls = settings_panel("sketch")
+                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
+                    sketch_out = outputs_panel("sketch")
+
+                    @user_errors
+                    def edges_fn(image):
+                        if image is None:
+                            return None
+                        return ds.preview_condition(store.get("sketch"), image, from_photo=True, source="photo")
+
+                    @user_errors
+                    def sketch_fn(source, sketch, photo, num_samples, seed, guidance, guidance_mode, sampler, steps,
+                                  upsample, progress=gr.Progress(track_tqdm=True)):
+                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
+                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                        if source == "photo":
+                            if photo is None:
+                                raise ConditionError("no photo: upload one or pick an example (or use the sketch)")
+                            return run("sketch", photo, controls, sketch_from_photo=True, source="photo")
+                        return run("sketch", ds.editor_image(sketch, "sketch pad"), controls, source="sketch pad")
+
+                    def random_sketch():
+                        files = ds.random_scene_files(random_dir, scene_size, palette)
+                        return files.sketch.as_posix(), files.photo.as_posix()
+
+                    photo.change(edges_fn, photo, edges, **private)
+                    photo.upload(lambda: "photo", None, src, **private, queue=False)
+                    go.click(sketch_fn, [src, pad, photo] + sketch_controls, sketch_out, api_name="sketch")
+                    new_sketch.click(random_sketch, None, [pad, photo], **private)
+
+            if "depth" in store.tasks:
+                with gr.Tab(ds.TASK_TITLES["depth"]):
+                    with gr.Row():
+                        with gr.Column():
+                            depth = gr.File(label="Depth map: 16-bit PNG in metres x 256 (0 = no depth) or .npy "
+                                                  "in metres", file_types=[".png", ".npy"], type="filepath")
+                            gr.Examples([[str(s.depth)] for s in scenes], inputs=[depth], label="Depth maps")
+                            new_depth = gr.Button("New random scene")
+                        with gr.Column():
+                            depth_view = gr.Image(label="As the model will see it: normals | depth", type="pil",
+                                                  format="png", height=200, interactive=False)
+                    depth_controls = settings_panel("depth")
+                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
+                    depth_out = outputs_panel("depth")
+
+                    @user_errors
+                    def depth_view_fn(path):
+                        if path is None:
+                            return None
+                        condition, name = ds.open_upload(path)
+                        return ds.preview_condition(store.get("depth"), condition, source=name)
+
+                    @user_errors
+                    def depth_fn(depth_map, num_samples, seed, guidance, guidance_mode, sampler, steps, upsample,
+                                 progress=gr.Progress(track_tqdm=True)):
+                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
+                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                        condition, name = ds.open_upload(depth_map)
+                        return run("depth", condition, controls, source=name)
+
+                    depth.change(depth_view_fn, depth, depth_view, **private)
+                    go.click(depth_fn, [depth] + depth_controls, depth_out, api_name="depth")
+                    new_depth.click(lambda: ds.random_scene_files(random_dir, scene_size, palette).depth.as_posix(),
+                                    None, depth, **private)
+    return demo
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    store, palette, scene_size = make_store(args)
+    workdir = Path(tempfile.mkdtemp(prefix="piti-demo-"))  # example scenes, drawn at start-up
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    demo = build(store, palette, scene_size, workdir)
+    demo.queue(default_concurrency_limit=1)  # one generation at a time; the others wait in the queue
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(workdir)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
