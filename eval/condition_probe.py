@@ -21,52 +21,8 @@ import sys
 import torch
 
 from piti.checkpoints import load_model
-from piti.data.datasets import SynthDataset
-from piti.diffusion import create_diffusion
 from piti.errors import PitiError
-
-
-@torch.no_grad()
-def _estimate(model, diffusion, x0, cond_emb, noise, t: int):
-    """Clean-image estimate at step t, with the scenes' own and with the next scene's conditions."""
-    tt = torch.full((x0.shape[0],), t)
-    x_t = diffusion.q_sample(x0, tt, noise)
-    out = []
-    for emb in (cond_emb, {k: v.roll(1, 0) for k, v in cond_emb.items()}):
-        eps = model(x_t, diffusion.model_timesteps(tt), cond_emb=emb)[:, :3]
-        out.append(diffusion.predict_x0_from_eps(x_t, tt, eps).clamp(-1, 1))
-    return out
-
-
-def probe(model, steps: int = 300, every: int = 50, lr: float = 5e-4, scenes: int = 8, seed: int = 0):
-    """Train ``model`` in place on ``scenes`` fixed scenes; yields ``(step, x0 error, influence)``."""
-    cfg = model.config
-    if cfg.kind != "piti" or cfg.super_res:
-        raise PitiError("the probe takes a PITI base model (64 px, condition image)")
-    ds = SynthDataset(length=scenes, task=cfg.task, seed=0, image_size=cfg.image_size, cond_size=cfg.cond_size,
-                      flip=False)
-    items = [ds[i] for i in range(scenes)]
-    x0 = torch.stack([it["image"] for it in items])
-    ref = torch.stack([it["cond"] for it in items])
-    diffusion = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, "")
-    gen = torch.Generator().manual_seed(seed)
-    probe_noise = torch.randn(x0.shape, generator=gen)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for step in range(steps + 1):
-        if step % every == 0:
-            model.eval()
-            own, other = _estimate(model, diffusion, x0, model.encode(ref), probe_noise, 900)
-            model.train()
-            yield step, float((own - x0).abs().mean()), float((own - other).abs().mean())
-        if step == steps:
-            break
-        t = torch.randint(600, diffusion.num_timesteps, (scenes,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        eps = model(diffusion.q_sample(x0, t, noise), diffusion.model_timesteps(t), ref=ref)[:, :3]
-        loss = (eps - noise).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+from piti.evaluation.diagnostics import probe
 
 
 def main(argv=None) -> int:

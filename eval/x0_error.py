@@ -24,57 +24,11 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from piti.checkpoints import load_model
-from piti.data.datasets import SynthDataset
 from piti.data.tokenizer import tokenizer_from_dict
-from piti.diffusion import create_diffusion
 from piti.errors import PitiError
-from piti.evaluation.segmenter import HELDOUT_STREAM
-
-
-@torch.no_grad()
-def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict:
-    """``{t: (x0 mean abs error, eps MSE, x0 change with another scene's condition)}``, ``"scenes"``: how much
-    the scenes differ from the next one, and, for an upsampler, ``"bicubic"``: its input's error.
-
-    A PITI model's condition is the scene's condition image; a GLIDE model's is the scene's caption,
-    tokenized by ``tokenizer`` (the one stored in its file)."""
-    cfg = model.config
-    if cfg.kind == "glide" and tokenizer is None:
-        raise PitiError(f"{cfg.name or 'this GLIDE model'} needs the tokenizer it was trained with")
-    task = cfg.task if cfg.kind == "piti" else "mask"  # a GLIDE model reads captions; any task has them
-    ds = SynthDataset(length=num, task=task, seed=HELDOUT_STREAM, image_size=cfg.image_size,
-                      cond_size=cfg.cond_size if cfg.kind == "piti" else 64, flip=False)
-    items = [ds[i] for i in range(num)]
-    x0 = torch.stack([it["image"] for it in items])
-    if cfg.kind == "piti":
-        cond_emb = model.encode(torch.stack([it["cond"] for it in items]))
-    else:
-        cond_emb = model.encode_text(*tokenizer.batch([it["caption"] for it in items], cfg.text_ctx))
-    low_res = enlarged = None
-    if cfg.super_res:
-        low_res = F.interpolate(x0, size=64, mode="bicubic", antialias=True).clamp(-1, 1)
-        enlarged = F.interpolate(low_res, size=cfg.image_size, mode="bicubic").clamp(-1, 1)
-    diffusion = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, "")
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    out = {}
-    for t in steps:
-        tt = torch.full((num,), int(t))
-        x_t = diffusion.q_sample(x0, tt, noise)
-        eps = model(x_t, diffusion.model_timesteps(tt), cond_emb=cond_emb, low_res=low_res)[:, :3]
-        x0_pred = diffusion.predict_x0_from_eps(x_t, tt, eps).clamp(-1, 1)
-        # the same x_t with the next scene's condition: how much does the prediction follow the condition?
-        other = {k: v.roll(1, 0) for k, v in cond_emb.items()}
-        eps_other = model(x_t, diffusion.model_timesteps(tt), cond_emb=other, low_res=low_res)[:, :3]
-        x0_other = diffusion.predict_x0_from_eps(x_t, tt, eps_other).clamp(-1, 1)
-        out[int(t)] = (float((x0_pred - x0).abs().mean()), float((eps - noise).pow(2).mean()),
-                       float((x0_pred - x0_other).abs().mean()))
-    if enlarged is not None:
-        out["bicubic"] = float((enlarged - x0).abs().mean())
-    out["scenes"] = float((x0 - x0.roll(1, 0)).abs().mean())  # what following the condition fully would give
-    return out
+from piti.evaluation.diagnostics import x0_errors
 
 
 def main(argv=None) -> int:

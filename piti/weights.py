@@ -84,11 +84,15 @@ WEIGHTS: dict[str, WeightSpec] = {
         "inception-2015-12-05.pt",
         "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
         _cleanfid_dir, "FID (clean-fid's TorchScript Inception-v3)"),
+    "inception-pytorch": WeightSpec(
+        "pt_inception-2015-12-05-6726825d.pth",
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        _torch_hub_checkpoints, "FID in clean-fid's legacy_pytorch mode (pytorch-fid's Inception-v3)"),
     "clip": WeightSpec(
         "ViT-B-32.pt",
         "https://openaipublic.azureedge.net/clip/models/"
         "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-        _clip_dir, "FID-C (CLIP ViT-B/32 features, clean-fid's clip_vit_b_32)"),
+        _clip_dir, "FID-C (CLIP ViT-B/32 image features, clean-fid's clip_vit_b_32 protocol)"),
 }
 
 

@@ -1,14 +1,19 @@
-"""mIoU, the Fréchet distance and FID-T of the alignment check."""
+"""mIoU, the Fréchet distance (clean-fid's), FID-T, edge F1 and depth errors."""
+
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from scipy import linalg
 
 from piti.errors import ConfigError
+from piti.evaluation.fid import fid_t
 from piti.evaluation.metrics import (
     confusion_matrix,
+    depth_errors,
+    edge_f1,
     feature_statistics,
-    fid_t,
     frechet_distance,
     iou_from_confusion,
     miou,
@@ -134,3 +139,57 @@ def test_fid_t_zero_for_identical_sets_and_grows_with_a_shift(tiny_segmenter):
 def test_fid_t_refuses_different_sizes(tiny_segmenter):
     with pytest.raises(ConfigError, match="one size"):
         fid_t(torch.zeros(4, 3, 16, 16), torch.zeros(4, 3, 32, 32), tiny_segmenter)
+
+
+def _previous_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """The project's own Fréchet distance before it moved to clean-fid's (kept here as the reference that
+    FID-T keeps its meaning)."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    diff = mu1 - mu2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if caught or not np.isfinite(covmean).all():
+        d = mu1.shape[0]
+        sigma1, sigma2 = sigma1 + np.eye(d) * eps, sigma2 + np.eye(d) * eps
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean), 0.0))
+
+
+def test_fid_t_keeps_its_meaning_through_clean_fid(tiny_segmenter):
+    """FID-T now goes through clean-fid's Fréchet distance; on fixed pictures it equals the previous code's.
+    These features have a dead (always 0) channel, so the covariance product is singular: the previous code
+    then added 1e-6 to both diagonals (in the traces too), clean-fid does not; the values agree to 1e-3."""
+    real = _pictures()
+    for s in (0.05, 0.2, 0.5):
+        fake = (real + s).clamp(-1, 1)
+        old = _previous_frechet(*feature_statistics(tiny_segmenter.embed(real)),
+                                *feature_statistics(tiny_segmenter.embed(fake)))
+        assert fid_t(real, fake, tiny_segmenter) == pytest.approx(old, rel=1e-3)
+
+
+def test_edge_f1_is_one_on_itself_and_falls_with_a_shift():
+    edges = np.zeros((40, 40), bool)
+    edges[10, 5:35] = edges[5:35, 20] = True
+    assert edge_f1(edges, edges)["f1"] == 1.0
+    shifted = [edge_f1(np.roll(edges, k, axis=1), edges, tolerance=2)["f1"] for k in (1, 2, 3, 6)]
+    assert shifted[0] == shifted[1] == 1.0  # a shift within the tolerance
+    assert 1.0 > shifted[2] > shifted[3]
+    assert edge_f1(np.roll(edges, 2, axis=1), edges, tolerance=0)["f1"] < 0.5  # only the horizontal line still matches
+    empty = np.zeros_like(edges)
+    assert edge_f1(empty, empty)["f1"] == 1.0 and edge_f1(empty, edges)["f1"] == 0.0
+    with pytest.raises(ConfigError, match="shape"):
+        edge_f1(edges, edges[:, :30])
+
+
+def test_depth_errors_by_hand():
+    target = np.array([[2.0, 4.0], [0.0, 8.0]])  # one pixel without depth
+    pred = np.array([[3.0, 4.0], [5.0, 6.0]])
+    e = depth_errors(pred, target)
+    assert e["pixels"] == 3
+    assert e["rmse"] == pytest.approx(np.sqrt((1 + 0 + 4) / 3))
+    assert e["absrel"] == pytest.approx((0.5 + 0 + 0.25) / 3)
+    with pytest.raises(ConfigError, match="no valid depth"):
+        depth_errors(pred, np.zeros_like(target))

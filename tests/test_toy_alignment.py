@@ -1,39 +1,43 @@
-"""eval/toy_alignment.py and eval/export_toy.py on tiny random-weight models.
+"""The toy alignment check (piti.evaluation.alignment, eval/toy_alignment.py), the diagnostics
+(piti.evaluation.diagnostics, eval/x0_error.py, eval/condition_probe.py) and eval/export_toy.py, on tiny
+random-weight models.
 
 A PLUMBING test: the models are tiny and random, so the mIoU and FID-T values mean nothing here; the
-tests check that the scripts run end to end, write every field and the grids, build conditions as the
-training data does, fail clearly on missing files, and that fp16 exports load into the pipeline.
+tests check that the code runs end to end, writes every field and the grids, builds conditions as the
+training data does, fails clearly on missing files, and that fp16 exports load into the pipeline. The
+scripts' command lines are run as subprocesses.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_checkpoints
 from PIL import Image
 from safetensors import safe_open
-from test_pipeline import tiny_checkpoints
 
 from piti.data.datasets import SynthDataset
-from piti.evaluation.segmenter import HELDOUT_STREAM, Segmenter, SegmenterConfig, save_segmenter
+from piti.evaluation import alignment, diagnostics
+from piti.evaluation.scenes import HELDOUT_STREAM, heldout_examples
+from piti.evaluation.segmenter import Segmenter, SegmenterConfig, load_segmenter, save_segmenter
 from piti.pipeline import PITIPipeline
 
-EVAL = Path(__file__).resolve().parent.parent / "eval"
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, EVAL / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-alignment, export = load_script("toy_alignment"), load_script("export_toy")
+def run_script(name: str, *args) -> subprocess.CompletedProcess:
+    """``python eval/NAME.py ARGS`` from the repository root, one thread, output captured."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "eval" / f"{name}.py"), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +56,46 @@ def ckpts(tmp_path_factory):
             for task in ("mask", "depth")}
 
 
-@pytest.mark.parametrize("task", ["mask", "depth"])
-def test_end_to_end_writes_json_and_grid(ckpts, segmenter_file, tmp_path, task, capsys):
+def test_script_end_to_end_writes_json_and_grid(ckpts, segmenter_file, tmp_path):
     out = tmp_path / "alignment.json"
-    base, up = ckpts[task]
-    rc = alignment.main(["--tasks", task, "--base", str(base), "--upsampler", str(up), "--num", "2",
-                         "--steps", "2", "--upsample-steps", "2", "--segmenter", str(segmenter_file),
-                         "--out", str(out), "--threads", "1"])
-    assert rc == 0
+    base, up = ckpts["mask"]
+    r = run_script("toy_alignment", "--tasks", "mask", "--base", base, "--upsampler", up, "--num", "2",
+                   "--steps", "2", "--upsample-steps", "2", "--segmenter", segmenter_file, "--out", out,
+                   "--threads", "1")
+    assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert "Inception" in report["fid_t"] and report["num"] == 2
-    r = report["tasks"][task]
+    r_mask = report["tasks"]["mask"]
+    check_result(r_mask)
+    # the settings asked for, the checkpoint's recommended guidance, and (the header has none) the profile's
+    # guidance mode: no flag given, nothing forced
+    assert r_mask["settings"]["guidance_mode"] == "plain" and r_mask["settings"]["guidance"] == 0.5
+    assert r_mask["settings"]["steps"] == "2" and r_mask["settings"]["upsample_steps"] == "2"
+    assert "mask" in r.stdout
+
+
+def check_result(r):
     assert r["size"] == 64 and r["at_base_size"]["size"] == 32  # tiny upsampler 32 -> 64
     for row in (r, r["at_base_size"]):
         assert 0 <= row["miou_generated"] <= 1 and 0 < row["miou_real"] <= 1 and row["fid_t"] >= 0
         assert row["miou_ratio"] == pytest.approx(row["miou_generated"] / row["miou_real"])
         assert len(row["iou_per_class"]) == 10
     assert r["seconds_per_image"] > 0 and r["base_seconds_per_image"] > 0 and r["upsample_seconds_per_image"] > 0
-    # the settings asked for, and the checkpoint's recommended guidance (no --guidance given)
-    assert r["settings"]["guidance_mode"] == "normalized" and r["settings"]["guidance"] == 0.5
-    assert r["settings"]["steps"] == "2" and r["settings"]["upsample_steps"] == "2"
     grid = Image.open(r["grid"])
     assert grid.width > 3 * 64 and grid.height > 2 * 64  # three columns, two scenes
-    assert f"{task}" in capsys.readouterr().out
+
+
+def test_evaluate_toy_task_on_depth(ckpts, segmenter_file, tmp_path):
+    pipe = PITIPipeline.from_checkpoints(*ckpts["depth"], precision="fp32")
+    r = alignment.evaluate_toy_task("depth", pipe, load_segmenter(segmenter_file), num=2,
+                                    settings=dict(steps="2", upsample_steps="2"), grid=tmp_path / "g.png")
+    check_result(r)
+    assert r["settings"]["guidance"] == 0.5  # the checkpoint's recommendation
 
 
 def test_conditions_are_the_training_datas(segmenter_file):
     """The held-out conditions and images are SynthDataset's own, for scenes (HELDOUT_STREAM, i)."""
-    data = alignment.heldout_examples("sketch", 2, 3, size=64, cond_size=32, base_size=32)
+    data = heldout_examples("sketch", 2, 3, size=64, cond_size=32, base_size=32, depth=True)
     ds = SynthDataset(length=10, task="sketch", seed=HELDOUT_STREAM, image_size=64, cond_size=32, flip=False)
     for j in range(2):
         item = ds[3 + j]
@@ -88,6 +104,7 @@ def test_conditions_are_the_training_datas(segmenter_file):
         assert torch.allclose(real, item["image"], atol=1e-6)
     assert data["labels"].shape == (2, 64, 64) and data["labels_base"].shape == (2, 32, 32)
     assert data["real_base"].shape == (2, 32, 32, 3)
+    assert data["depth"].shape == (2, 64, 64) and data["depth"].max() > 0 and (data["depth"] == 0).any()  # sky: 0
     assert not np.array_equal(data["labels"][0], data["labels"][1])  # two different scenes
 
 
@@ -113,8 +130,7 @@ def test_judge_reports_the_iou_of_each_class(monkeypatch):
     labels = np.array([[[0, 0], [1, 2]], [[0, 2], [0, 0]]], np.uint8)  # 5 x class 0, 1 x class 1, 2 x class 2
     real = np.zeros((2, 2, 2, 3), np.uint8)
     generated = real.copy() + 1
-    monkeypatch.setattr(alignment, "fid_t", lambda *a, **k: 0.0)
-    scores = alignment.judge(_FixedSegmenter(labels), generated, real, labels)
+    scores = alignment.judge(_FixedSegmenter(labels), generated, real, labels, with_fid_t=False)
     per_class = scores["iou_per_class"]
     assert list(per_class)[:3] == ["sky", "sea", "sand"] and len(per_class) == 10
     assert per_class["sky"] == [1.0, 1.0] and per_class["sea"] == [0.0, 1.0]
@@ -123,35 +139,26 @@ def test_judge_reports_the_iou_of_each_class(monkeypatch):
     assert scores["miou_generated"] == pytest.approx((1 + 0 + 2 / 3) / 3) and scores["miou_real"] == 1.0
 
 
-def test_missing_checkpoint_is_a_clear_error(ckpts, segmenter_file, tmp_path, capsys):
+def test_missing_checkpoint_and_bad_arguments_are_clear_errors(ckpts, segmenter_file, tmp_path):
     missing = tmp_path / "nope-upsample.safetensors"
-    rc = alignment.main(["--tasks", "mask", "--base", str(ckpts["mask"][0]), "--upsampler", str(missing),
-                         "--num", "2", "--segmenter", str(segmenter_file), "--out", str(tmp_path / "a.json")])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "not found" in err and str(missing) in err
+    r = run_script("toy_alignment", "--tasks", "mask", "--base", ckpts["mask"][0], "--upsampler", missing,
+                   "--num", "2", "--segmenter", segmenter_file, "--out", tmp_path / "a.json")
+    assert r.returncode == 2 and "not found" in r.stderr and str(missing) in r.stderr
     assert not (tmp_path / "a.json").exists()
     # the embedded models' folder without them: every missing file named, before anything is sampled
-    rc = alignment.main(["--models-dir", str(tmp_path), "--segmenter", str(segmenter_file)])
-    err = capsys.readouterr().err
-    assert rc == 2 and "make toy-models" in err
-    assert all(str(tmp_path / f"piti-toy-{t}-{r}.safetensors") in err
-               for t in ("mask", "sketch", "depth") for r in ("base", "upsample"))
-
-
-def test_bad_arguments(ckpts, segmenter_file, tmp_path, capsys):
-    base = str(ckpts["mask"][0])
-    assert alignment.main(["--tasks", "mask", "sketch", "--base", base, "--segmenter", str(segmenter_file)]) == 2
-    assert "one --tasks" in capsys.readouterr().err
-    assert alignment.main(["--num", "1", "--segmenter", str(segmenter_file)]) == 2
-    assert "at least 2" in capsys.readouterr().err
+    r = run_script("toy_alignment", "--models-dir", tmp_path, "--segmenter", segmenter_file)
+    assert r.returncode == 2 and "make toy-models" in r.stderr
+    assert all(str(tmp_path / f"piti-toy-{t}-{k}.safetensors") in r.stderr
+               for t in ("mask", "sketch", "depth") for k in ("base", "upsample"))
+    r = run_script("toy_alignment", "--tasks", "mask", "sketch", "--base", ckpts["mask"][0])
+    assert r.returncode == 2 and "one --tasks" in r.stderr
 
 
 def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     base, up = ckpts["mask"]
-    rc = export.main(["--task", "mask", "--base", str(base), "--upsampler", str(up), "--guidance", "1.5",
-                      "--out-dir", str(tmp_path)])
-    assert rc == 0
+    r = run_script("export_toy", "--task", "mask", "--base", base, "--upsampler", up, "--guidance", "1.5",
+                   "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
     new_base, new_up = tmp_path / "piti-toy-mask-base.safetensors", tmp_path / "piti-toy-mask-upsample.safetensors"
     with safe_open(str(new_base), framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
@@ -160,10 +167,11 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     pipe = PITIPipeline.from_checkpoints(new_base, new_up, precision="fp32")
     ref = PITIPipeline.from_checkpoints(base, up, precision="fp32")
     # the sampling header the pipeline reads: --guidance as given, the rest the recipe's defaults
-    assert pipe.defaults["guidance"] == 1.5 and pipe.defaults["guidance_mode"] == "normalized"
-    assert pipe.defaults["palette"] == "synth" and pipe.defaults["guidance_convention"] == "paper"
-    recipe = {k: v for k, v in export.RECIPE_SAMPLING.items() if k != "guidance"}
-    assert {k: pipe.defaults[k] for k in recipe} == recipe
+    assert pipe.defaults.guidance == 1.5 and pipe.defaults.guidance_mode == "normalized"
+    assert pipe.defaults.palette == "synth"
+    recipe = dict(guidance_mode="normalized", sampler="ddpm", steps="25", noise_scale=0.7, upsample_sampler="ddpm",
+                  upsample_steps="10", upsample_start=0.1)  # eval/export_toy.py's RECIPE_SAMPLING
+    assert {k: getattr(pipe.defaults, k) for k in recipe} == recipe
     assert pipe.base_model.checkpoint_metadata["stored_dtype"] == "float16"
     # weights widened to fp32, equal to the fp16-rounded originals
     for model, original in ((pipe.base_model, ref.base_model), (pipe.upsampler_model, ref.upsampler_model)):
@@ -173,32 +181,29 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
                 assert torch.equal(p, q.half().float()), name
     # exporting an exported file again (new settings) keeps its weights and the run it came from
     again = tmp_path / "again"
-    assert export.main(["--task", "mask", "--base", str(new_base), "--upsampler", str(new_up), "--guidance", "8",
-                        "--out-dir", str(again)]) == 0
+    assert run_script("export_toy", "--task", "mask", "--base", new_base, "--upsampler", new_up, "--guidance", "8",
+                      "--out-dir", again).returncode == 0
     twice = PITIPipeline.from_checkpoints(again / new_base.name, again / new_up.name, precision="fp32")
-    assert twice.defaults["guidance"] == 8 and twice.base_model.checkpoint_metadata["exported_from"] == str(base)
+    assert twice.defaults.guidance == 8 and twice.base_model.checkpoint_metadata["exported_from"] == str(base)
     assert all(torch.equal(p, q) for p, q in zip(twice.base_model.state_dict().values(),
                                                  pipe.base_model.state_dict().values()))
     # and the samples stay close to the fp32 model's (same seed)
-    cond = alignment.heldout_examples("mask", 1, 0, size=64, cond_size=32)["cond"][0]
-    a = np.asarray(pipe(cond, seed=0, steps=2, upsample_steps=2, progress=False).images[0], np.int16)
-    same = {**recipe, "steps": 2, "upsample_steps": 2, "guidance": 1.5, "guidance_convention": "paper"}
+    cond = heldout_examples("mask", 1, 0, size=64, cond_size=32)["cond"][0]
+    a = np.asarray(pipe(cond, seed=0, steps="2", upsample_steps="2", progress=False).images[0], np.int16)
+    same = {**recipe, "steps": "2", "upsample_steps": "2", "guidance": 1.5}
     b = np.asarray(ref(cond, seed=0, progress=False, **same).images[0], np.int16)
     assert np.abs(a - b).mean() < 2.0
 
 
-def test_export_checks_the_model_role(ckpts, tmp_path, capsys):
+def test_export_checks_the_model_role(ckpts, tmp_path):
     base, up = ckpts["mask"]
-    rc = export.main(["--task", "mask", "--base", str(up), "--upsampler", str(base), "--out-dir", str(tmp_path)])
-    assert rc == 2 and "PITI base model" in capsys.readouterr().err
-    rc = export.main(["--task", "sketch", "--base", str(base), "--upsampler", str(up), "--out-dir", str(tmp_path)])
-    assert rc == 2 and "task 'sketch'" in capsys.readouterr().err
+    r = run_script("export_toy", "--task", "mask", "--base", up, "--upsampler", base, "--out-dir", tmp_path)
+    assert r.returncode == 2 and "PITI base model" in r.stderr
+    r = run_script("export_toy", "--task", "sketch", "--base", base, "--upsampler", up, "--out-dir", tmp_path)
+    assert r.returncode == 2 and "task 'sketch'" in r.stderr
 
 
-x0_error = load_script("x0_error")
-
-
-def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tmp_path, capsys):
+def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tmp_path):
     """The diagnostic runs on PITI models (condition image) and GLIDE models (caption, with the tokenizer
     from the file), and its "other condition" column is exactly 0 for a network that cannot see it."""
     from piti.checkpoints import load_model, save_checkpoint
@@ -206,39 +211,54 @@ def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tm
     from piti.presets import create_model
 
     base = ckpts["mask"][0]
-    assert x0_error.main([str(base), "--steps", "100", "900", "--num", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "2 held-out scenes" in out and len([ln for ln in out.splitlines() if ln.strip().startswith(("100", "900"))]) == 2
+    r = run_script("x0_error", base, "--steps", "100", "900", "--num", "2")
+    assert r.returncode == 0, r.stderr
+    assert "2 held-out scenes" in r.stdout
+    assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith(("100", "900"))]) == 2
 
     model = load_model(base).eval()
-    errors = x0_error.x0_errors(model, [100, 900], num=2)
+    errors = diagnostics.x0_errors(model, [100, 900], num=2)
     assert errors["scenes"] > 0.05 and all(errors[t][2] > 0 for t in (100, 900))
     with torch.no_grad():  # cut every path from the condition tokens into the decoder
         for name, p in model.decoder.named_parameters():
             if "encoder_kv" in name or "transformer_proj" in name:
                 p.zero_()
-    errors = x0_error.x0_errors(model, [100, 900], num=2)
+    errors = diagnostics.x0_errors(model, [100, 900], num=2)
     assert all(errors[t][2] == 0 for t in (100, 900))
 
     torch.manual_seed(0)
     glide = create_model("toy-glide-base", num_channels=32, num_res_blocks=1, channel_mult=[1, 2],
                          attention_resolutions=[32], image_size=64, xf_width=64, xf_layers=1, xf_heads=2, text_ctx=24)
     words = "a an and by the sea sky tree trees two three house boat under clear with".split()
+    tok = WordTokenizer(words)
+    errors = diagnostics.x0_errors(glide.eval(), [900], num=2, tokenizer=tok)
+    assert errors[900][2] >= 0
     path = tmp_path / "glide.safetensors"
-    save_checkpoint(path, glide, metadata={"tokenizer": WordTokenizer(words).to_dict()})
-    assert x0_error.main([str(path), "--steps", "900", "--num", "2"]) == 0
-    assert "x0 change, other condition" in capsys.readouterr().out
+    save_checkpoint(path, glide, metadata={"tokenizer": tok.to_dict()})
+    r = run_script("x0_error", path, "--steps", "900", "--num", "2")
+    assert r.returncode == 0 and "x0 change, other condition" in r.stdout
     save_checkpoint(path, glide)
-    assert x0_error.main([str(path), "--steps", "900", "--num", "2"]) == 2
-    assert "without its tokenizer" in capsys.readouterr().err
+    r = run_script("x0_error", path, "--steps", "900", "--num", "2")
+    assert r.returncode == 2 and "without its tokenizer" in r.stderr
 
 
-def test_condition_probe_trains_in_memory_and_reports_the_influence(ckpts, capsys):
-    probe = load_script("condition_probe")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_x0_errors_feed_the_network_in_its_own_dtype(ckpts, precision):
+    """A pipeline may cast its networks to bf16: the diagnostic gives them inputs of their dtype."""
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision=precision)
+    for model in (pipe.base_model, pipe.upsampler_model):
+        errors = diagnostics.x0_errors(model, [50], num=2)
+        assert np.isfinite(errors[50][0])
+
+
+def test_condition_probe_trains_in_memory_and_reports_the_influence(ckpts):
+    from piti.checkpoints import load_model
+
     base, up = ckpts["mask"]
-    assert probe.main([str(base), "--steps", "2", "--every", "1", "--scenes", "2"]) == 0
-    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[2:]]
-    assert [r[0] for r in rows] == ["0", "1", "2"] and all(0 <= float(r[2]) <= 2 for r in rows)
+    rows = list(diagnostics.probe(load_model(base).float(), steps=2, every=1, scenes=2))
+    assert [r[0] for r in rows] == [0, 1, 2] and all(0 <= r[2] <= 2 for r in rows)
     assert rows[0][1:] != rows[2][1:]  # the model was trained between the measurements
-    assert probe.main([str(up), "--steps", "1"]) == 2
-    assert "PITI base model" in capsys.readouterr().err
+    r = run_script("condition_probe", base, "--steps", "1", "--every", "1", "--scenes", "2")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 4, r.stderr
+    r = run_script("condition_probe", up, "--steps", "1")
+    assert r.returncode == 2 and "PITI base model" in r.stderr

@@ -1,13 +1,14 @@
-"""eval/toy_model_card.py: the card's numbers come from the logs and alignment.json, not by hand."""
+"""piti.evaluation.card (eval/toy_model_card.py): the card's numbers come from the logs and alignment.json,
+not by hand."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from test_toy_alignment import load_script
+from test_toy_alignment import run_script
 
-card_script = load_script("toy_model_card")
+from piti.evaluation import card as card_lib
 FIELDS = "step,loss,mse,vb,perceptual,adv,disc,lr,grad_norm,sec_per_step\n"
 
 
@@ -20,7 +21,7 @@ def test_log_summary_counts_compute_seconds_and_resumed_repeats():
     rows = [{"step": 25, "loss": 0.4, "sec_per_step": 2.0}, {"step": 50, "loss": 0.3, "sec_per_step": 2.0},
             {"step": 25, "loss": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
             {"step": 50, "loss": 0.2, "sec_per_step": 100.0}]  # paused interval, counted at the median
-    s = card_script.log_summary(rows)
+    s = card_lib.log_summary(rows)
     assert s["steps"] == 50 and s["seconds"] == pytest.approx(4 * 25 * 2.0)
     assert s["final_loss"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
 
@@ -37,7 +38,8 @@ def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):
                                                        "threads": 2, "fid_t": "FID-T note", "tasks": {"mask": row}}))
     (models / "README.md").write_text("# Card\nhand-written\n<!-- numbers:begin -->\nold\n<!-- numbers:end -->\ntail\n")
 
-    assert card_script.main(["--runs", str(runs), "--models-dir", str(models)]) == 0
+    r = run_script("toy_model_card", "--runs", runs, "--models-dir", models)
+    assert r.returncode == 0, r.stderr
     text = (models / "README.md").read_text()
     assert text.startswith("# Card\nhand-written\n") and text.endswith("<!-- numbers:end -->\ntail\n")
     assert "old" not in text
@@ -56,12 +58,16 @@ def test_card_names_each_tasks_settings_when_they_differ():
            "seconds_per_image": 1.0}
     align = {"command": "c", "num": 2, "threads": 1, "fid_t": "note",
              "tasks": {"mask": dict(row, settings={"guidance": 8.0}), "sketch": dict(row, settings={"guidance": 5.0})}}
-    text = card_script.markdown({"command": "c", "stages": {}, "total_seconds": 0, "files": {}, "total_mb": 0,
+    text = card_lib.markdown({"command": "c", "stages": {}, "total_seconds": 0, "files": {}, "total_mb": 0,
                                  "alignment": align})
     assert "Sampling settings, mask: guidance 8.0." in text and "Sampling settings, sketch: guidance 5.0." in text
     assert "Sampling settings:" not in text
 
 
-def test_card_without_logs_is_a_clear_error(tmp_path, capsys):
-    assert card_script.main(["--runs", str(tmp_path / "none"), "--models-dir", str(tmp_path)]) == 2
-    assert "make toy-models" in capsys.readouterr().err
+def test_card_without_logs_is_a_clear_error(tmp_path):
+    from piti.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="make toy-models"):
+        card_lib.build_card(tmp_path / "none", tmp_path)
+    r = run_script("toy_model_card", "--runs", tmp_path / "none", "--models-dir", tmp_path)
+    assert r.returncode == 2 and "make toy-models" in r.stderr

@@ -1,7 +1,7 @@
-"""The embedded toy models (checkpoints/toy/, issue 6) load with no arguments and translate.
+"""The embedded toy models (checkpoints/toy/) load with no arguments and translate.
 
 Not plumbing: these are the shipped trained weights. The mask model's images must be segmented into
-their condition's classes by the shipped segmenter, at a floor (half of issue 6's target ratio of 0.7)
+their condition's classes by the shipped segmenter, at a floor (half of the quality bar's ratio of 0.7)
 that a broken, untrained or mismatched model cannot reach; checkpoints/toy/README.md has the full numbers
 (`python eval/toy_alignment.py`).
 """
@@ -11,19 +11,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_toy_alignment import load_script
 
 from piti.cli import main as piti_main
+from piti.evaluation.alignment import judge
+from piti.evaluation.diagnostics import x0_errors
+from piti.evaluation.images import condition_picture
+from piti.evaluation.scenes import heldout_examples
 from piti.evaluation.segmenter import load_segmenter
 from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
 
-alignment, x0_error = load_script("toy_alignment"), load_script("x0_error")
 SHIPPED = [p for task in TASKS for p in toy_checkpoint_paths(task)]
 pytestmark = [pytest.mark.usefixtures("one_thread"),  # see conftest.py
               pytest.mark.skipif(not any(p.is_file() for p in SHIPPED),
                                  reason="the embedded toy model files are missing (`make toy-models` makes them)")]
 
-MIN_MASK_RATIO = 0.35  # half of issue 6's target (generated mIoU >= 0.7 x real mIoU)
+MIN_MASK_RATIO = 0.35  # half of the quality bar (generated mIoU >= 0.7 x real mIoU)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,8 @@ def test_shipped_weights_fit_the_budget():
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_translates_a_heldout_condition(pipes, task):
     pipe = pipes[task]
-    assert pipe.upsampler_model is not None and pipe.defaults["palette"] == "synth"
-    data = alignment.heldout_examples(task, 1, 0, 128, pipe.base_model.config.cond_size)
+    assert pipe.upsampler_model is not None and pipe.defaults.palette == "synth"
+    data = heldout_examples(task, 1, 0, 128, pipe.base_model.config.cond_size)
     out = pipe(data["cond"][0], num_samples=1, seed=0, progress=False)  # the settings in the files' headers
     image, base = np.asarray(out.images[0]), np.asarray(out.base_images[0])
     assert image.shape == (128, 128, 3) and base.shape == (64, 64, 3)
@@ -55,17 +57,17 @@ def test_every_task_translates_a_heldout_condition(pipes, task):
 
 def test_mask_model_follows_its_condition(pipes):
     pipe, segmenter, n = pipes["mask"], load_segmenter(), 6
-    data = alignment.heldout_examples("mask", n, 100, 64, pipe.base_model.config.cond_size)
+    data = heldout_examples("mask", n, 100, 64, pipe.base_model.config.cond_size)
     images = np.stack([np.asarray(pipe(data["cond"][i], num_samples=1, seed=i, upsample=False,
                                        progress=False).images[0]) for i in range(n)])
-    scores = alignment.judge(segmenter, images, data["real"], data["labels"])
+    scores = judge(segmenter, images, data["real"], data["labels"])
     assert scores["miou_ratio"] >= MIN_MASK_RATIO, scores
 
 
 def test_piti_sample_uses_the_embedded_models(tmp_path):
-    data = alignment.heldout_examples("mask", 1, 0, 128, 128)
+    data = heldout_examples("mask", 1, 0, 128, 128)
     cond = tmp_path / "label.png"
-    Image.fromarray(alignment.condition_picture("mask", data["cond"][0])).save(cond)
+    Image.fromarray(condition_picture("mask", data["cond"][0])).save(cond)
     rc = piti_main(["sample", "--task", "mask", "--cond", str(cond), "--out", str(tmp_path / "out"),
                     "--steps", "8", "--upsample-steps", "4"])
     assert rc == 0
@@ -76,5 +78,5 @@ def test_piti_sample_uses_the_embedded_models(tmp_path):
 def test_models_predict_clean_images_at_low_noise(pipes):
     # a trained model's x0 estimate from a lightly noised held-out image is close (a random one is off by ~1)
     for model in (pipes["mask"].base_model, pipes["mask"].upsampler_model):
-        errors = x0_error.x0_errors(model, [50], num=2)
+        errors = x0_errors(model, [50], num=2)
         assert errors[50][0] < 0.1, (model.config.name, errors)

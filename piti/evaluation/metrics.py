@@ -1,22 +1,20 @@
-"""Metrics of the toy-scale alignment check: mIoU, the Fréchet distance, and FID-T.
+"""Scores that need no network: mIoU from label maps, edge F1, depth errors, and the Fréchet distance.
 
-**FID-T** ("FID on the toy segmenter") is the Fréchet distance between two Gaussians
-fitted to the *segmenter's* features of real and of generated images: for each
-image, the penultimate feature map of :class:`~piti.evaluation.segmenter.Segmenter`
-(the input of its 1x1 classifier, ``feature_dim`` = 32 channels) averaged over
-the pixels. It plays the part Inception features play in FID, in a space that
-knows the synthetic world. It is **not comparable with Inception FID** (FID-I)
-nor with any published number: another network, another feature space (32-D, not
-2048-D), other scales. Like FID it is biased by the number of images, so compare
-FID-T values only between sets of the same size judged by the same segmenter file.
+* :func:`miou` (and its confusion matrix): how well a segmenter's prediction matches a label map;
+* :func:`edge_f1`: how well two edge maps agree within a pixel tolerance (the sketch task's score);
+* :func:`depth_errors`: RMSE and AbsRel of a predicted depth map against the true one (the depth task's);
+* :func:`frechet_distance`: clean-fid's, the one Fréchet implementation of the project (FID-I, FID-C and
+  FID-T all go through it; :mod:`piti.evaluation.fid`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, ndimage
 
 from piti.errors import ConfigError
 
@@ -83,50 +81,80 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians
+    (Dowson & Landau 1982; FID's formula, Heusel et al. 2017), computed by clean-fid
+    (``cleanfid.fid.frechet_distance``: when the product is singular it adds 1e-6 to both diagonals inside the
+    square root). Shapes are checked first; the value is clipped at 0 against round-off."""
+    from cleanfid.fid import frechet_distance as cleanfid_frechet
 
-    d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))   (Dowson & Landau 1982;
-    the FID formula of Heusel et al. 2017). When the product is singular, ``eps`` is added to both
-    diagonals (in the traces too, so the result stays a distance between two Gaussians); an imaginary
-    part left by round-off is dropped, a large one is an error. Returns d^2 (FID's convention),
-    clipped at 0 against round-off.
-    """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ConfigError(f"frechet_distance: shapes do not agree: mu {mu1.shape} {mu2.shape}, "
                           f"sigma {sigma1.shape} {sigma2.shape}")
-    diff = mu1 - mu2
-    with warnings.catch_warnings(record=True) as caught:  # scipy warns when the product is singular
-        warnings.simplefilter("always", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if caught or not np.isfinite(covmean).all():  # the distance between the regularised Gaussians instead
-        sigma1, sigma2 = sigma1 + np.eye(d) * eps, sigma2 + np.eye(d) * eps
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):
-            raise ConfigError(f"frechet_distance: the matrix square root has a large imaginary part "
-                              f"({np.abs(covmean.imag).max():.3g}); are the covariances positive semi-definite?")
-        covmean = covmean.real
-    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
-    return float(max(value, 0.0))
+    if d == 1:  # scipy's sqrtm(disp=False) returns a bare 1x1 array, which clean-fid would unpack as a tuple:
+        # add a second dimension, equal in both Gaussians (mean 0, variance 1), which adds exactly 0
+        mu1, mu2 = np.append(mu1, 0.0), np.append(mu2, 0.0)
+        sigma1, sigma2 = np.diag([sigma1[0, 0], 1.0]), np.diag([sigma2[0, 0], 1.0])
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # clean-fid prints when it regularises a singular product, and passes scipy's deprecated `disp`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # a singular product: clean-fid's own handling
+        try:
+            value = cleanfid_frechet(mu1, sigma1, mu2, sigma2)
+        except ValueError as e:  # "Imaginary component ..."
+            raise ConfigError(f"frechet_distance: {e}; are the covariances positive semi-definite?") from None
+    return float(max(float(np.real(value)), 0.0))
 
 
-def fid_t(real_images, fake_images, segmenter, batch_size: int = 32) -> float:
-    """FID-T: the Fréchet distance between the segmenter's pooled penultimate features of
-    ``real_images`` and ``fake_images`` (see the module docstring; NOT Inception FID).
+# ------------------------------------------------------------------------------------------ sketch
 
-    Both sets take any form :meth:`Segmenter.embed` accepts and must have the same image size
-    (features depend on the resolution) and at least two images each.
+
+def edge_f1(pred, target, tolerance: int = 2) -> dict:
+    """Edge F1 of the edge map ``pred`` against ``target`` (boolean or 0/255 arrays (H, W), or stacks (N, H, W)).
+
+    A predicted edge pixel is correct when a target edge pixel lies within ``tolerance`` pixels (Euclidean
+    distance, the BSDS convention of matching within a small radius, without its one-to-one assignment), and a
+    target edge pixel is found when a predicted one lies within ``tolerance``. Counts are summed over all images
+    (dataset-level, as mIoU). Returns ``{"f1", "precision", "recall", "tolerance"}``; with no edge in either
+    map, F1 is 1 (both empty) and precision/recall follow.
     """
-    from piti.evaluation.segmenter import images_to_tensor
+    pred, target = np.asarray(pred) > 0, np.asarray(target) > 0
+    if pred.shape != target.shape:
+        raise ConfigError(f"edge maps differ in shape: {pred.shape} vs {target.shape}")
+    if pred.ndim == 2:
+        pred, target = pred[None], target[None]
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    hit_p = hit_t = 0
+    for p, t in zip(pred, target):
+        # distance of every pixel to the nearest edge pixel of the other map (inf when that map is empty)
+        dist_t = ndimage.distance_transform_edt(~t) if t.any() else np.full(t.shape, np.inf)
+        dist_p = ndimage.distance_transform_edt(~p) if p.any() else np.full(p.shape, np.inf)
+        hit_p += int((dist_t[p] <= tolerance).sum())
+        hit_t += int((dist_p[t] <= tolerance).sum())
+    n_p, n_t = int(pred.sum()), int(target.sum())
+    precision = hit_p / n_p if n_p else float(n_t == 0)
+    recall = hit_t / n_t if n_t else float(n_p == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall, "tolerance": tolerance}
 
-    real, fake = images_to_tensor(real_images), images_to_tensor(fake_images)
-    if real.shape[-2:] != fake.shape[-2:]:
-        raise ConfigError(f"FID-T compares images of one size; real are {tuple(real.shape[-2:])}, "
-                          f"generated {tuple(fake.shape[-2:])}")
-    mu_r, sigma_r = feature_statistics(segmenter.embed(real, batch_size))
-    mu_f, sigma_f = feature_statistics(segmenter.embed(fake, batch_size))
-    return frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+
+# ------------------------------------------------------------------------------------------ depth
+
+
+def depth_errors(pred, target, valid=None) -> dict:
+    """RMSE (metres) and AbsRel (mean |pred - target| / target) of a predicted depth map against the true one,
+    over the valid pixels (``target > 0`` unless ``valid`` is given), all images together. Arrays (H, W) or
+    (N, H, W), float metres."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape:
+        raise ConfigError(f"depth maps differ in shape: {pred.shape} vs {target.shape}")
+    valid = target > 0 if valid is None else np.asarray(valid, bool)
+    if not valid.any():
+        raise ConfigError("no valid depth pixel to score (every target pixel is 0)")
+    p, t = pred[valid], target[valid]
+    return {"rmse": float(np.sqrt(np.mean((p - t) ** 2))), "absrel": float(np.mean(np.abs(p - t) / t)),
+            "pixels": int(valid.sum())}

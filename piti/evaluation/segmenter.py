@@ -37,9 +37,13 @@ from PIL import Image
 from torch import nn
 
 from piti.errors import CheckpointError, ConfigError
+from piti.evaluation.images import images_to_tensor
+from piti.evaluation.metrics import confusion_matrix, iou_from_confusion
+from piti.evaluation.scenes import HELDOUT_STREAM, TRAIN_STREAM, heldout_set, reduce_scene, render_example
 
-TRAIN_STREAM = 1_000_001  # first seed element of the training scenes
-HELDOUT_STREAM = 1_000_002  # first seed element of the held-out scenes
+__all__ = ["HELDOUT_STREAM", "TRAIN_STREAM", "Segmenter", "SegmenterConfig", "evaluate_segmenter", "heldout_set",
+           "images_to_tensor", "load_segmenter", "render_example", "save_segmenter", "train_segmenter"]
+
 WORK_SIZE = 128  # images larger than this are reduced to it before segmentation
 
 
@@ -146,65 +150,7 @@ class Segmenter(nn.Module):
         return self._run(images, batch_size)[1].double().numpy()
 
 
-def images_to_tensor(images) -> torch.Tensor:
-    """Images as a float32 (N, 3, H, W) tensor in [-1, 1].
-
-    Accepts uint8 arrays (H, W, 3) or (N, H, W, 3) in 0..255, a PIL image or a list
-    of them (or of uint8 arrays), or a float tensor (N, 3, H, W) / (3, H, W) in
-    [-1, 1] (what the samplers return).
-    """
-    if isinstance(images, torch.Tensor):
-        if not images.is_floating_point():
-            raise ConfigError(f"image tensors must be float in [-1, 1] (N, 3, H, W), got dtype {images.dtype}")
-        x = images[None] if images.dim() == 3 else images
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ConfigError(f"image tensors must be (N, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
-        return x.detach().float().cpu()
-    if isinstance(images, Image.Image):
-        images = [images]
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ConfigError("no images given")
-        arrays = [np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images]
-        if len({a.shape for a in arrays}) != 1:
-            raise ConfigError(f"images of one call must share a size, got {sorted({a.shape for a in arrays})}")
-        images = np.stack(arrays)
-    if not isinstance(images, np.ndarray):
-        raise ConfigError(f"expected uint8 arrays, PIL images or a float tensor, got {type(images).__name__}")
-    a = images[None] if images.ndim == 3 else images
-    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
-        raise ConfigError(f"image arrays must be uint8 (H, W, 3) or (N, H, W, 3), got {images.dtype} {images.shape}")
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 # ---------------------------------------------------------------------------------------------- data
-
-
-def _reduce(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A rendered scene at ``size`` px as the datasets reduce it: image PIL bicubic, labels nearest."""
-    from piti.data.conditions import resize_nearest
-
-    if image.shape[0] == size:
-        return image, labels
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)), resize_nearest(labels, (size, size))
-
-
-def render_example(seed, size: int, render_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One scene as (image (size, size, 3) uint8, labels (size, size) uint8), rendered at
-    ``render_size`` (default ``size``) and reduced as the datasets do (:class:`SynthDataset`)."""
-    from piti.data.synth import generate_scene
-
-    render_size = render_size or size
-    if render_size < size:
-        raise ConfigError(f"render size {render_size} is smaller than the target size {size}")
-    scene = generate_scene(seed, render_size)
-    return _reduce(scene.image, scene.labels, size)
-
-
-def heldout_set(num: int, size: int, render_size: int | None = None, start: int = 0):
-    """``num`` held-out scenes ``(HELDOUT_STREAM, start + i)``: (images (N, S, S, 3), labels (N, S, S)) uint8."""
-    pairs = [render_example((HELDOUT_STREAM, start + i), size, render_size) for i in range(num)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 CROP = 64  # side of every training example
@@ -224,11 +170,11 @@ def _training_batch(rng: np.random.Generator, counter: int, batch_size: int, see
     for i in range(batch_size):
         key = (TRAIN_STREAM, seed, counter + i)
         scene = generate_scene(key, int(rng.choice([128, 256])))
-        image, lab = _reduce(scene.image, scene.labels, 128)
+        image, lab = reduce_scene(scene.image, scene.labels, 128)
         y0, x0 = rng.integers(0, 128 - CROP + 1, size=2)
         images.append(image[y0:y0 + CROP, x0:x0 + CROP])
         labels.append(lab[y0:y0 + CROP, x0:x0 + CROP])
-        image, lab = render_example(key, 64) if rng.random() < 1 / 3 else _reduce(scene.image, scene.labels, 64)
+        image, lab = render_example(key, 64) if rng.random() < 1 / 3 else reduce_scene(scene.image, scene.labels, 64)
         images.append(image)
         labels.append(lab)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -336,7 +282,6 @@ def evaluate_segmenter(model: Segmenter, num: int, size: int, render_size: int |
     Returns ``{"miou", "per_class" (IoU or None for absent classes), "num", "size", "render_size"}``.
     """
     from piti.data.synth import CLASSES
-    from piti.evaluation.metrics import confusion_matrix, iou_from_confusion
 
     images, labels = heldout_set(num, size, render_size)
     conf = confusion_matrix(model.predict(images), labels, model.config.num_classes)

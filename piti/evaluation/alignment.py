@@ -1,0 +1,162 @@
+"""Controllability: do generated images follow their conditions? The judges and the toy alignment check.
+
+Per task, a judge scores the generated images against the input condition, and the same judge scores the
+real images of the same conditions; the ratio generated / real says how much of the judge's score the
+generated images keep (for errors, where lower is better, the ratio is real / generated, so that 1 is
+"as good as the real images" for every task):
+
+* mask: mIoU of a segmenter's prediction on the image against the input label map;
+* sketch: edge F1 between the image's edges (Canny by default, or a HED model) and the input sketch,
+  within :data:`EDGE_TOLERANCE` pixels;
+* depth: RMSE and AbsRel of a depth estimator's prediction on the image against the input depth.
+
+:func:`evaluate_toy_task` is the toy-scale check (``eval/toy_alignment.py``): it samples held-out synthetic
+scenes with a pipeline and judges them with the toy segmenter (mIoU, FID-T) for every task.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from piti.errors import ConfigError
+from piti.evaluation.fid import fid_t
+from piti.evaluation.images import condition_picture, save_grid
+from piti.evaluation.metrics import confusion_matrix, depth_errors, edge_f1, iou_from_confusion
+from piti.evaluation.scenes import heldout_examples
+
+EDGE_TOLERANCE = 2  # pixels: an edge pixel counts when the other map has one within this distance
+SETTING_KEYS = ("guidance", "guidance_convention", "guidance_mode", "guidance_w", "guidance_stats", "sampler", "steps",
+                "upsample_sampler", "upsample_steps", "upsample_start", "noise_scale", "upsample_noise_scale",
+                "precision", "device")
+
+
+def class_names(num_classes: int) -> list[str]:
+    from piti.data.synth import CLASSES
+
+    return list(CLASSES) if len(CLASSES) == num_classes else [str(c) for c in range(num_classes)]
+
+
+def judge(segmenter, generated: np.ndarray, real: np.ndarray, labels: np.ndarray, with_fid_t: bool = True) -> dict:
+    """mIoU of generated and real images against ``labels``, their ratio, FID-T, and the IoU of each class
+    (``iou_per_class``: class name -> [generated, real], None where a class is absent) (inputs uint8 (N, S, S, ...))."""
+    k = segmenter.config.num_classes
+    m_gen, iou_gen = iou_from_confusion(confusion_matrix(segmenter.predict(generated), labels, k))
+    m_real, iou_real = iou_from_confusion(confusion_matrix(segmenter.predict(real), labels, k))
+    per_class = {name: [None if np.isnan(g) else float(g), None if np.isnan(r) else float(r)]
+                 for name, g, r in zip(class_names(k), iou_gen, iou_real)}
+    out = {"size": int(labels.shape[-1]), "miou_generated": m_gen, "miou_real": m_real,
+           "miou_ratio": m_gen / m_real if m_real > 0 else float("nan")}
+    if with_fid_t:
+        out["fid_t"] = fid_t(real, generated, segmenter)
+    out["iou_per_class"] = per_class
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sketch
+
+
+def canny_edges(images: np.ndarray) -> np.ndarray:
+    """Canny edges (N, H, W) bool of uint8 images (N, H, W, 3): the project's sketch extraction
+    (:func:`piti.data.conditions.extract_sketch`, the weights-free default)."""
+    from piti.data.conditions import extract_sketch
+
+    return np.stack([extract_sketch(im) > 0 for im in images])
+
+
+def hed_edges(images: np.ndarray, model, threshold: float = 0.6, batch_size: int = 16) -> np.ndarray:
+    """Edges (N, H, W) bool from a user-supplied HED network: a TorchScript module mapping float images
+    (N, 3, H, W) in [0, 255] (RGB) to an edge probability map (N, 1, H, W) in [0, 1], thresholded at
+    ``threshold`` (0.6, as the official PITI sketches)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float()
+            p = model(x)
+            p = p[0] if isinstance(p, (list, tuple)) else p
+            if p.dim() != 4 or p.shape[1] != 1 or p.shape[-2:] != x.shape[-2:]:
+                raise ConfigError(f"the HED model must return (N, 1, H, W) edge maps at the input size, "
+                                  f"got {tuple(p.shape)} for input {tuple(x.shape)}")
+            out.append((p[:, 0] >= threshold).cpu().numpy())
+    return np.concatenate(out)
+
+
+def judge_sketch(fake_edges: np.ndarray, real_edges: np.ndarray, sketches: np.ndarray,
+                 tolerance: int = EDGE_TOLERANCE) -> dict:
+    """Edge F1 of the generated and of the real images' edges against the input ``sketches``, and their ratio."""
+    gen, real = edge_f1(fake_edges, sketches, tolerance), edge_f1(real_edges, sketches, tolerance)
+    return {"edge_f1_generated": gen["f1"], "edge_f1_real": real["f1"],
+            "edge_f1_ratio": gen["f1"] / real["f1"] if real["f1"] > 0 else float("nan"),
+            "precision_generated": gen["precision"], "recall_generated": gen["recall"],
+            "precision_real": real["precision"], "recall_real": real["recall"], "tolerance_px": tolerance}
+
+
+# ------------------------------------------------------------------------------------------ depth
+
+
+def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.ndarray) -> dict:
+    """RMSE and AbsRel of ``estimator`` (``predict(images) -> metres (N, H, W)``) on generated and real images
+    against the input ``depth`` (metres, 0 = no depth), and the ratios real / generated."""
+    gen = depth_errors(estimator.predict(generated), depth)
+    real_err = depth_errors(estimator.predict(real), depth)
+    return {"rmse_generated": gen["rmse"], "rmse_real": real_err["rmse"],
+            "rmse_ratio": real_err["rmse"] / gen["rmse"] if gen["rmse"] > 0 else float("nan"),
+            "absrel_generated": gen["absrel"], "absrel_real": real_err["absrel"],
+            "absrel_ratio": real_err["absrel"] / gen["absrel"] if gen["absrel"] > 0 else float("nan"),
+            "pixels": gen["pixels"]}
+
+
+# ------------------------------------------------------------------------------------------ toy check
+
+
+def sample_heldout(pipe, task: str, num: int, start: int = 0, seed: int = 0, upsample: bool = True,
+                   settings: dict | None = None, depth: bool = False) -> dict:
+    """One sample per held-out scene of ``task`` (scene i sampled with seed ``seed + i``, one call per image,
+    as a user runs it). Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images``
+    (uint8 stacks), ``seconds`` and ``timings`` per image, and ``settings`` (the first call's record)."""
+    settings = settings or {}
+    upsample = upsample and pipe.upsampler_model is not None
+    base_cfg = pipe.base_model.config
+    size = pipe.upsampler_model.config.image_size if upsample else base_cfg.image_size
+    data = heldout_examples(task, num, start, size, base_cfg.cond_size, base_cfg.image_size if upsample else None,
+                            depth=depth)
+    generated, base_images, seconds, timings, used = [], [], [], [], None
+    for i, cond in enumerate(data["cond"]):
+        t0 = time.perf_counter()
+        out = pipe(cond, num_samples=1, seed=seed + i, upsample=upsample, progress=False, **settings)
+        seconds.append(time.perf_counter() - t0)
+        generated.append(np.asarray(out.images[0]))
+        base_images.append(np.asarray(out.base_images[0]))
+        timings.append(out.settings["timings"])
+        used = used or out.settings
+    data.update(generated=np.stack(generated), base_images=np.stack(base_images), seconds=seconds,
+                timings=timings, settings=used, upsample=upsample)
+    return data
+
+
+def evaluate_toy_task(task: str, pipe, segmenter, num: int, start: int = 0, seed: int = 0, upsample: bool = True,
+                      settings: dict | None = None, grid=None, grid_rows: int = 8) -> dict:
+    """The toy alignment check of one task: sample held-out scenes, judge them with the segmenter (mIoU against
+    the scenes' label maps, FID-T), at the final size and, with an upsampler, at the base size; time them; and
+    write a grid (condition / generated / real) to ``grid`` when given."""
+    data = sample_heldout(pipe, task, num, start, seed, upsample, settings)
+    upsample, timings, used = data["upsample"], data["timings"], data["settings"]
+    result = {"base": pipe.sources["base"], "upsampler": pipe.sources["upsampler"] if upsample else None,
+              **judge(segmenter, data["generated"], data["real"], data["labels"]),
+              "seconds_per_image": float(np.mean(data["seconds"])),
+              "seconds_per_image_max": float(np.max(data["seconds"])),
+              "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
+              "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
+              "settings": {k: used[k] for k in SETTING_KEYS if k in used}}
+    if upsample:
+        result["at_base_size"] = judge(segmenter, data["base_images"], data["real_base"], data["labels_base"])
+    if grid is not None:
+        rows = min(grid_rows, num)
+        conds = np.stack([condition_picture(task, c) for c in data["cond"][:rows]])
+        save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]},
+                  rows)
+        result["grid"] = str(grid)
+    return result
