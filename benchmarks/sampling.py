@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from piti.tasks import TASKS
+
 TUNED_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 OFFICIAL = dict(base_steps=250, upsample_steps=27)
 
@@ -216,7 +218,7 @@ def report(official: dict, fast: dict, malloc: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when present)")
-    parser.add_argument("--task", default="mask", choices=["mask", "sketch", "depth"])
+    parser.add_argument("--task", default="mask", choices=TASKS)
     parser.add_argument("--base-steps", type=int, default=20, help="fast path: base steps (default 20)")
     parser.add_argument("--upsample-steps", type=int, default=10, help="fast path: upsampler steps (default 10)")
     parser.add_argument("--precision", default="auto", help="fast path precision (default auto)")

@@ -15,7 +15,7 @@ import logging
 import os
 
 from piti.errors import ConfigError
-from piti.train.config import STAGES, TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
+from piti.train.config import PRECISIONS, STAGES, TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 
 
 def configure_parser(parser) -> None:
@@ -30,7 +30,7 @@ def configure_parser(parser) -> None:
                         "alone: the run folder of --config/--stage)")
     parser.add_argument("--out", help="run folder (overrides out_dir)")
     parser.add_argument("--device", help="auto, cpu, cuda (overrides device)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="(overrides precision)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="(overrides precision)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, YAML values: lr=2e-5 data.length=512 model_overrides.num_channels=32")
 

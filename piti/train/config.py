@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from piti.diffusion.resample import TIMESTEP_SAMPLERS as SCHEDULE_SAMPLERS
+from piti.diffusion.samplers import SAMPLERS
 from piti.errors import ConfigError
 from piti.precision import DTYPES
 
@@ -128,8 +129,8 @@ class TrainConfig:
             bad(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.precision not in PRECISIONS:
             bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.sample_sampler not in ("ddim", "ddpm", "dpmpp"):
-            bad(f"sample_sampler must be one of ddim, ddpm, dpmpp, got {self.sample_sampler!r}")
+        if self.sample_sampler not in SAMPLERS:
+            bad(f"sample_sampler must be one of {', '.join(SAMPLERS)}, got {self.sample_sampler!r}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             bad(f"schedule_sampler must be one of {SCHEDULE_SAMPLERS}, got {self.schedule_sampler!r}")
         if not self.model:
