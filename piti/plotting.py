@@ -471,19 +471,20 @@ def upsample_images(pipe, cond: torch.Tensor, low_res: torch.Tensor, *, steps: s
     return sample(sampler, denoise, x_T, diffusion, generator=gen).float().clamp(-1, 1)
 
 
-GUIDANCE_SERIES = ("cond", "uncond", "plain", "normalized")
+GUIDANCE_SERIES = ("cond", "uncond", "plain", "normalized", "normalized_analytic")
 
 
 @torch.no_grad()
 def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: str = "normalized",
-                   steps: str = "25", sampler: str = "ddpm", num_samples: int = 1, seed: int = 0,
-                   noise_scale: float | None = None):
+                   guidance_sigma: str = "measured", steps: str = "25", sampler: str = "ddpm", num_samples: int = 1,
+                   seed: int = 0, noise_scale: float | None = None):
     """Sample the pipeline's base model with guidance w and record, at every step, the mean and standard
     deviation (per sample over C, H, W, averaged over the batch) of the conditional epsilon, the null one,
-    and the plain and normalized guided epsilons computed from them.
+    and the guided epsilons computed from them: plain, normalized with measured moments, and normalized
+    with the paper's analytic moments (``normalized_analytic``).
 
     ``cond`` is a condition tensor (C, S, S) in [-1, 1] at the base model's condition size; the run is
-    guided by ``guidance_mode``, the other mode's epsilon being computed alongside for comparison.
+    guided by ``guidance_mode`` (and ``guidance_sigma``), the other epsilons being computed alongside.
     Returns ``(images (N, 3, s, s) in [-1, 1], trace)`` with ``trace`` a dict of arrays over the steps:
     ``t`` (the model's timestep) and ``<series>_mean`` / ``<series>_std`` for ``GUIDANCE_SERIES``.
     """
@@ -508,7 +509,8 @@ def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: 
         out = out.float()
         eps_c, eps_u = out[:num_samples, :3], out[num_samples:, :3]
         series = {"cond": eps_c, "uncond": eps_u, "plain": plain_guidance(eps_c, eps_u, guidance),
-                  "normalized": normalized_guidance(eps_c, eps_u, guidance)}
+                  "normalized": normalized_guidance(eps_c, eps_u, guidance),
+                  "normalized_analytic": normalized_guidance(eps_c, eps_u, guidance, sigma="analytic")}
         trace["t"].append(float(t[0]))
         for name, eps in series.items():
             flat = eps.flatten(1)
@@ -516,7 +518,7 @@ def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: 
             trace[f"{name}_std"].append(float(flat.std(1, unbiased=False).mean()))
         return out
 
-    denoise = guided_denoiser(model_fn, emb, null, guidance, mode=guidance_mode)
+    denoise = guided_denoiser(model_fn, emb, null, guidance, mode=guidance_mode, sigma=guidance_sigma)
     diffusion = pipe.diffusion(model, steps)
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn((num_samples, 3, cfg.image_size, cfg.image_size), generator=gen)
@@ -528,21 +530,24 @@ def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: 
 
 
 def plot_guidance_trace(trace: dict, title: str | None = None):
-    """Two panels over the sampling steps (noisiest first): the standard deviation and the mean of each
-    epsilon series of :func:`guidance_trace`."""
+    """Two panels over the sampling steps (noisiest first) for each epsilon series of :func:`guidance_trace`:
+    its standard deviation divided by the conditional epsilon's (log scale), and its mean."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     t = trace["t"]
     styles = {"cond": dict(color="k", lw=2), "uncond": dict(color="0.6", ls="--"), "plain": dict(color="C3"),
-              "normalized": dict(color="C0", ls=":", lw=2)}
-    for ax, stat in zip(axes, ("std", "mean")):
-        for name in GUIDANCE_SERIES:
-            ax.plot(t, trace[f"{name}_{stat}"], label=name, **styles[name])
+              "normalized": dict(color="C0", ls=":", lw=2), "normalized_analytic": dict(color="C2", ls="-.")}
+    for name in GUIDANCE_SERIES:
+        axes[0].plot(t, trace[f"{name}_std"] / trace["cond_std"], label=name, **styles[name])
+        axes[1].plot(t, trace[f"{name}_mean"], label=name, **styles[name])
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("std of epsilon / std of eps_cond")
+    axes[1].set_ylabel("mean of epsilon")
+    for ax in axes:
         ax.set_xlabel("model timestep t (sampling runs right to left)")
-        ax.set_ylabel(f"{stat} of epsilon")
         ax.invert_xaxis()
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)

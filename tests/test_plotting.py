@@ -136,6 +136,7 @@ def test_guidance_trace_normalized_keeps_the_conditional_statistics(mask_pipe):
     assert np.allclose(trace["normalized_std"], trace["cond_std"], rtol=1e-4)
     assert np.allclose(trace["normalized_mean"], trace["cond_mean"], atol=1e-5)
     assert not np.allclose(trace["plain_std"], trace["cond_std"], rtol=1e-3)
+    assert np.allclose(trace["normalized_analytic_mean"], trace["cond_mean"], atol=1e-5)
     fig = plotting.plot_guidance_trace(trace)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == len(plotting.GUIDANCE_SERIES)
     with pytest.raises(ValueError):

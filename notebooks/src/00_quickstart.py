@@ -1,3 +1,4 @@
+# ruff: noqa: E402, E703  (notebook source: imports where they are used, ";" hides a figure's repr)
 # %% [markdown]
 # # 00 · Quickstart: the PITI pipeline in five cells
 #
@@ -8,7 +9,6 @@
 # Everything runs on a CPU; `PITI_FAST=1` shrinks the step counts.
 
 # %%
-import numpy as np
 from IPython.display import Markdown, display
 
 from piti import PITIPipeline, plotting
@@ -31,7 +31,7 @@ print(scene.caption)
 plotting.image_grid([scene.image], ["the real photo (128 px)"], size=2.5);
 
 # %% [markdown]
-# **2. Its three conditions**, one per PITI task (the paper's Sec. 4: mask-to-image, sketch-to-image,
+# **2. Its three conditions**, one per PITI task (the paper's mask-to-image, sketch-to-image and
 # geometry-to-image): the label map as colours, the Canny sketch (white edges on black), and the depth
 # map (shown with DIODE's visualisation; the model takes metres and derives normals itself).
 
@@ -43,8 +43,9 @@ plotting.palette_legend(SYNTH_CLASSES, SYNTH_PALETTE);
 
 # %% [markdown]
 # **3. The translations.** One pipeline per task: the base model samples 64-px images with normalized
-# classifier-free guidance (the paper's Eq. 6) and the upsampler takes them to 128 px. Each checkpoint
-# carries its recommended sampling settings; the call overrides only the step counts in fast mode.
+# classifier-free guidance (the paper's guidance rule; notebook 04) and the upsampler takes them to
+# 128 px. Each checkpoint carries its recommended sampling settings; the call overrides only the step
+# counts in fast mode.
 
 # %%
 steps = plotting.pick({}, dict(steps="8", upsample_steps="3"))
@@ -69,7 +70,7 @@ print({task: {k: round(v, 1) for k, v in out.settings["timings"].items()} for ta
 
 # %% [markdown]
 # **5. One setting changed.** Without guidance (w = 0) the base model is only loosely tied to the label
-# map; with the recommended w the layout is followed (the paper's Fig. 7 makes this point at full scale).
+# map; with the recommended w it follows the layout more closely (notebook 04 measures this).
 
 # %%
 pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")

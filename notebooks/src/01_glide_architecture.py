@@ -1,9 +1,10 @@
+# ruff: noqa: E402, E703  (notebook source: imports where they are used, ";" hides a figure's repr)
 # %% [markdown]
 # # 01 · GLIDE, the pretrained prior
 #
 # PITI starts from GLIDE (Nichol et al. 2022), a text-to-image diffusion model trained on a web-scale
 # corpus: a 64-px text-conditional UNet and a 64-to-256 upsampler, each with its own text transformer.
-# The paper's premise (Sec. 3) is that this pretraining gives a semantic latent space that image-to-image
+# The paper's premise is that this pretraining gives a semantic latent space that image-to-image
 # tasks can reuse. This notebook looks at the networks (`piti.nn`), the diffusion schedules
 # (`piti.diffusion`), and the toy GLIDE that the embedded models were finetuned from.
 
@@ -27,8 +28,8 @@ torch.manual_seed(0);
 
 # %% [markdown]
 # **Parameter counts by part, at full size.** The official networks are built on PyTorch's `meta` device:
-# shapes only, no memory and no weights. GLIDE's base model is the 385M-parameter network of the paper's
-# Sec. 3.1 (a 2.3B-parameter model in the GLIDE paper is the unfiltered one, never released); PITI keeps the
+# shapes only, no memory and no weights. GLIDE's base model here is the released "filtered" 385M-parameter
+# network that PITI starts from (the GLIDE paper's 3.5B-parameter model was not released); PITI keeps the
 # UNet, drops the text transformer and puts its task encoder in its place.
 
 # %%

@@ -1,7 +1,8 @@
+# ruff: noqa: E402, E703  (notebook source: imports where they are used, ";" hides a figure's repr)
 # %% [markdown]
 # # 02 · Two-stage finetuning
 #
-# PITI adapts the pretrained GLIDE to a task in two stages (the paper's Sec. 3.2, Fig. 2): **stage 1**
+# PITI adapts the pretrained GLIDE to a task in two stages (the paper's method figure): **stage 1**
 # trains a new task encoder that maps the condition image into GLIDE's latent space while the decoder
 # (GLIDE's UNet) stays frozen; **stage 2** finetunes encoder and decoder together. The official code adds a
 # stage 1b: stage 1 with condition dropout, so that the model also learns the unconditional prediction
@@ -30,8 +31,8 @@ torch.manual_seed(0)
 workdir = Path(tempfile.mkdtemp(prefix="piti-nb02-"))
 
 # %% [markdown]
-# **The task encoder's inputs.** Each task gives the encoder an image of its own kind (the paper's
-# Sec. 4.1): the label map as colours (3 channels), the sketch as the official distance transform of its
+# **The task encoder's inputs.** Each task gives the encoder an image of its own kind, encoded as the
+# official code encodes it: the label map as colours (3 channels), the sketch as the official distance transform of its
 # edges (1 channel), and depth as DIODE's normal and depth visualisations stacked (6 channels).
 
 # %%
@@ -135,7 +136,8 @@ plotting.plot_training_logs(logs, {"stage 2 (joint), by task": ["joint-mask", "j
                                    "upsamplers": ["upsampler-mask", "upsampler-sketch", "upsampler-depth"]});
 
 # %% [markdown]
-# **What a fixed decoder fails at** (the paper's Fig. 5 point: with the decoder frozen, the encoder alone
+# **What a fixed decoder fails at** (the paper's Fig. 5 point, and the fixed-decoder row of its Table 3 (a): with the
+# decoder frozen, the encoder alone
 # cannot make GLIDE draw a layout it was never asked for in text). The shipped run's stage-1b model was
 # not kept, so the fixed-decoder model here is the live one above (stage 1 and 1b for a few dozen steps),
 # beside the shipped model after its joint stage (5,000 steps), on held-out label maps with the same
