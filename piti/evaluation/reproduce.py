@@ -44,18 +44,30 @@ EXPERIMENTS = ("guidance", "steps", "finetune", "pretraining", "upsampler")
 TASKS = ("mask", "sketch", "depth")
 GRID_ROWS = 6
 
-# The published numbers each table is set beside. Table 3 (FID on COCO-Stuff mask-to-image) as quoted in the
-# project's issue of this reproduction; pretrained vs from scratch: the paper's FID table as transcribed in
-# /work/shared/research/piti_official.md, section 7 (COCO mask, COCO sketch, DIODE depth columns).
-PAPER = {
-    "finetune": {"source": "PITI paper, Table 3 (a), FID, COCO-Stuff mask-to-image",
-                 "fid": {"fixed-decoder": 12.6, "one-stage": 13.3, "two-stage": 8.9}},
-    "upsampler": {"source": "PITI paper, Table 3 (b), FID, COCO-Stuff mask-to-image",
-                  "fid": {"no-degradation": 14.5, "degradation": 12.1, "perceptual": 9.8, "adversarial": 8.9}},
-    "pretraining": {"source": "PITI paper, FID of 'Ours (from scratch)' and 'PITI' (COCO mask, COCO sketch, DIODE)",
-                    "fid": {"mask-pretrained": 5.2, "mask-scratch": 13.0, "sketch-pretrained": 8.8,
-                            "sketch-scratch": 13.0, "depth-pretrained": 11.5, "depth-scratch": 13.9}},
-}
+PUBLISHED = Path(__file__).resolve().parent / "data" / "published.json"  # the paper's numbers (evaluation data)
+# The from-scratch row of the project page's FID table (shared/research/piti_official.md, section 7), which the
+# evaluation data file does not hold: COCO mask, COCO sketch, DIODE.
+SCRATCH_FID = {"mask": 13.0, "sketch": 13.0, "depth": 13.9}
+PRETRAINED_COLUMNS = {"mask": "coco-mask", "sketch": "coco-sketch", "depth": "diode"}
+
+
+def paper_numbers() -> dict:
+    """{experiment: {"source", "fid": {arm: value}}}: Table 3's ablations (in the paper's row order) and the
+    pretrained / from-scratch FIDs, read from the evaluation's data file of published numbers."""
+    if not PUBLISHED.is_file():
+        return {}
+    pub = json.loads(PUBLISHED.read_text())
+    t3, page = pub["table3"], pub["table5"]["project_page_fid"]
+    up = list(t3["upsampler"]["values"].values())
+    return {
+        "finetune": {"source": f"{t3['title']} ({t3['source']})", "fid": dict(t3["finetune"]["values"])},
+        "upsampler": {"source": f"{t3['title']}, rows in the paper's order ({t3['upsampler']['note']})",
+                      "fid": dict(zip(UPSAMPLER_ARMS, up))},
+        "pretraining": {"source": f"FID of 'PITI' and 'Ours (from scratch)', COCO mask, COCO sketch and DIODE "
+                                  f"({page['source']})",
+                        "fid": {**{f"{t}-pretrained": page["values"][c] for t, c in PRETRAINED_COLUMNS.items()},
+                                **{f"{t}-scratch": v for t, v in SCRATCH_FID.items()}}},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- budgets
@@ -340,15 +352,12 @@ def sketch_targets(cond, size: int) -> np.ndarray:
 
 
 def depth_judge():
-    """The toy depth estimator if EVAL's module provides one, else None (depth is then judged by FID-T only)."""
+    """The shipped toy depth estimator, or None when its file is absent (depth is then judged by FID-T only)."""
+    from piti.evaluation.depth_estimator import load_depth_estimator
+
     try:
-        from piti.evaluation import depth as depth_module  # noqa: F401
-    except ImportError:
-        return None
-    loader = getattr(depth_module, "load_depth_estimator", None)
-    try:
-        return loader() if loader is not None else None
-    except Exception:  # the estimator's file is absent
+        return load_depth_estimator()
+    except MissingWeightsError:
         return None
 
 
@@ -372,7 +381,7 @@ def judge_arm(task: str, data: dict, segmenter, upsample: bool) -> dict:
             d = judge_depth(estimator, gen, real, data["depth"])
             out.update(d, controllability=d["rmse_ratio"], controllability_metric="depth RMSE ratio (real/gen)")
         else:
-            out["controllability_metric"] = "pending: no toy depth estimator (piti.evaluation.depth)"
+            out["controllability_metric"] = "pending: no toy depth estimator file (checkpoints/toy/)"
     return out
 
 
@@ -478,9 +487,32 @@ def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
     return {"trace": mean, "scenes": len(traces), "settings": settings}
 
 
+def eval_key(arm: Arm, ctx: Context) -> str:
+    """What defines an arm's evaluation: two arms with the same key (e.g. the two-stage mask model of the finetune
+    and pretraining experiments) have the same result."""
+    spec = [arm.task, run_keys(arm, ctx.budget), sorted(recipe_settings(ctx.budget, arm.settings).items()), arm.kind,
+            arm.upsample, arm.upsampler_arm, ctx.seed, ctx.budget.scenes, ctx.budget.trace_scenes, ctx.precision]
+    return hashlib.sha1(json.dumps(spec, default=str).encode()).hexdigest()[:12]
+
+
+def _twin(ctx: Context, key: str) -> dict | None:
+    for f in sorted((ctx.out / "arms").glob("*/*.json")):
+        r = json.loads(f.read_text())
+        if r.get("eval_key") == key:
+            return r
+    return None
+
+
 def run_arm(arm: Arm, ctx: Context) -> dict | None:
-    """Train and evaluate one arm and write its JSON; None when the deadline came first."""
+    """Train and evaluate one arm and write its JSON (an arm whose evaluation another arm already made takes its
+    result); None when the deadline came first."""
     path = result_path(ctx.out, arm, ctx.seed)
+    key = eval_key(arm, ctx)
+    twin = _twin(ctx, key)
+    if twin is not None:
+        result = dict(twin, experiment=arm.experiment, arm=arm.name, same_as=f"{twin['experiment']}/{twin['arm']}")
+        _write_json(path, result)
+        return result
     trained, train_seconds = None, 0.0
     if arm.runs:
         got = train_arm(arm, ctx.budget, ctx.train_precision, ctx.device, ctx.deadline, ctx.log, ctx.runs_dir)
@@ -497,12 +529,17 @@ def run_arm(arm: Arm, ctx: Context) -> dict | None:
                   sampling_seeds=f"{seed} + (i - {first})", upsample=arm.upsample,
                   runs=[{"section": r.section, "steps": r.steps, "init": r.init, "overrides": dict(r.overrides)}
                         for r in arm.runs], run_folders=run_keys(arm, ctx.budget),
-                  train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, command=ctx.command)
+                  train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, command=ctx.command,
+                  eval_key=key)
+    _write_json(path, result)
+    return result
+
+
+def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
     tmp.replace(path)
-    return result
 
 
 def _json_default(o):
@@ -577,7 +614,7 @@ def _fmt(v, digits=3) -> str:
 def table_rows(experiment: str, results: dict) -> tuple[list[str], list[list]]:
     """Header and rows of one experiment's table (values, not strings)."""
     rows = []
-    paper = PAPER.get(experiment, {}).get("fid", {})
+    paper = paper_numbers().get(experiment, {}).get("fid", {})
     if experiment == "guidance":
         header = ["mode", "w", "FID-T", "mIoU gen", "mIoU ratio", "s/image"]
         for r in results.values():
@@ -648,8 +685,9 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
         with open(out / f"{experiment}.csv", "w", newline="") as f:
             csv.writer(f).writerows([header] + rows)
         text = f"## {experiment}\n\n"
-        if experiment in PAPER:
-            text += f"Paper: {PAPER[experiment]['source']}. Ours: FID-T (toy segmenter features), not comparable " \
+        paper = paper_numbers()
+        if experiment in paper:
+            text += f"Paper: {paper[experiment]['source']}. Ours: FID-T (toy segmenter features), not comparable " \
                     "in value with the paper's FID; compare the order of the arms.\n\n"
         text += markdown_table(header, rows) + "\n"
         if experiment == "steps":
