@@ -82,8 +82,8 @@ def _condition_picture(size=256):
     from piti.data.conditions import labels_to_colors
 
     labels = np.full((size, size), 156, np.uint8)  # sky
-    labels[size // 2:] = 123  # grass
-    labels[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 95  # a building
+    labels[size // 2 :] = 123  # grass
+    labels[size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 95  # a building
     return Image.fromarray(labels_to_colors(labels, "coco-stuff"))
 
 
@@ -102,9 +102,15 @@ def run_path(path: str, args) -> dict:
     build = time.perf_counter()
     prefix = "toy-piti" if args.toy else "piti"
     base, up = create_model(f"{prefix}-base-{args.task}"), create_model(f"{prefix}-upsample-{args.task}")
-    policy = dict(precision="fp32", channels_last=False) if official else \
-        dict(precision=args.precision, channels_last={"on": True, "off": False, "auto": None}[args.channels_last],
-             compile=args.compile)
+    policy = (
+        dict(precision="fp32", channels_last=False)
+        if official
+        else dict(
+            precision=args.precision,
+            channels_last={"on": True, "off": False, "auto": None}[args.channels_last],
+            compile=args.compile,
+        )
+    )
     pipe = PITIPipeline(base, up, device=args.device, profile="official" if official else "fast", **policy)
     build = time.perf_counter() - build
     dev = pipe.policy.device
@@ -126,20 +132,43 @@ def run_path(path: str, args) -> dict:
         up_denoise = pipe.upsampler_denoiser(ref, low_res, encode_once=encode_once)
         up_step = _time_calls(lambda: up_denoise(x_up, t), dev, args.repeats)
 
-    result = dict(path=path, threads=torch.get_num_threads(), **pipe.policy.to_dict(), encoder="every step" if official else "once per image",
-                  build_s=build, base_step_s=base_step, upsample_step_s=up_step)
+    result = dict(
+        path=path,
+        threads=torch.get_num_threads(),
+        **pipe.policy.to_dict(),
+        encoder="every step" if official else "once per image",
+        build_s=build,
+        base_step_s=base_step,
+        upsample_step_s=up_step,
+    )
     if official:
-        result.update(sampler="ddpm", **OFFICIAL,
-                      image_s=OFFICIAL["base_steps"] * base_step + OFFICIAL["upsample_steps"] * up_step,
-                      image_how="extrapolated from the per-step times")
+        result.update(
+            sampler="ddpm",
+            **OFFICIAL,
+            image_s=OFFICIAL["base_steps"] * base_step + OFFICIAL["upsample_steps"] * up_step,
+            image_how="extrapolated from the per-step times",
+        )
     else:
         start = time.perf_counter()
-        out = pipe(_condition_picture(), num_samples=1, seed=0, progress=False, guidance=0.3,
-                   steps=args.base_steps, upsample_steps=args.upsample_steps)
+        out = pipe(
+            _condition_picture(),
+            num_samples=1,
+            seed=0,
+            progress=False,
+            guidance=0.3,
+            steps=args.base_steps,
+            upsample_steps=args.upsample_steps,
+        )
         _sync(dev)
-        result.update(sampler=out.settings["sampler"], base_steps=args.base_steps, upsample_steps=args.upsample_steps,
-                      image_s=time.perf_counter() - start, image_how="measured end to end",
-                      image_size=out.images[0].size[0], image_timings=out.settings["timings"])
+        result.update(
+            sampler=out.settings["sampler"],
+            base_steps=args.base_steps,
+            upsample_steps=args.upsample_steps,
+            image_s=time.perf_counter() - start,
+            image_how="measured end to end",
+            image_size=out.images[0].size[0],
+            image_timings=out.settings["timings"],
+        )
     result.update(_peak_memory(dev))
     return result
 
@@ -164,12 +193,16 @@ def machine_description(device: str, threads: int) -> str:
     from piti.precision import cpu_has_native_bf16, resolve_device
 
     dev = resolve_device(device)
-    cpu = (f"{_cpu_name()}, {os.cpu_count()} logical cores, torch threads {threads or torch.get_num_threads()}, "
-           f"ISA {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+    cpu = (
+        f"{_cpu_name()}, {os.cpu_count()} logical cores, torch threads {threads or torch.get_num_threads()}, "
+        f"ISA {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+    )
     gpu = f"; GPU {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""
     load = os.getloadavg()
-    return (f"{cpu}{gpu}\ntorch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
-            f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return (
+        f"{cpu}{gpu}\ntorch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+        f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
 
 def _child(path: str, malloc: str, argv: list) -> dict:
@@ -195,14 +228,30 @@ def report(official: dict, fast: dict, malloc: str) -> str:
         ("precision", official["precision"], fast["precision"], ""),
         ("channels-last", str(official["channels_last"]), str(fast["channels_last"]), ""),
         ("condition encoder", official["encoder"], fast["encoder"], ""),
-        ("base step (guided, batch 2)", f"{official['base_step_s']:.2f} s", f"{fast['base_step_s']:.2f} s",
-         f"{official['base_step_s'] / fast['base_step_s']:.2f}x"),
-        ("upsampler step (batch 1)", f"{official['upsample_step_s']:.2f} s", f"{fast['upsample_step_s']:.2f} s",
-         f"{official['upsample_step_s'] / fast['upsample_step_s']:.2f}x"),
-        ("sampler and steps", f"ddpm {official['base_steps']} + {official['upsample_steps']} (fast27)",
-         f"{fast['sampler']} {fast['base_steps']} + {fast['upsample_steps']}", ""),
-        (f"whole {fast['image_size']}-px image", f"{official['image_s']:.0f} s", f"{fast['image_s']:.1f} s",
-         f"{official['image_s'] / fast['image_s']:.1f}x"),
+        (
+            "base step (guided, batch 2)",
+            f"{official['base_step_s']:.2f} s",
+            f"{fast['base_step_s']:.2f} s",
+            f"{official['base_step_s'] / fast['base_step_s']:.2f}x",
+        ),
+        (
+            "upsampler step (batch 1)",
+            f"{official['upsample_step_s']:.2f} s",
+            f"{fast['upsample_step_s']:.2f} s",
+            f"{official['upsample_step_s'] / fast['upsample_step_s']:.2f}x",
+        ),
+        (
+            "sampler and steps",
+            f"ddpm {official['base_steps']} + {official['upsample_steps']} (fast27)",
+            f"{fast['sampler']} {fast['base_steps']} + {fast['upsample_steps']}",
+            "",
+        ),
+        (
+            f"whole {fast['image_size']}-px image",
+            f"{official['image_s']:.0f} s",
+            f"{fast['image_s']:.1f} s",
+            f"{official['image_s'] / fast['image_s']:.1f}x",
+        ),
         ("  how", official["image_how"], fast["image_how"], ""),
         ("peak memory", _fmt_mem(official), _fmt_mem(fast), ""),
     ]
@@ -222,14 +271,22 @@ def main(argv=None) -> int:
     parser.add_argument("--base-steps", type=int, default=20, help="fast path: base steps (default 20)")
     parser.add_argument("--upsample-steps", type=int, default=10, help="fast path: upsampler steps (default 10)")
     parser.add_argument("--precision", default="auto", help="fast path precision (default auto)")
-    parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="fast path memory format")
+    parser.add_argument(
+        "--channels-last", default="auto", choices=["auto", "on", "off"], help="fast path memory format"
+    )
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile the networks")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads (default: torch's choice, one per core); 1 gives stable figures while "
-                             "another process holds a core")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default: torch's choice, one per core); 1 gives stable figures while "
+        "another process holds a core",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per step measurement (after a warm-up)")
     parser.add_argument("--malloc", default="both", choices=["both", "default", "tuned"])
-    parser.add_argument("--toy", action="store_true", help="toy presets (64 -> 128 px): a quick check of this script only")
+    parser.add_argument(
+        "--toy", action="store_true", help="toy presets (64 -> 128 px): a quick check of this script only"
+    )
     parser.add_argument("--worker", choices=["official", "fast"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,15 +300,17 @@ def main(argv=None) -> int:
     print(machine_description(args.device, args.threads))
     start = time.perf_counter()
     results = {}
-    for malloc in (["default", "tuned"] if args.malloc == "both" else [args.malloc]):
+    for malloc in ["default", "tuned"] if args.malloc == "both" else [args.malloc]:
         official, fast = _child("official", malloc, raw), _child("fast", malloc, raw)
         results[malloc] = (official, fast)
         print("\n" + report(official, fast, malloc), flush=True)
     best = min((f["image_s"], m) for m, (_, f) in results.items())
     official, fast = results[best[1]]
-    print(f"\nfast path: a {'TOY' if args.toy else 'full-size'} {fast['image_size']}-px image in {fast['image_s']:.1f} s "
-          f"({official['image_s'] / fast['image_s']:.1f}x faster than the official-equivalent path, same malloc); "
-          f"goal on a 2-core CPU: < 60 s and >= 8x")
+    print(
+        f"\nfast path: a {'TOY' if args.toy else 'full-size'} {fast['image_size']}-px image in {fast['image_s']:.1f} s "
+        f"({official['image_s'] / fast['image_s']:.1f}x faster than the official-equivalent path, same malloc); "
+        f"goal on a 2-core CPU: < 60 s and >= 8x"
+    )
     print(f"benchmark wall time: {time.perf_counter() - start:.0f} s")
     return 0
 

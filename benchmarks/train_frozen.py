@@ -68,16 +68,24 @@ def _worker(args) -> dict:
     sync()
     seconds = (time.perf_counter() - start) / args.steps
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    opt_bytes = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                    if torch.is_tensor(v))
+    opt_bytes = sum(
+        v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+    )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"preset": args.preset, "variant": args.variant, "device": str(device), "sec_per_step": seconds,
-            "peak_bytes": peak, "grad_bytes": grad_bytes, "optimizer_bytes": opt_bytes,
-            "params": sum(p.numel() for p in model.parameters()),
-            "decoder_params": sum(p.numel() for p in model.decoder.parameters())}
+    return {
+        "preset": args.preset,
+        "variant": args.variant,
+        "device": str(device),
+        "sec_per_step": seconds,
+        "peak_bytes": peak,
+        "grad_bytes": grad_bytes,
+        "optimizer_bytes": opt_bytes,
+        "params": sum(p.numel() for p in model.parameters()),
+        "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
+    }
 
 
 def main(argv=None) -> int:
@@ -85,8 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=["toy-piti-base-mask"], help="PITI presets to measure")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="alternate the two variants this many times, keep each one's fastest run (noisy machines)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternate the two variants this many times, keep each one's fastest run (noisy machines)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--variant", choices=("official", "frozen"), help=argparse.SUPPRESS)  # worker mode
@@ -101,8 +113,22 @@ def main(argv=None) -> int:
         best = {}
         for _ in range(args.repeats):
             for variant in ("official", "frozen"):
-                cmd = [sys.executable, __file__, "--variant", variant, "--preset", preset, "--batch", str(args.batch),
-                       "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--preset",
+                    preset,
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--device",
+                    args.device,
+                    "--precision",
+                    args.precision,
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     print(out.stderr, file=sys.stderr)
@@ -114,17 +140,23 @@ def main(argv=None) -> int:
 
     mib = 2**20
     peak_name = "peak GPU MiB" if rows[0]["device"].startswith("cuda") else "peak RSS MiB"
-    print(f"stage 1 (encoder), batch {args.batch}, {args.precision}, {rows[0]['device']}, "
-          f"mean of {args.steps} steps after a warm-up, best of {args.repeats} alternating runs")
+    print(
+        f"stage 1 (encoder), batch {args.batch}, {args.precision}, {rows[0]['device']}, "
+        f"mean of {args.steps} steps after a warm-up, best of {args.repeats} alternating runs"
+    )
     print(f"| preset | variant | s/step | {peak_name} | grad MiB | optimizer MiB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['variant']} | {r['sec_per_step']:.3f} | {r['peak_bytes'] / mib:.0f} | "
-              f"{r['grad_bytes'] / mib:.1f} | {r['optimizer_bytes'] / mib:.1f} |")
+        print(
+            f"| {r['preset']} | {r['variant']} | {r['sec_per_step']:.3f} | {r['peak_bytes'] / mib:.0f} | "
+            f"{r['grad_bytes'] / mib:.1f} | {r['optimizer_bytes'] / mib:.1f} |"
+        )
     for official, frozen in zip(rows[::2], rows[1::2]):
-        print(f"{official['preset']}: frozen decoder is {official['sec_per_step'] / frozen['sec_per_step']:.2f}x "
-              f"as fast and needs {(official['peak_bytes'] - frozen['peak_bytes']) / mib:.0f} MiB less at peak "
-              f"({frozen['decoder_params'] / 1e6:.1f}M decoder parameters get no gradient)")
+        print(
+            f"{official['preset']}: frozen decoder is {official['sec_per_step'] / frozen['sec_per_step']:.2f}x "
+            f"as fast and needs {(official['peak_bytes'] - frozen['peak_bytes']) / mib:.0f} MiB less at peak "
+            f"({frozen['decoder_params'] / 1e6:.1f}M decoder parameters get no gradient)"
+        )
     return 0
 
 

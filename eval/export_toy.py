@@ -38,8 +38,10 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
-    sources = {"base": args.base or Path(f"runs/toy/joint-{args.task}/model.safetensors"),
-               "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors")}
+    sources = {
+        "base": args.base or Path(f"runs/toy/joint-{args.task}/model.safetensors"),
+        "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors"),
+    }
     sampling = settings_from_args(args)
     try:
         for role, src in sources.items():

@@ -99,7 +99,9 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                 for k in f.keys():
                     tensors[k] = f.get_tensor(k)
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {e}") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {e}"
+            ) from None
         if METADATA_KEY in raw_meta:
             try:
                 metadata = json.loads(raw_meta[METADATA_KEY])
@@ -119,7 +121,9 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a checkpoint: expected a state dict of tensors, found {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path} is not a checkpoint: expected a state dict of tensors, found {type(obj).__name__}"
+        )
     return dict(obj), {}
 
 
@@ -196,7 +200,9 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     raise CheckpointError("\n  ".join(parts))
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
+) -> None:
     """``module.load_state_dict(state_dict, strict=True)`` with a readable error instead of torch's."""
     check_state_dict(module, state_dict, source)
     module.load_state_dict(state_dict, strict=True)
@@ -221,7 +227,9 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint | str | os.PathLike) -
     elif ckpt.format == "piti-encoder" and is_piti:
         load_state_dict_strict(model.encoder, sd, src)
     else:
-        raise CheckpointError(f"{src} holds a {ckpt.format} checkpoint, which cannot be loaded into {type(model).__name__}")
+        raise CheckpointError(
+            f"{src} holds a {ckpt.format} checkpoint, which cannot be loaded into {type(model).__name__}"
+        )
     return model
 
 
@@ -236,12 +244,18 @@ def infer_preset(ckpt: Checkpoint) -> str:
         cond_ch = sd["encoder.cnn.conv1.weight"].shape[1]
         task = {3: "mask", 1: "sketch", 6: "depth"}.get(cond_ch)
         if task is None:
-            raise CheckpointError(f"{ckpt.path}: condition encoder takes {cond_ch} channels; known: 3 (mask), 1 (sketch), 6 (depth)")
+            raise CheckpointError(
+                f"{ckpt.path}: condition encoder takes {cond_ch} channels; known: 3 (mask), 1 (sketch), 6 (depth)"
+            )
         return f"piti-{'upsample' if in_ch == 6 else 'base'}-{task}"
-    raise CheckpointError(f"{ckpt.path}: a {ckpt.format} file does not describe a whole model; build the model and use load_weights")
+    raise CheckpointError(
+        f"{ckpt.path}: a {ckpt.format} file does not describe a whole model; build the model and use load_weights"
+    )
 
 
-def load_model(path: str | os.PathLike, preset: str | None = None, device: str | torch.device = "cpu", **overrides) -> nn.Module:
+def load_model(
+    path: str | os.PathLike, preset: str | None = None, device: str | torch.device = "cpu", **overrides
+) -> nn.Module:
     """Build the model a checkpoint describes and load it.
 
     Project checkpoints carry their config; for official files the preset is inferred from the shapes
@@ -314,8 +328,10 @@ def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str =
     ckpt = load_checkpoint(src)
     cfg = ckpt.config or {}
     if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
-        raise CheckpointError(f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
-                              f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}")
+        raise CheckpointError(
+            f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
+            f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}"
+        )
     copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling)
 
 
@@ -329,6 +345,9 @@ def copy_model(src, dst, *, dtype: str = "fp16", ckpt=None, **metadata) -> None:
         raise CheckpointError(f"{src}: {len(bad)} tensors are not finite in {dtype} (e.g. {bad[0]}); export in fp32")
     meta = {k: v for k, v in ckpt.metadata.items() if k not in _SET_BY_SAVE}
     # re-exporting a shipped file (e.g. to change its sampling settings) keeps the name of the run it came from
-    meta.update(metadata, stored_dtype=str(EXPORT_DTYPES[dtype]).removeprefix("torch."),
-                exported_from=meta.get("exported_from", str(src)))
+    meta.update(
+        metadata,
+        stored_dtype=str(EXPORT_DTYPES[dtype]).removeprefix("torch."),
+        exported_from=meta.get("exported_from", str(src)),
+    )
     save_checkpoint(dst, tensors, config=ckpt.config or {}, step=ckpt.metadata.get("step"), metadata=meta)

@@ -18,7 +18,10 @@ from piti.errors import PitiError
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("piti.info", "show presets, parameter counts and where weights are looked for"),
     "synth": ("piti.data.synth", "generate synthetic-world scenes (image, labels, sketch, depth, caption)"),
-    "prepare": ("piti.data.prepare", "convert a raw dataset (ADE20K, COCO-Stuff, DIODE, folder) to the training layout"),
+    "prepare": (
+        "piti.data.prepare",
+        "convert a raw dataset (ADE20K, COCO-Stuff, DIODE, folder) to the training layout",
+    ),
     "train": ("piti.train.cli", "train a stage: pretrain, encoder, encoder-dropout, joint, upsampler"),
     "sample": ("piti.sample_cli", "translate a condition image into photos"),
     "eval": ("piti.eval_cli", "evaluate generated images (FID, alignment)"),
@@ -57,6 +60,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that record how they were run
     if args.command is None:
         parser.print_help()
         return 0

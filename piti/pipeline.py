@@ -48,10 +48,14 @@ __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uin
 # Where the embedded default models live (trained by `make toy-models`).
 TOY_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "toy"
 TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together
+
+
 def toy_checkpoint_paths(task: str) -> tuple[Path, Path]:
     """Paths of the embedded default base and upsampler checkpoints of ``task``."""
-    return (TOY_CHECKPOINT_DIR / f"piti-toy-{task}-base.safetensors",
-            TOY_CHECKPOINT_DIR / f"piti-toy-{task}-upsample.safetensors")
+    return (
+        TOY_CHECKPOINT_DIR / f"piti-toy-{task}-base.safetensors",
+        TOY_CHECKPOINT_DIR / f"piti-toy-{task}-upsample.safetensors",
+    )
 
 
 @dataclass
@@ -99,8 +103,10 @@ def _load_piti(path, role: str, task: str | None):
     model = load_model(path, device="cpu")
     cfg = model.config
     if cfg.kind != "piti":
-        raise CheckpointError(f"{path} is a GLIDE text-to-image checkpoint; the {role} must be a PITI model "
-                              "(keys encoder.* and decoder.*)")
+        raise CheckpointError(
+            f"{path} is a GLIDE text-to-image checkpoint; the {role} must be a PITI model "
+            "(keys encoder.* and decoder.*)"
+        )
     if cfg.super_res != (role == "upsampler"):
         what = "an upsampler" if cfg.super_res else "a base model"
         raise CheckpointError(f"{path} holds {what}, but it was given as the {role}")
@@ -122,8 +128,18 @@ class PITIPipeline:
         defaults: settings that override the profile (e.g. from a checkpoint's header).
     """
 
-    def __init__(self, base, upsampler=None, *, device="cpu", precision=None, channels_last=None,
-                 compile=False, profile="fast", defaults: dict | None = None):
+    def __init__(
+        self,
+        base,
+        upsampler=None,
+        *,
+        device="cpu",
+        precision=None,
+        channels_last=None,
+        compile=False,
+        profile="fast",
+        defaults: dict | None = None,
+    ):
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
         cfg = base.config
@@ -144,14 +160,26 @@ class PITIPipeline:
         # the callables (compiled wrappers when compile=True) and the plain modules for encode()
         self._base = self.policy.prepare(base)
         self._upsampler = self.policy.prepare(upsampler) if upsampler is not None else None
-        self.sources = {"base": getattr(base, "checkpoint_path", None),
-                        "upsampler": getattr(upsampler, "checkpoint_path", None)}
+        self.sources = {
+            "base": getattr(base, "checkpoint_path", None),
+            "upsampler": getattr(upsampler, "checkpoint_path", None),
+        }
         self._diffusions: dict = {}
 
     @classmethod
-    def from_checkpoints(cls, base=None, upsampler=None, task: str | None = None, *, device="cpu",
-                         precision=None, channels_last=None, compile=False, profile: str | None = None,
-                         **defaults) -> PITIPipeline:
+    def from_checkpoints(
+        cls,
+        base=None,
+        upsampler=None,
+        task: str | None = None,
+        *,
+        device="cpu",
+        precision=None,
+        channels_last=None,
+        compile=False,
+        profile: str | None = None,
+        **defaults,
+    ) -> PITIPipeline:
         """Load official or project checkpoints (format detected from the file).
 
         With no paths, the embedded default models of ``task`` (``checkpoints/toy/``); with ``base`` only,
@@ -182,9 +210,16 @@ class PITIPipeline:
         official = not header  # official files carry no project header
         sampling = header.get("sampling")
         recommended = settings_from_header(sampling) if isinstance(sampling, dict) else {}
-        return cls(base_model, up_model, device=device, precision=precision, channels_last=channels_last,
-                   compile=compile, profile=profile or ("official" if official else "fast"),
-                   defaults={**recommended, **defaults})
+        return cls(
+            base_model,
+            up_model,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile,
+            profile=profile or ("official" if official else "fast"),
+            defaults={**recommended, **defaults},
+        )
 
     @classmethod
     def from_pretrained(cls, repo_id: str = "tfwang/PITI", task: str = "mask", **kwargs) -> PITIPipeline:
@@ -203,9 +238,10 @@ class PITIPipeline:
         # One step is refused: the official respacing of "1" keeps only timestep 0 (a one-section
         # stride rule), so the sampler would start from pure noise labelled t=0 and return that noise.
         if spec.isdigit() and not 2 <= int(spec) <= cfg.diffusion_steps:
-            raise ConfigError(f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}"
-                              + (" (one respaced step is timestep 0 alone: nothing would be denoised)"
-                                 if spec == "1" else ""))
+            raise ConfigError(
+                f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}"
+                + (" (one respaced step is timestep 0 alone: nothing would be denoised)" if spec == "1" else "")
+            )
         key = (cfg.noise_schedule, cfg.diffusion_steps, spec, last_step)
         if key not in self._diffusions:
             self._diffusions[key] = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, spec, last_step=last_step)
@@ -244,8 +280,15 @@ class PITIPipeline:
                 with policy.autocast():
                     return model(policy.input(x), t, ref=policy.input(c))
 
-        return guided_denoiser(model_fn, cond, null, settings.guidance, mode=settings.guidance_mode,
-                               stats=settings.guidance_stats, sigma=settings.guidance_sigma)
+        return guided_denoiser(
+            model_fn,
+            cond,
+            null,
+            settings.guidance,
+            mode=settings.guidance_mode,
+            stats=settings.guidance_stats,
+            sigma=settings.guidance_sigma,
+        )
 
     def upsampler_denoiser(self, ref: torch.Tensor, low_res: torch.Tensor, encode_once: bool = True):
         """The unguided ``denoise(x_t, t_model)`` of the upsampler for the 64-px images ``low_res``."""
@@ -277,7 +320,9 @@ class PITIPipeline:
         if upsample is None:
             return self._upsampler is not None
         if upsample and self._upsampler is None:
-            raise ConfigError("upsampling was asked for, but this pipeline has no upsampler (give an upsampler checkpoint)")
+            raise ConfigError(
+                "upsampling was asked for, but this pipeline has no upsampler (give an upsampler checkpoint)"
+            )
         return bool(upsample)
 
     def prepare_conditions(self, condition, upsample: bool, settings: SamplingSettings, **options) -> tuple[dict, list]:
@@ -295,10 +340,13 @@ class PITIPipeline:
         """Base samples (B, 3, S, S) in [-1, 1] (float32), guided."""
         cfg = self.base_model.config
         diffusion = self.diffusion(self.base_model, s.steps)
-        x_T = torch.randn((num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device)
+        x_T = torch.randn(
+            (num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device
+        )
         denoise = self.base_denoiser(ref, num_samples, s, encode_once=encode_once)
-        x0 = sample(s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress,
-                    **sampler_options(s.sampler, s))
+        x0 = sample(
+            s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress, **sampler_options(s.sampler, s)
+        )
         return x0.float().clamp(-1, 1)
 
     def sample_upsampler(self, ref, low_res, s: SamplingSettings, generator, progress, encode_once) -> torch.Tensor:
@@ -313,25 +361,53 @@ class PITIPipeline:
             last = torch.full((batch,), diffusion.num_timesteps - 1, device=dev, dtype=torch.long)
             x_T = diffusion.q_sample(enlarged.to(dev), last, x_T)
         denoise = self.upsampler_denoiser(ref, low_res, encode_once=encode_once)
-        return sample(s.upsample_sampler, denoise, x_T, diffusion, generator=generator, progress=progress,
-                      **sampler_options(s.upsample_sampler, s, prefix="upsample_"))
+        return sample(
+            s.upsample_sampler,
+            denoise,
+            x_T,
+            diffusion,
+            generator=generator,
+            progress=progress,
+            **sampler_options(s.upsample_sampler, s, prefix="upsample_"),
+        )
 
     def record(self, s: SamplingSettings, upsample: bool, **extra) -> dict:
         """Every setting of a call, JSON-ready: the sampling settings, the call's options, the run policy and models."""
-        out = dict(s.to_dict(), task=self.task, profile=self.profile, **extra, upsample=upsample,
-                   guidance_scale_official=s.guidance + 1.0, **self.policy.to_dict(),
-                   base_model=self.base_model.config.name or "custom", base_checkpoint=self.sources["base"],
-                   base_size=self.base_model.config.image_size)
+        out = dict(
+            s.to_dict(),
+            task=self.task,
+            profile=self.profile,
+            **extra,
+            upsample=upsample,
+            guidance_scale_official=s.guidance + 1.0,
+            **self.policy.to_dict(),
+            base_model=self.base_model.config.name or "custom",
+            base_checkpoint=self.sources["base"],
+            base_size=self.base_model.config.image_size,
+        )
         if upsample:
-            out.update(upsampler_model=self.upsampler_model.config.name or "custom",
-                       upsampler_checkpoint=self.sources["upsampler"],
-                       upsample_size=self.upsampler_model.config.image_size)
+            out.update(
+                upsampler_model=self.upsampler_model.config.name or "custom",
+                upsampler_checkpoint=self.sources["upsampler"],
+                upsample_size=self.upsampler_model.config.image_size,
+            )
         return out
 
     @torch.no_grad()
-    def __call__(self, condition, *, num_samples: int = 1, seed: int | None = 0, upsample: bool | None = None,
-                 sketch_from_photo: bool = False, snap: bool = False, progress: bool = True,
-                 encode_once: bool = True, source: str | None = None, **settings) -> PipelineOutput:
+    def __call__(
+        self,
+        condition,
+        *,
+        num_samples: int = 1,
+        seed: int | None = 0,
+        upsample: bool | None = None,
+        sketch_from_photo: bool = False,
+        snap: bool = False,
+        progress: bool = True,
+        encode_once: bool = True,
+        source: str | None = None,
+        **settings,
+    ) -> PipelineOutput:
         """Translate ``condition`` into ``num_samples`` pictures.
 
         Args:
@@ -355,8 +431,9 @@ class PITIPipeline:
         timings = {}
 
         # 2. the condition, at each encoder's size
-        refs, notes = self.prepare_conditions(condition, upsample, s, snap=snap, from_photo=sketch_from_photo,
-                                              source=source)
+        refs, notes = self.prepare_conditions(
+            condition, upsample, s, snap=snap, from_photo=sketch_from_photo, source=source
+        )
         notes = list(self.policy.notes) + notes
         base_ref = refs[self.base_model.config.cond_size]
 
@@ -376,10 +453,24 @@ class PITIPipeline:
             upsampled = to_pil(self.sample_upsampler(ref, low_res, s, generator, progress, encode_once))
             timings["upsample_s"] = time.perf_counter() - start
 
-        record = self.record(s, upsample, num_samples=num_samples, seed=seed, sketch_from_photo=sketch_from_photo,
-                             snap=snap, encode_once=encode_once, timings=timings)
-        return PipelineOutput(images=upsampled or base_images, base_images=base_images, upsampled_images=upsampled,
-                              settings=record, notes=notes, condition=base_ref)
+        record = self.record(
+            s,
+            upsample,
+            num_samples=num_samples,
+            seed=seed,
+            sketch_from_photo=sketch_from_photo,
+            snap=snap,
+            encode_once=encode_once,
+            timings=timings,
+        )
+        return PipelineOutput(
+            images=upsampled or base_images,
+            base_images=base_images,
+            upsampled_images=upsampled,
+            settings=record,
+            notes=notes,
+            condition=base_ref,
+        )
 
 
 def profile_precision(profile: str, precision: str | None) -> str:

@@ -58,7 +58,9 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for, but this machine has no usable CUDA GPU; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise ConfigError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
     elif dev.type != "cpu":
         raise ConfigError(f"unsupported device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
     return dev
@@ -110,12 +112,16 @@ class Policy:
         return x
 
     def to_dict(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision,
-                "channels_last": self.channels_last, "compile": self.compile}
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+        }
 
 
 def autocast(precision: str, device: torch.device):
-    """Context manager for forwards in ``precision`` (fp32, bf16 or fp16) on ``device``: autocast, or nothing for fp32."""
+    """Context manager for forwards in ``precision`` (fp32, bf16, fp16) on ``device``: autocast, or nothing (fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
@@ -139,8 +145,9 @@ def auto_precision(device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def make_policy(device="cpu", precision: str = "auto", channels_last: bool | None = None,
-                compile: bool = False) -> Policy:
+def make_policy(
+    device="cpu", precision: str = "auto", channels_last: bool | None = None, compile: bool = False
+) -> Policy:
     """Check and build a :class:`Policy`.
 
     ``precision="auto"`` picks the fastest good precision for the device; ``channels_last=None`` the measured
@@ -155,9 +162,12 @@ def make_policy(device="cpu", precision: str = "auto", channels_last: bool | Non
     if precision == "auto":
         precision = auto_precision(dev)
     elif precision == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
-        notes.append("bf16 on this CPU (no AVX512-BF16 or AMX) runs emulated and is much slower than fp32; "
-                     "use --precision auto or fp32")
+        notes.append(
+            "bf16 on this CPU (no AVX512-BF16 or AMX) runs emulated and is much slower than fp32; "
+            "use --precision auto or fp32"
+        )
     if channels_last is None:
         channels_last = True
-    return Policy(device=dev, precision=precision, channels_last=bool(channels_last), compile=bool(compile),
-                  notes=tuple(notes))
+    return Policy(
+        device=dev, precision=precision, channels_last=bool(channels_last), compile=bool(compile), notes=tuple(notes)
+    )

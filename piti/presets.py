@@ -42,33 +42,33 @@ class ModelConfig:
     network never reads.
     """
 
-    name: str = ""                      # preset name, "" for a custom configuration
-    kind: str = "glide"                 # "glide" (text-to-image) or "piti" (condition-to-image)
-    task: str = "text"                  # "text" for GLIDE; "mask", "sketch" or "depth" for PITI
+    name: str = ""  # preset name, "" for a custom configuration
+    kind: str = "glide"  # "glide" (text-to-image) or "piti" (condition-to-image)
+    task: str = "text"  # "text" for GLIDE; "mask", "sketch" or "depth" for PITI
     # --- UNet (official option names) ---
-    image_size: int = 64                # side of x_t
-    num_channels: int = 192             # base width of the UNet
-    num_res_blocks: int = 3             # ResBlocks per level (the decoder side has one more)
-    channel_mult: tuple = ()            # width multiplier per level; () = official rule for 64/128/256
+    image_size: int = 64  # side of x_t
+    num_channels: int = 192  # base width of the UNet
+    num_res_blocks: int = 3  # ResBlocks per level (the decoder side has one more)
+    channel_mult: tuple = ()  # width multiplier per level; () = official rule for 64/128/256
     attention_resolutions: tuple = (32, 16, 8)  # resolutions (in pixels) with attention; "32,16,8" accepted
-    num_heads: int = 1                  # heads per attention block, used only if num_head_channels == -1
-    num_head_channels: int = 64         # channels per head (overrides num_heads)
+    num_heads: int = 1  # heads per attention block, used only if num_head_channels == -1
+    num_head_channels: int = 64  # channels per head (overrides num_heads)
     dropout: float = 0.1
-    use_scale_shift_norm: bool = True   # AdaGN: GN(h) * (1 + scale) + shift
-    resblock_updown: bool = True        # resample with ResBlocks (else strided conv / nearest + conv)
-    super_res: bool = False             # upsampler: takes low_res, concatenated after x_t
-    use_checkpoint: bool = False        # activation checkpointing (saves memory when training)
+    use_scale_shift_norm: bool = True  # AdaGN: GN(h) * (1 + scale) + shift
+    resblock_updown: bool = True  # resample with ResBlocks (else strided conv / nearest + conv)
+    super_res: bool = False  # upsampler: takes low_res, concatenated after x_t
+    use_checkpoint: bool = False  # activation checkpointing (saves memory when training)
     # --- GLIDE text stack; xf_width is also the width of PITI's condition tokens ---
     xf_width: int = 512
     xf_layers: int = 16
     xf_heads: int = 8
-    text_ctx: int = 128                 # tokens per caption
-    n_vocab: int = 50257                # GPT-2 BPE vocabulary
-    xf_padding: bool = True             # learned per-position embedding for padding slots
+    text_ctx: int = 128  # tokens per caption
+    n_vocab: int = 50257  # GPT-2 BPE vocabulary
+    xf_padding: bool = True  # learned per-position embedding for padding slots
     xf_final_ln: bool = True
     # --- PITI condition encoder ---
-    cond_channels: int = 3              # 3 mask, 1 sketch, 6 depth
-    cond_size: int = 256                # side of the condition image (256 for base and upsampler)
+    cond_channels: int = 3  # 3 mask, 1 sketch, 6 depth
+    cond_size: int = 256  # side of the condition image (256 for base and upsampler)
     encoder_layers: int = 8
     encoder_heads: int = 8
     encoder_cnn_channels: tuple = (32, 64, 128, 256, 512)  # last = xf_width; grid = cond_size / 2**(len-1)
@@ -92,8 +92,10 @@ class ModelConfig:
         if self.channel_mult:
             return self.channel_mult
         if self.image_size not in AUTO_CHANNEL_MULT:
-            raise ConfigError(f"channel_mult is empty and image_size {self.image_size} has no official default "
-                              f"(only {sorted(AUTO_CHANNEL_MULT)}); give channel_mult explicitly")
+            raise ConfigError(
+                f"channel_mult is empty and image_size {self.image_size} has no official default "
+                f"(only {sorted(AUTO_CHANNEL_MULT)}); give channel_mult explicitly"
+            )
         return AUTO_CHANNEL_MULT[self.image_size]
 
     def attention_ds(self) -> tuple:
@@ -116,8 +118,10 @@ class ModelConfig:
         if self.kind == "piti" and self.task == "text":
             bad(f"a PITI model needs a condition task such as {sorted(TASK_CHANNELS)}, got 'text'")
         if self.task in TASK_CHANNELS and self.cond_channels != TASK_CHANNELS[self.task]:
-            bad(f"task {self.task!r} has {TASK_CHANNELS[self.task]}-channel conditions, "
-                f"got cond_channels={self.cond_channels}")
+            bad(
+                f"task {self.task!r} has {TASK_CHANNELS[self.task]}-channel conditions, "
+                f"got cond_channels={self.cond_channels}"
+            )
         if self.noise_schedule not in NOISE_SCHEDULES:
             bad(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
         if not 0 <= self.dropout < 1:
@@ -137,8 +141,10 @@ class ModelConfig:
             w = widths[reached.index(r)]
             heads_ok = w % self.num_head_channels == 0 if self.num_head_channels != -1 else w % self.num_heads == 0
             if not heads_ok:
-                bad(f"attention width {w} at resolution {r} is not divisible into heads "
-                    f"(num_head_channels={self.num_head_channels}, num_heads={self.num_heads})")
+                bad(
+                    f"attention width {w} at resolution {r} is not divisible into heads "
+                    f"(num_head_channels={self.num_head_channels}, num_heads={self.num_heads})"
+                )
         if self.kind == "glide" and self.xf_width % self.xf_heads:
             bad(f"xf_width {self.xf_width} is not divisible by xf_heads {self.xf_heads}")
         if self.kind == "piti":
@@ -152,7 +158,9 @@ class ModelConfig:
         if self.cond_locality < 0:
             bad(f"cond_locality must be >= 0, got {self.cond_locality}")
         if self.cond_locality and self.kind != "piti":
-            bad("cond_locality applies to PITI's grid of condition tokens; a GLIDE model's text tokens have no position")
+            bad(
+                "cond_locality applies to PITI's grid of condition tokens; a GLIDE model's text tokens have no position"
+            )
 
     # --- plain-data round trip ---
     def to_dict(self) -> dict:
@@ -189,10 +197,18 @@ _GLIDE_UPSAMPLE = dict(image_size=256, num_res_blocks=2, super_res=True, noise_s
 _TOY_TEXT = dict(xf_width=128, xf_layers=2, xf_heads=4, text_ctx=32, n_vocab=1024)
 _TOY_UNET = dict(num_channels=32, num_res_blocks=1, attention_resolutions=(16, 8), num_head_channels=32, **_TOY_TEXT)
 _TOY_BASE = _TOY_UNET
-_TOY_UPSAMPLE = dict(_TOY_UNET, image_size=128, super_res=True, noise_schedule="linear",
-                     channel_mult=(1, 1, 1, 2, 2), attention_resolutions=(8,))
-_TOY_ENCODER = dict(cond_size=128, encoder_layers=2, encoder_heads=4,
-                    encoder_cnn_channels=(16, 32, 64, 128, 128))  # 128 px -> 8x8 tokens of width 128
+_TOY_UPSAMPLE = dict(
+    _TOY_UNET,
+    image_size=128,
+    super_res=True,
+    noise_schedule="linear",
+    channel_mult=(1, 1, 1, 2, 2),
+    attention_resolutions=(8,),
+)
+_TOY_ENCODER = dict(
+    cond_size=128, encoder_layers=2, encoder_heads=4, encoder_cnn_channels=(16, 32, 64, 128, 128)
+)  # 128 px -> 8x8 tokens of width 128
+
 
 def _piti(stage: dict, task: str) -> dict:
     return dict(stage, kind="piti", task=task, cond_channels=TASK_CHANNELS[task])
@@ -200,15 +216,25 @@ def _piti(stage: dict, task: str) -> dict:
 
 # Official presets first, then the toy ones; each is a set of differences from the defaults.
 _PRESETS = {"glide-base": {}, "glide-upsample": _GLIDE_UPSAMPLE}
-_PRESETS.update({f"piti-{stage}-{task}": _piti(d, task) for stage, d in (("base", {}), ("upsample", _GLIDE_UPSAMPLE))
-                 for task in TASK_CHANNELS})
+_PRESETS.update(
+    {
+        f"piti-{stage}-{task}": _piti(d, task)
+        for stage, d in (("base", {}), ("upsample", _GLIDE_UPSAMPLE))
+        for task in TASK_CHANNELS
+    }
+)
 _PRESETS.update({"toy-glide-base": _TOY_BASE, "toy-glide-upsample": _TOY_UPSAMPLE})
 # The toy PITI base decoders get the locality prior for their 8x8 grid tokens (cond_locality, not official):
 # without it, the decoder learned to use its condition several times more slowly per sample (checkpoints/toy/README.md).
 # The upsamplers see the layout in their low-res input and keep the official attention.
 _TOY_PITI_BASE = dict(_TOY_BASE, cond_locality=1.0)
-_PRESETS.update({f"toy-piti-{stage}-{task}": _piti(dict(d, **_TOY_ENCODER), task)
-                 for stage, d in (("base", _TOY_PITI_BASE), ("upsample", _TOY_UPSAMPLE)) for task in TASK_CHANNELS})
+_PRESETS.update(
+    {
+        f"toy-piti-{stage}-{task}": _piti(dict(d, **_TOY_ENCODER), task)
+        for stage, d in (("base", _TOY_PITI_BASE), ("upsample", _TOY_UPSAMPLE))
+        for task in TASK_CHANNELS
+    }
+)
 
 
 def list_presets() -> list:
@@ -244,7 +270,8 @@ def create_model(name_or_config, device=None, **overrides) -> torch.nn.Module:
     elif isinstance(name_or_config, dict):
         config = ModelConfig.from_dict(name_or_config).replace(**overrides)
     else:
-        raise ConfigError("create_model takes a preset name, a ModelConfig or a dict, "
-                          f"got {type(name_or_config).__name__}")
+        raise ConfigError(
+            f"create_model takes a preset name, a ModelConfig or a dict, got {type(name_or_config).__name__}"
+        )
     with torch.device(device) if device is not None else nullcontext():
         return (GLIDEModel if config.kind == "glide" else PITIModel)(config)

@@ -23,25 +23,44 @@ def configure_parser(parser) -> None:
     from piti.tasks import TASKS
 
     parser.add_argument("--task", required=True, choices=TASKS, help="what the condition is")
-    parser.add_argument("--cond", required=True, nargs="+", metavar="PATH",
-                        help="condition file: a colour map (mask), a sketch, or depth (16-bit PNG in metres x 256, a "
-                             ".npy in metres, or two files: the normal and depth visualisations)")
+    parser.add_argument(
+        "--cond",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="condition file: a colour map (mask), a sketch, or depth (16-bit PNG in metres x 256, a "
+        ".npy in metres, or two files: the normal and depth visualisations)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and settings.json")
     parser.add_argument("--num", type=int, default=1, help="number of samples (one batch; default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same pixels (default 0)")
-    parser.add_argument("--profile", choices=list(PROFILES), default=None,
-                        help="default settings: official (DDPM 250 + fast27, fp32) or fast (DPM-Solver++ 20 + 10); "
-                             "default: official for official checkpoints, fast otherwise")
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=None,
+        help="default settings: official (DDPM 250 + fast27, fp32) or fast (DPM-Solver++ 20 + 10); "
+        "default: official for official checkpoints, fast otherwise",
+    )
     parser.add_argument("--no-upsample", action="store_true", help="stop at the 64-px base samples")
-    parser.add_argument("--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)")
+    parser.add_argument(
+        "--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)"
+    )
     parser.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="default: fp32 in the official profile; auto (bf16 where the hardware computes it, else "
-                             "fp32) in the fast one; fp16 is CUDA only")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="default: fp32 in the official profile; auto (bf16 where the hardware computes it, else "
+        "fp32) in the fast one; fp16 is CUDA only",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first call)")
-    parser.add_argument("--sketch-from-photo", action="store_true", help="(sketch) extract the sketch from a photo first")
-    parser.add_argument("--snap", action="store_true", help="(mask) map colours outside the palette to the nearest class")
+    parser.add_argument(
+        "--sketch-from-photo", action="store_true", help="(sketch) extract the sketch from a photo first"
+    )
+    parser.add_argument(
+        "--snap", action="store_true", help="(mask) map colours outside the palette to the nearest class"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_settings_arguments(parser)
 
@@ -74,12 +93,27 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
 
-    pipe = PITIPipeline.from_checkpoints(args.base, args.upsampler, task=args.task, device=args.device,
-                                         precision=args.precision, compile=args.compile, profile=args.profile)
+    pipe = PITIPipeline.from_checkpoints(
+        args.base,
+        args.upsampler,
+        task=args.task,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        profile=args.profile,
+    )
     settings = settings_from_args(args)
-    out = pipe(condition, num_samples=args.num, seed=args.seed,
-               upsample=False if args.no_upsample else None, sketch_from_photo=args.sketch_from_photo,
-               snap=args.snap, progress=not args.no_progress, source=source, **settings)
+    out = pipe(
+        condition,
+        num_samples=args.num,
+        seed=args.seed,
+        upsample=False if args.no_upsample else None,
+        sketch_from_photo=args.sketch_from_photo,
+        snap=args.snap,
+        progress=not args.no_progress,
+        source=source,
+        **settings,
+    )
     if pipe.upsampler_model is None and not args.no_upsample:
         out.notes.append("no --upsampler given: the samples are the base model's")
     for note in out.notes:
@@ -87,8 +121,13 @@ def run(args) -> int:
 
     files = {f"base-{i:03d}.png": im for i, im in enumerate(out.base_images)}
     files.update({f"sample-{i:03d}.png": im for i, im in enumerate(out.images)})
-    record = {"condition": source, "settings": out.settings, "notes": out.notes, "files": sorted(files),
-              "versions": {"piti": piti.__version__, "torch": torch.__version__}}
+    record = {
+        "condition": source,
+        "settings": out.settings,
+        "notes": out.notes,
+        "files": sorted(files),
+        "versions": {"piti": piti.__version__, "torch": torch.__version__},
+    }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, image in files.items():
@@ -98,6 +137,8 @@ def run(args) -> int:
         raise PitiError(f"cannot write the results to {out_dir}: {e}") from None
     t = out.settings["timings"]
     took = f"base {t['base_s']:.1f} s" + (f", upsampler {t['upsample_s']:.1f} s" if "upsample_s" in t else "")
-    print(f"piti sample: wrote {len(out.images)} sample(s) of {out.images[0].width} px to {out_dir} ({took}; "
-          f"seed {out.settings['seed']}, {out.settings['profile']} profile)")
+    print(
+        f"piti sample: wrote {len(out.images)} sample(s) of {out.images[0].width} px to {out_dir} ({took}; "
+        f"seed {out.settings['seed']}, {out.settings['profile']} profile)"
+    )
     return 0

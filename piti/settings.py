@@ -92,29 +92,47 @@ class SettingSpec:
 class SamplingSettings:
     """Every sampling setting of :class:`~piti.pipeline.PITIPipeline`; the defaults are the ``fast`` profile."""
 
-    guidance: float = _setting(0.3, "classifier-free guidance strength w: eps_c + w (eps_c - eps_u), 0 = none "
-                                    "(the official scripts' s = 1.3 is w = 0.3)", low=-1.0, high=100.0)
-    guidance_mode: str = _setting("plain", "plain (official) or normalized (the paper's normalized guidance)",
-                                  choices=MODES)
-    guidance_stats: str = _setting("sample", "normalized guidance statistics: per sample or per sample and channel",
-                                   choices=STATS)
-    guidance_sigma: str = _setting("measured", "normalized guidance: the guided eps's std measured, or the paper's "
-                                               "analytic sqrt((1+w)^2 s_c^2 + w^2 s_u^2)", choices=SIGMAS)
+    guidance: float = _setting(
+        0.3,
+        "classifier-free guidance strength w: eps_c + w (eps_c - eps_u), 0 = none "
+        "(the official scripts' s = 1.3 is w = 0.3)",
+        low=-1.0,
+        high=100.0,
+    )
+    guidance_mode: str = _setting(
+        "plain", "plain (official) or normalized (the paper's normalized guidance)", choices=MODES
+    )
+    guidance_stats: str = _setting(
+        "sample", "normalized guidance statistics: per sample or per sample and channel", choices=STATS
+    )
+    guidance_sigma: str = _setting(
+        "measured",
+        "normalized guidance: the guided eps's std measured, or the paper's analytic sqrt((1+w)^2 s_c^2 + w^2 s_u^2)",
+        choices=SIGMAS,
+    )
     sampler: str = _setting("dpmpp", "base sampler", choices=tuple(SAMPLERS))
     steps: str = _setting("20", "base steps: a number, or a respacing such as ddim50 or fast27")
-    noise_scale: float = _setting(1.0, "DDPM: factor of the noise added at each base step (1 = official)",
-                                  low=0.0, high=1.5)
+    noise_scale: float = _setting(
+        1.0, "DDPM: factor of the noise added at each base step (1 = official)", low=0.0, high=1.5
+    )
     eta: float = _setting(0.0, "DDIM: eta of the base steps (0 = deterministic)", low=0.0, high=1.0)
     upsample_sampler: str = _setting("dpmpp", "upsampler sampler", choices=tuple(SAMPLERS))
     upsample_steps: str = _setting("10", "upsampler steps: a number, or a respacing such as fast27")
-    upsample_noise_scale: float = _setting(1.0, "DDPM: factor of the noise added at each upsampler step "
-                                                "(1 = official)", low=0.0, high=1.5)
+    upsample_noise_scale: float = _setting(
+        1.0, "DDPM: factor of the noise added at each upsampler step (1 = official)", low=0.0, high=1.5
+    )
     upsample_eta: float = _setting(0.0, "DDIM: eta of the upsampler steps", low=0.0, high=1.0)
-    upsample_temperature: float = _setting(0.997, "scale of the upsampler's initial noise (official 0.997)",
-                                           low=0.0, high=1.5, low_open=True)
-    upsample_start: float = _setting(1.0, "1 = the upsampler starts from noise (official); s < 1: from the enlarged "
-                                          "base image noised to step s x T (SDEdit)", low=0.0, high=1.0,
-                                     low_open=True)
+    upsample_temperature: float = _setting(
+        0.997, "scale of the upsampler's initial noise (official 0.997)", low=0.0, high=1.5, low_open=True
+    )
+    upsample_start: float = _setting(
+        1.0,
+        "1 = the upsampler starts from noise (official); s < 1: from the enlarged "
+        "base image noised to step s x T (SDEdit)",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    )
     quantize_low_res: bool = _setting(True, "quantise the base images to 8 bits before upsampling (official)")
     palette: str = _setting("coco-stuff", "mask task: the colour palette of the label maps", choices=tuple(PALETTES))
 
@@ -163,8 +181,16 @@ PROFILES = {
 # normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise per step, and the
 # upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
 TOY_RECIPE = PROFILES["fast"].replace(
-    guidance=5.0, guidance_mode="normalized", sampler="ddpm", steps="25", noise_scale=0.7,
-    upsample_sampler="ddpm", upsample_steps="10", upsample_start=0.1, palette="synth")
+    guidance=5.0,
+    guidance_mode="normalized",
+    sampler="ddpm",
+    steps="25",
+    noise_scale=0.7,
+    upsample_sampler="ddpm",
+    upsample_steps="10",
+    upsample_start=0.1,
+    palette="synth",
+)
 
 
 def official_to_w(scale: float) -> float:
@@ -186,8 +212,9 @@ def settings_from_header(sampling: dict) -> dict:
     return sampling
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, defaults: SamplingSettings | None = None,
-                           title: str = "sampling settings") -> None:
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, defaults: SamplingSettings | None = None, title: str = "sampling settings"
+) -> None:
     """Add one flag per sampling setting to ``parser``, plus ``--guidance-scale`` (the official s).
 
     With ``defaults=None`` every flag defaults to None, meaning "the checkpoint's recommendation, else the
@@ -201,8 +228,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, defaults: SamplingSe
         if defaults is not None:
             shown = f"default {default}"
         elif getattr(fast, spec.name) != getattr(official, spec.name):
-            shown = f"default: the checkpoint's, else {getattr(fast, spec.name)} (fast) / " \
-                    f"{getattr(official, spec.name)} (official)"
+            shown = (
+                f"default: the checkpoint's, else {getattr(fast, spec.name)} (fast) / "
+                f"{getattr(official, spec.name)} (official)"
+            )
         else:
             shown = f"default: the checkpoint's, else {spec.default}"
         kwargs = dict(default=default, help=f"{spec.help} ({shown})")
@@ -211,9 +240,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser, defaults: SamplingSe
         else:
             kwargs.update(type=spec.type, choices=spec.choices, metavar=None if spec.choices else spec.name.upper())
         (guidance if spec.name == "guidance" else group).add_argument(spec.flag, **kwargs)
-    guidance.add_argument("--guidance-scale", type=float, default=None, metavar="S",
-                       help="guidance in the official convention, eps_u + s (eps_c - eps_u): s = 1 + w "
-                            "(instead of --guidance)")
+    guidance.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="guidance in the official convention, eps_u + s (eps_c - eps_u): s = 1 + w (instead of --guidance)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:

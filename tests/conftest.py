@@ -33,8 +33,18 @@ def one_thread():
 # ---------------------------------------------------------------------------------------------- pipeline
 
 # Tiny versions of the toy presets: 32-px base, 32 -> 64 px upsampler, 32-px condition, 8-wide tokens.
-TINY = dict(num_channels=32, num_res_blocks=1, attention_resolutions=(16,), num_head_channels=32, dropout=0.0,
-            xf_width=32, encoder_cnn_channels=(8, 16, 32), cond_size=32, encoder_layers=1, encoder_heads=2)
+TINY = dict(
+    num_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=(16,),
+    num_head_channels=32,
+    dropout=0.0,
+    xf_width=32,
+    encoder_cnn_channels=(8, 16, 32),
+    cond_size=32,
+    encoder_layers=1,
+    encoder_heads=2,
+)
 FEW = dict(steps=3, upsample_steps=2, progress=False)  # enough steps to exercise multistep samplers
 
 
@@ -42,7 +52,9 @@ def tiny_model(task: str, upsampler: bool, seed: int = 0):
     """A tiny PITI model whose every weight is perturbed (the zero-initialised output layers would make
     every prediction zero, hiding wiring mistakes)."""
     name = f"toy-piti-{'upsample' if upsampler else 'base'}-{task}"
-    model = create_model(name, image_size=64 if upsampler else 32, channel_mult=(1, 1, 2) if upsampler else (1, 2), **TINY)
+    model = create_model(
+        name, image_size=64 if upsampler else 32, channel_mult=(1, 1, 2) if upsampler else (1, 2), **TINY
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -62,8 +74,8 @@ def tiny_checkpoints(task: str, folder, sampling: dict | None = None):
 def synth_mask(h=40, w=48) -> Image.Image:
     """A colour map in the synthetic-world palette: sky above grass, a house in the middle."""
     labels = np.zeros((h, w), np.uint8)
-    labels[h // 2:] = 3
-    labels[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 7
+    labels[h // 2 :] = 3
+    labels[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = 7
     return Image.fromarray(SYNTH_PALETTE[labels])
 
 
@@ -88,8 +100,15 @@ def pixels(images) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- training
 
 # Tiny versions of the toy presets: 16 px base, 16 -> 32 px upsampler, 4x4 condition tokens.
-TINY_UNET = dict(num_channels=32, num_res_blocks=1, channel_mult=[1, 2], attention_resolutions=[8], image_size=16,
-                 num_head_channels=32, dropout=0.0)
+TINY_UNET = dict(
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult=[1, 2],
+    attention_resolutions=[8],
+    image_size=16,
+    num_head_channels=32,
+    dropout=0.0,
+)
 TINY_TEXT = dict(xf_width=64, xf_layers=1, xf_heads=2, text_ctx=24)
 TINY_ENCODER = dict(xf_width=64, cond_size=16, encoder_layers=1, encoder_heads=2, encoder_cnn_channels=[16, 32, 64])
 TINY_UPSAMPLER = dict(image_size=32, channel_mult=[1, 1, 2])
@@ -106,15 +125,30 @@ def tiny_settings(tmp_path: Path, stage: str) -> dict:
     """TrainConfig fields of a tiny run of ``stage`` (plain data, also written as YAML by other tests)."""
     model = {"pretrain": "toy-glide-base", "upsampler": "toy-piti-upsample-mask"}.get(stage, "toy-piti-base-mask")
     return dict(
-        name=stage, stage=stage, model=model, model_overrides=tiny_model_overrides(stage),
-        out_dir=str(tmp_path / stage), data={"kind": "synth", "length": 16}, batch_size=4, iterations=3,
-        save_interval=100, sample_interval=0, log_interval=1, low_res_size=16, device="cpu", lr=1e-3, ema_rate=0.9,
-        from_scratch=stage in ("joint", "upsampler"), allow_random_perceptual=True, perceptual_start=0, adv_start=0,
-        disc_ndf=8, disc_layers=2, tokenizer_scan=16,
+        name=stage,
+        stage=stage,
+        model=model,
+        model_overrides=tiny_model_overrides(stage),
+        out_dir=str(tmp_path / stage),
+        data={"kind": "synth", "length": 16},
+        batch_size=4,
+        iterations=3,
+        save_interval=100,
+        sample_interval=0,
+        log_interval=1,
+        low_res_size=16,
+        device="cpu",
+        lr=1e-3,
+        ema_rate=0.9,
+        from_scratch=stage in ("joint", "upsampler"),
+        allow_random_perceptual=True,
+        perceptual_start=0,
+        adv_start=0,
+        disc_ndf=8,
+        disc_layers=2,
+        tokenizer_scan=16,
     )
 
 
 def tiny_config(tmp_path: Path, stage: str, **changes) -> TrainConfig:
     return TrainConfig(**dict(tiny_settings(tmp_path, stage), **changes))
-
-

@@ -13,6 +13,7 @@ from piti.checkpoints import (
     save_checkpoint,
 )
 from piti.errors import CheckpointError
+
 from refdata import REF_DIR, read_manifest, rule_state_dict, small_model
 
 
@@ -37,8 +38,10 @@ def test_glide_checkpoint_loads_into_piti_decoder(tmp_path, piti_small, glide_sd
 
     converted = glide_to_piti_decoder(glide_sd)
     dropped = set(glide_sd) - set(converted)
-    assert dropped and all(k.startswith(("transformer.", "token_embedding", "positional_embedding",
-                                         "padding_embedding", "final_ln")) for k in dropped)
+    assert dropped and all(
+        k.startswith(("transformer.", "token_embedding", "positional_embedding", "padding_embedding", "final_ln"))
+        for k in dropped
+    )
     assert "transformer_proj.weight" in converted
 
     encoder_before = {k: v.clone() for k, v in piti_small.encoder.state_dict().items()}
@@ -60,7 +63,7 @@ def test_official_piti_and_stage1_files_load_strictly(tmp_path, piti_small):
     assert all(torch.equal(got[k], sd[k]) for k in sd)
 
     # stage-1 files hold the encoder alone, without the "encoder." prefix
-    enc = {k[len("encoder."):]: v * 2 for k, v in sd.items() if k.startswith("encoder.")}
+    enc = {k[len("encoder.") :]: v * 2 for k, v in sd.items() if k.startswith("encoder.")}
     torch.save(enc, tmp_path / "stage1.pt")
     ckpt = load_checkpoint(tmp_path / "stage1.pt")
     assert ckpt.format == "piti-encoder"

@@ -32,8 +32,20 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_train_overrides_may_follow_options():
-    args = parse_args(build_parser(), ["train", "--config", "configs/toy.yaml", "--stage", "joint", "task=sketch",
-                                       "--from-scratch", "lr=1e-3", "iterations=5"])
+    args = parse_args(
+        build_parser(),
+        [
+            "train",
+            "--config",
+            "configs/toy.yaml",
+            "--stage",
+            "joint",
+            "task=sketch",
+            "--from-scratch",
+            "lr=1e-3",
+            "iterations=5",
+        ],
+    )
     assert args.overrides == ["task=sketch", "lr=1e-3", "iterations=5"] and args.from_scratch
     with pytest.raises(SystemExit):
         parse_args(build_parser(), ["train", "--config", "configs/toy.yaml", "--bogus"])

@@ -29,7 +29,9 @@ def test_coco_palette_is_pix2pixhd_bit_interleaved_with_label_plus_one():
 
 def test_palettes_sizes_names_and_no_black():
     assert C.ADE20K_PALETTE.shape == (150, 3) and len(C.ADE20K_CLASSES) == 150
-    assert len(C.COCO_STUFF_CLASSES) == 183 and C.COCO_STUFF_CLASSES[0] == "person" and C.COCO_STUFF_CLASSES[181] == "wood"
+    assert (
+        len(C.COCO_STUFF_CLASSES) == 183 and C.COCO_STUFF_CLASSES[0] == "person" and C.COCO_STUFF_CLASSES[181] == "wood"
+    )
     # index 182 ("other") is the colour the official preprocessing gives the label after the 182 classes
     assert C.COCO_STUFF_CLASSES[182] == "other" and C.COCO_STUFF_PALETTE[182].tolist() == [128, 224, 192]
     assert len(C.SYNTH_CLASSES) >= 8

@@ -60,7 +60,10 @@ def make_coco(root, n=2, captions=True):
         images.append({"id": 100 + i, "file_name": f"{i:012d}.jpg"})
     if captions:
         (root / "annotations").mkdir()
-        anns = [{"id": 9, "image_id": 100, "caption": "second caption"}, {"id": 3, "image_id": 100, "caption": " a person "}]
+        anns = [
+            {"id": 9, "image_id": 100, "caption": "second caption"},
+            {"id": 3, "image_id": 100, "caption": " a person "},
+        ]
         anns += [{"id": 20 + i, "image_id": 100 + i, "caption": f"image {i}"} for i in range(1, n)]
         (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
     return root
@@ -156,9 +159,13 @@ def test_diode_reader_uses_depth_mask_and_normals(tmp_path):
 
 
 def test_folder_reader_for_each_task(tmp_path):
-    ds = FolderDataset(make_folder(tmp_path / "m"), task="mask", palette="synth", image_size=16, cond_size=16, flip=False)
+    ds = FolderDataset(
+        make_folder(tmp_path / "m"), task="mask", palette="synth", image_size=16, cond_size=16, flip=False
+    )
     _check_item(ds[1], 16, 3, 16)
-    sk = FolderDataset(make_folder(tmp_path / "s", "sketch"), task="sketch", image_size=16, cond_size=30, resize="center", flip=False)
+    sk = FolderDataset(
+        make_folder(tmp_path / "s", "sketch"), task="sketch", image_size=16, cond_size=30, resize="center", flip=False
+    )
     cond = sk[0]["cond"]
     assert (cond[0, :, 15] == -1).all()  # the line at column 20 of 40; the centre crop starts at column 5
     dp = FolderDataset(make_folder(tmp_path / "d", "depth"), task="depth", cond_size=16)
@@ -189,7 +196,9 @@ def test_synth_dataset_is_deterministic_and_sized(tmp_path):
 
 
 def test_flip_is_applied_to_image_and_condition_together(tmp_path):
-    ds = FolderDataset(make_folder(tmp_path), task="mask", palette="synth", image_size=30, cond_size=30, resize="center")
+    ds = FolderDataset(
+        make_folder(tmp_path), task="mask", palette="synth", image_size=30, cond_size=30, resize="center"
+    )
     grass = torch.tensor(C.SYNTH_PALETTE[C.SYNTH_CLASSES.index("grass")] / 127.5 - 1, dtype=torch.float32)
     flips = set()
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ def _image(h=64, w=64, seed=0):
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.float32)
     img[: h // 2, : w // 2] = (0.8, 0.2, 0.3)
-    img[: h // 2, w // 2:] = (0.1, 0.6, 0.9)
-    img[h // 2:, : w // 2] = (0.5, 0.5, 0.5)
-    img[h // 2:, w // 2:] = (0.9, 0.9, 0.2)
+    img[: h // 2, w // 2 :] = (0.1, 0.6, 0.9)
+    img[h // 2 :, : w // 2] = (0.5, 0.5, 0.5)
+    img[h // 2 :, w // 2 :] = (0.9, 0.9, 0.2)
     return np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1).astype(np.float32)
 
 
@@ -29,6 +29,7 @@ def _rng(seed=0):
 
 
 # --- kernels and blur -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [5, 6, 14])
 def test_kernels_are_normalised_and_centred(size):
@@ -80,6 +81,7 @@ def test_blur_lowers_high_frequency_energy():
 
 # --- downsampling -----------------------------------------------------------------------------
 
+
 def test_random_resize_downsample_size_range_and_determinism():
     x = _image(64, 48)
     for s in range(10):
@@ -121,6 +123,7 @@ def test_first_downsample_halves_the_image():
 
 
 # --- noise, JPEG, L0 --------------------------------------------------------------------------
+
 
 def test_noise_functions_add_the_expected_variance():
     flat = np.full((128, 128, 3), 0.5, np.float32)
@@ -175,6 +178,7 @@ def test_random_l0_smooth_uses_official_lambda_range_and_keeps_brightness():
 
 
 # --- config and pipeline ----------------------------------------------------------------------
+
 
 def test_config_validates_probabilities_and_ranges():
     with pytest.raises(ConfigError, match="blur_prob"):

@@ -43,7 +43,7 @@ def test_betas_match_official(schedule):
     assert_close(get_betas(schedule, 1000), REF[f"betas_{schedule}"], rtol=1e-12)
 
 
-@pytest.mark.parametrize("spec", [k[len("timesteps_"):] for k in REF.files if k.startswith("timesteps_")])
+@pytest.mark.parametrize("spec", [k[len("timesteps_") :] for k in REF.files if k.startswith("timesteps_")])
 def test_respaced_timesteps_match_official(spec):
     assert sorted(space_timesteps(1000, spec)) == REF[f"timesteps_{spec}"].tolist()
 
@@ -74,8 +74,12 @@ def test_q_sample_and_network_timestep(case):
 def test_p_mean_variance(case):
     diffusion, _, _, t, x_t = case_setup(case)
     out = diffusion.p_mean_variance(torch.from_numpy(REF["model_out"]), x_t, t, clip_denoised=True)
-    for ours, theirs in [("mean", "mean"), ("variance", "variance"), ("log_variance", "log_variance"),
-                         ("x0_pred", "pred_xstart")]:
+    for ours, theirs in [
+        ("mean", "mean"),
+        ("variance", "variance"),
+        ("log_variance", "log_variance"),
+        ("x0_pred", "pred_xstart"),
+    ]:
         assert_close(out[ours], REF[f"{case}_pmv_{theirs}"])
 
 

@@ -119,14 +119,20 @@ def test_zero_guidance_samples_equal_conditional_samples(mode, name):
     model = ToyConditional()
     cond, null = toy_conds()
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    conditional = sample(name, lambda x, t: model(x, t, cond), x_T, diffusion,
-                         generator=torch.Generator().manual_seed(1))
+    conditional = sample(
+        name, lambda x, t: model(x, t, cond), x_T, diffusion, generator=torch.Generator().manual_seed(1)
+    )
     denoise = guided_denoiser(model, cond, null, 0.0, mode=mode)
     guided = sample(name, denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1))
     assert torch.equal(guided, conditional)
     # And a real guidance scale changes the samples.
-    guided = sample(name, guided_denoiser(model, cond, null, 2.0, mode=mode), x_T, diffusion,
-                    generator=torch.Generator().manual_seed(1))
+    guided = sample(
+        name,
+        guided_denoiser(model, cond, null, 2.0, mode=mode),
+        x_T,
+        diffusion,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert not torch.allclose(guided, conditional, atol=1e-3)
 
 

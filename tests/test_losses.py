@@ -24,6 +24,7 @@ def _pair(n=3, size=32, seed=0):
 
 # --- perceptual -------------------------------------------------------------------------------
 
+
 def test_perceptual_loss_needs_weights_unless_random_is_allowed():
     with pytest.raises(MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
         PerceptualLoss()
@@ -85,6 +86,7 @@ def test_losses_start_at_the_official_step():
 
 # --- discriminator ----------------------------------------------------------------------------
 
+
 def test_official_patch_discriminator_shape_and_size():
     d = PatchDiscriminator()
     with torch.no_grad():
@@ -102,6 +104,7 @@ def test_toy_patch_discriminator_shape():
 
 
 # --- adversarial losses -----------------------------------------------------------------------
+
 
 class LinearCritic(nn.Module):
     """D(x) = sum_c w_c x_c per pixel: its input gradient is known in closed form."""

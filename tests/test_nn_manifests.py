@@ -5,9 +5,10 @@ no init cost). The small manifests are checked with the reference outputs (test_
 """
 
 import pytest
-from refdata import REF_DIR, manifest_params, read_manifest
 
 from piti.presets import create_model
+
+from refdata import REF_DIR, manifest_params, read_manifest
 
 # manifest -> our preset (sketch = the official `coco-edge` mode)
 FULL = {
@@ -68,4 +69,3 @@ def test_depth_differs_from_mask_only_in_the_condition_conv():
     assert set(mask) == set(depth)
     assert {k for k in mask if mask[k] != depth[k]} == {"encoder.cnn.conv1.weight"}
     assert depth["encoder.cnn.conv1.weight"] == (32, 6, 7, 7)
-

@@ -11,11 +11,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from refdata import PRESET_OF, REF_DIR, manifest_params, read_manifest, rule_state_dict, small_overrides
 
 from piti.presets import create_model
 
-SMALL = sorted(p.name[len("small_"):-len("_io.npz")] for p in REF_DIR.glob("small_*_io.npz"))
+from refdata import PRESET_OF, REF_DIR, manifest_params, read_manifest, rule_state_dict, small_overrides
+
+SMALL = sorted(p.name[len("small_") : -len("_io.npz")] for p in REF_DIR.glob("small_*_io.npz"))
 # official `mode` -> our task
 OFFICIAL_MODES = {"coco": "mask", "coco-edge": "sketch", "depth-normal": "depth"}
 
@@ -45,9 +46,22 @@ def test_presets_agree_with_the_official_options(stem):
     """Every official option of the reference network equals our preset + the small overrides."""
     official = json.loads((REF_DIR / f"small_{stem}_config.json").read_text())
     ours = create_model(PRESET_OF[stem], device="meta", **small_overrides(stem)).config
-    shared = ["image_size", "num_channels", "num_res_blocks", "num_heads", "num_head_channels", "dropout",
-              "use_scale_shift_norm", "resblock_updown", "xf_width", "xf_heads", "xf_padding", "xf_final_ln",
-              "noise_schedule", "diffusion_steps"]
+    shared = [
+        "image_size",
+        "num_channels",
+        "num_res_blocks",
+        "num_heads",
+        "num_head_channels",
+        "dropout",
+        "use_scale_shift_norm",
+        "resblock_updown",
+        "xf_width",
+        "xf_heads",
+        "xf_padding",
+        "xf_final_ln",
+        "noise_schedule",
+        "diffusion_steps",
+    ]
     assert {k: getattr(ours, k) for k in shared} == {k: official[k] for k in shared}
     assert ours.channel_mult == () and official["channel_mult"] == ""
     assert ours.attention_resolutions == tuple(int(r) for r in official["attention_resolutions"].split(","))

@@ -32,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    return {task: tiny_checkpoints(task, folder, sampling={"palette": "synth"} if task == "mask" else None)
-            for task in CONDITIONS}
+    return {
+        task: tiny_checkpoints(task, folder, sampling={"palette": "synth"} if task == "mask" else None)
+        for task in CONDITIONS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,18 @@ def test_every_sampler_and_encoder_path_in_each_precision(ckpts, sampler, precis
     # every path that feeds a network goes through the precision policy: bf16 weights get bf16-safe inputs
     pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision=precision)
     for encode_once in (True, False):
-        out = pipe(synth_mask(), seed=0, sampler=sampler, upsample_sampler=sampler, guidance=1.0,
-                   guidance_mode="normalized", encode_once=encode_once, eta=0.5, upsample_start=0.5, **FEW)
+        out = pipe(
+            synth_mask(),
+            seed=0,
+            sampler=sampler,
+            upsample_sampler=sampler,
+            guidance=1.0,
+            guidance_mode="normalized",
+            encode_once=encode_once,
+            eta=0.5,
+            upsample_start=0.5,
+            **FEW,
+        )
         assert pixels(out.images).std() > 1
 
 
@@ -125,6 +137,7 @@ def test_upsample_start_begins_from_the_noised_base_image(mask_pipe):
 
 def test_noise_scale_reaches_each_ddpm_sampler_only(mask_pipe, monkeypatch):
     import piti.diffusion.samplers as samplers
+
     seen = []
     original = samplers.ddpm_step
 
@@ -138,8 +151,9 @@ def test_noise_scale_reaches_each_ddpm_sampler_only(mask_pipe, monkeypatch):
     assert seen == [0.5, 0.5, 0.25, 0.25, 0.25]  # 2 base steps, then 3 upsampler steps
     assert quiet.settings["noise_scale"] == 0.5 and quiet.settings["upsample_noise_scale"] == 0.25
     official = mask_pipe(synth_mask(), seed=1, **ddpm)
-    assert official.settings["noise_scale"] == 1.0 and not np.array_equal(pixels(quiet.base_images),
-                                                                          pixels(official.base_images))
+    assert official.settings["noise_scale"] == 1.0 and not np.array_equal(
+        pixels(quiet.base_images), pixels(official.base_images)
+    )
     seen.clear()
     mask_pipe(synth_mask(), seed=1, noise_scale=0.5, **FEW)  # the deterministic samplers draw no noise
     assert seen == []
@@ -226,9 +240,12 @@ def test_guidance_modes_and_settings_are_recorded(mask_pipe):
     assert (pixels(plain.images) != pixels(normed.images)).any()
     s = normed.settings
     assert s["guidance_mode"] == "normalized" and s["guidance"] == 2.0 and s["guidance_scale_official"] == 3.0
-    analytic = mask_pipe(synth_mask(), seed=2, guidance=2.0, guidance_mode="normalized", guidance_sigma="analytic",
-                         upsample=False, **FEW)
-    assert analytic.settings["guidance_sigma"] == "analytic" and (pixels(analytic.images) != pixels(normed.images)).any()
+    analytic = mask_pipe(
+        synth_mask(), seed=2, guidance=2.0, guidance_mode="normalized", guidance_sigma="analytic", upsample=False, **FEW
+    )
+    assert (
+        analytic.settings["guidance_sigma"] == "analytic" and (pixels(analytic.images) != pixels(normed.images)).any()
+    )
     with pytest.raises(ConfigError, match="guidance_convention"):
         mask_pipe(synth_mask(), guidance=1.3, guidance_convention="official", **FEW)  # the Python API takes w only
 
@@ -242,7 +259,9 @@ def test_profiles_and_checkpoint_recommendations(ckpts):
     assert fast.defaults.sampler == "dpmpp" and fast.defaults.palette == "coco-stuff"
     # the official profile computes in fp32 unless asked otherwise; the fast one in the machine's best precision
     assert PITIPipeline.from_checkpoints(*ckpts["mask"], profile="official").policy.precision == "fp32"
-    assert PITIPipeline.from_checkpoints(*ckpts["mask"], profile="official", precision="bf16").policy.precision == "bf16"
+    assert (
+        PITIPipeline.from_checkpoints(*ckpts["mask"], profile="official", precision="bf16").policy.precision == "bf16"
+    )
     auto = "bf16" if cpu_has_native_bf16() else "fp32"
     assert PITIPipeline.from_checkpoints(*ckpts["mask"], profile="fast").policy.precision == auto
     with pytest.raises(ConfigError, match="profile"):
@@ -342,8 +361,11 @@ def test_dark_on_white_sketch_is_inverted_with_a_note(ckpts):
 @pytest.mark.parametrize("task", list(CONDITIONS))
 def test_empty_canvas_is_refused(ckpts, task):
     pipe = PITIPipeline.from_checkpoints(ckpts[task][0], precision="fp32")
-    blank = {"mask": Image.new("RGB", (40, 40)), "sketch": Image.new("L", (40, 40)),
-             "depth": np.zeros((40, 40), np.float32)}[task]
+    blank = {
+        "mask": Image.new("RGB", (40, 40)),
+        "sketch": Image.new("L", (40, 40)),
+        "depth": np.zeros((40, 40), np.float32),
+    }[task]
     with pytest.raises(ConditionError, match="empty|no lines|no valid"):
         pipe(blank, **FEW)
 
@@ -364,7 +386,9 @@ def test_checkpoint_errors(ckpts, tmp_path, monkeypatch):
         PITIPipeline.from_checkpoints(ckpts["mask"][1])  # an upsampler as the base
     with pytest.raises(ConfigError, match="sketch-to-image model, but the task is 'mask'"):
         PITIPipeline.from_checkpoints(ckpts["sketch"][0], task="mask")
-    with pytest.raises(ConfigError, match="sketch-upsample.safetensors is a sketch-to-image model, but the task is 'mask'"):
+    with pytest.raises(
+        ConfigError, match="sketch-upsample.safetensors is a sketch-to-image model, but the task is 'mask'"
+    ):
         PITIPipeline.from_checkpoints(ckpts["mask"][0], ckpts["sketch"][1])
     # the embedded default models: a clear message until `make toy-models` has built them
     monkeypatch.setattr("piti.pipeline.TOY_CHECKPOINT_DIR", tmp_path / "toy")

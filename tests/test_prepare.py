@@ -59,7 +59,11 @@ def test_coco_mask_to_training_layout(tmp_path):
     assert np.array_equal(colors, C.labels_to_colors(source, "coco-stuff"))
     assert Image.open(out / "images" / "000000000001.png").size == (W, H)
     classes = json.loads((out / "classes.json").read_text())
-    assert len(classes) == 183 and classes[181] == {"id": 181, "name": "wood", "color": C.COCO_STUFF_PALETTE[181].tolist()}
+    assert len(classes) == 183 and classes[181] == {
+        "id": 181,
+        "name": "wood",
+        "color": C.COCO_STUFF_PALETTE[181].tolist(),
+    }
     lines = [json.loads(x) for x in (out / "captions.jsonl").read_text().splitlines()]
     assert lines[2] == {"file": "000000000002.png", "caption": "picture number 2"}
     item = PreparedDataset(out, "mask", image_size=16, cond_size=32)[0]
@@ -68,7 +72,27 @@ def test_coco_mask_to_training_layout(tmp_path):
 
 def test_resize_to_short_side_and_resume(tmp_path):
     raw, out = make_coco(tmp_path / "raw"), tmp_path / "out"
-    assert main(["prepare", "--dataset", "coco-stuff", "--root", str(raw), "--out", str(out), "--task", "mask", "--split", "val", "--size", "20", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "coco-stuff",
+                "--root",
+                str(raw),
+                "--out",
+                str(out),
+                "--task",
+                "mask",
+                "--split",
+                "val",
+                "--size",
+                "20",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out / "images" / "000000000000.png").size == (27, 20)  # 40x30 -> short side 20
     assert Image.open(out / "labels" / "000000000000.png").size == (27, 20)
     kept = out / "colors" / "000000000000.png"
@@ -117,7 +141,22 @@ def test_folder_with_stray_colours_fails_unless_snapped(tmp_path, capsys):
     colors[0, 0] = (9, 9, 9)
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(raw / "images" / "a.jpg")
     Image.fromarray(colors).save(raw / "conditions" / "a.png")
-    args = ["prepare", "--dataset", "folder", "--root", str(raw), "--out", str(out), "--task", "mask", "--palette", "synth", "--size", "0", "--quiet"]
+    args = [
+        "prepare",
+        "--dataset",
+        "folder",
+        "--root",
+        str(raw),
+        "--out",
+        str(out),
+        "--task",
+        "mask",
+        "--palette",
+        "synth",
+        "--size",
+        "0",
+        "--quiet",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "a.png" in err and "(9, 9, 9)" in err and "Traceback" not in err
@@ -139,6 +178,23 @@ def test_corrupt_files_stop_or_are_listed(tmp_path):
 
 def test_empty_source_says_what_was_expected(tmp_path, capsys):
     (tmp_path / "val2017").mkdir()
-    assert main(["prepare", "--dataset", "coco-stuff", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--task", "mask", "--split", "val"]) == 1
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "coco-stuff",
+                "--root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--task",
+                "mask",
+                "--split",
+                "val",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no images found in" in err and "stuffthingmaps_trainval2017" in err

@@ -8,14 +8,21 @@ import torch
 from piti.errors import ConditionError, ConfigError
 from piti.presets import ModelConfig, create_model, list_presets
 
-OFFICIAL = ["glide-base", "glide-upsample"] + [f"piti-{s}-{t}" for s in ("base", "upsample")
-                                               for t in ("mask", "sketch", "depth")]
+OFFICIAL = ["glide-base", "glide-upsample"] + [
+    f"piti-{s}-{t}" for s in ("base", "upsample") for t in ("mask", "sketch", "depth")
+]
 TOY = [f"toy-{n}" for n in OFFICIAL]
 
 
 # A few channels and pixels, for the tests that train or compare many passes.
-TINY = dict(image_size=32, channel_mult=(1, 2), attention_resolutions=(16,), cond_size=32,
-            encoder_cnn_channels=(32, 64, 128), dropout=0.0)
+TINY = dict(
+    image_size=32,
+    channel_mult=(1, 2),
+    attention_resolutions=(16,),
+    cond_size=32,
+    encoder_cnn_channels=(32, 64, 128),
+    dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,7 @@ def unzero(model, seed=1):
 
 # --- presets and configs ---
 
+
 def test_every_required_preset_exists():
     assert set(OFFICIAL + TOY) <= set(list_presets())
 
@@ -75,8 +83,14 @@ def test_unknown_override_lists_valid_options():
 
 
 def test_overrides_use_official_names_and_strings():
-    model = create_model("toy-glide-base", device="meta", num_channels=64, attention_resolutions="32,16,8",
-                         channel_mult="1,2,2,2", dropout=0.0)
+    model = create_model(
+        "toy-glide-base",
+        device="meta",
+        num_channels=64,
+        attention_resolutions="32,16,8",
+        channel_mult="1,2,2,2",
+        dropout=0.0,
+    )
     c = model.config
     assert (c.name, c.num_channels) == ("toy-glide-base", 64)
     assert (c.attention_resolutions, c.channel_mult) == ((32, 16, 8), (1, 2, 2, 2))
@@ -89,21 +103,25 @@ def test_config_round_trips_through_json():
     again = ModelConfig.from_dict(data)
     assert again == config and again.encoder_cnn_channels == config.encoder_cnn_channels
     rebuilt = create_model(data, device="meta")
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
-        {k: v.shape for k, v in create_model(config, device="meta").state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in create_model(config, device="meta").state_dict().items()
+    }
     with pytest.raises(ConfigError, match="unknown model option"):
         ModelConfig.from_dict({**data, "bogus": 1})
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(cond_channels=1), "task 'mask' has 3-channel conditions"),
-    (dict(attention_resolutions="12"), "attention resolution 12 is not one of"),
-    (dict(encoder_cnn_channels=(16, 32, 64)), "must equal xf_width 128"),
-    (dict(image_size=96), "no official default"),
-    (dict(num_channels=48), "multiple of 32"),
-    (dict(noise_schedule="cosine"), "noise_schedule must be one of"),
-    (dict(kind="glide"), "a GLIDE model has task 'text'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(cond_channels=1), "task 'mask' has 3-channel conditions"),
+        (dict(attention_resolutions="12"), "attention resolution 12 is not one of"),
+        (dict(encoder_cnn_channels=(16, 32, 64)), "must equal xf_width 128"),
+        (dict(image_size=96), "no official default"),
+        (dict(num_channels=48), "multiple of 32"),
+        (dict(noise_schedule="cosine"), "noise_schedule must be one of"),
+        (dict(kind="glide"), "a GLIDE model has task 'text'"),
+    ],
+)
 def test_inconsistent_config_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         create_model("toy-piti-base-mask", device="meta", **overrides)
@@ -114,17 +132,22 @@ def test_toy_piti_decoder_is_the_toy_glide_unet(stage):
     """GLIDE weights minus the text stack (the official transfer rule) fit the PITI decoder exactly."""
     glide = create_model(f"toy-glide-{stage}", device="meta").state_dict()
     text = ("padding_embedding", "positional_embedding", "token_embedding", "final_ln")
-    kept = {k: v.shape for k, v in glide.items()
-            if not (k.startswith("transformer") and "transformer_proj" not in k) and not k.startswith(text)}
+    kept = {
+        k: v.shape
+        for k, v in glide.items()
+        if not (k.startswith("transformer") and "transformer_proj" not in k) and not k.startswith(text)
+    }
     for task in ("mask", "sketch", "depth"):
         piti = create_model(f"toy-piti-{stage}-{task}", device="meta").state_dict()
-        assert {k[len("decoder."):]: v.shape for k, v in piti.items() if k.startswith("decoder.")} == kept
+        assert {k[len("decoder.") :]: v.shape for k, v in piti.items() if k.startswith("decoder.")} == kept
 
 
 # --- the toy networks ---
 
-@pytest.mark.parametrize("name", ["toy-glide-base", "toy-glide-upsample", "toy-piti-base-sketch",
-                                  "toy-piti-upsample-depth"])
+
+@pytest.mark.parametrize(
+    "name", ["toy-glide-base", "toy-glide-upsample", "toy-piti-base-sketch", "toy-piti-upsample-depth"]
+)
 @torch.no_grad()
 def test_toy_forward_shapes_and_reuse(name):
     torch.manual_seed(0)
@@ -213,7 +236,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     grads, saved = [], []
     for model in (plain, ckpt):
         count = []  # tensors kept for the backward pass outside the checkpointed blocks
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: count.append(1) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, count=count: count.append(1) or t, lambda t: t):
             loss = model(**kw).square().mean()
         loss.backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})

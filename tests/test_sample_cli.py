@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from piti.cli import main
+
 from conftest import depth_metres, sketch_picture, synth_mask, tiny_checkpoints
 
 FAST = ["--steps", "3", "--upsample-steps", "2", "--no-progress", "--precision", "fp32"]
@@ -23,14 +24,29 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_cli")
-    return {"mask": tiny_checkpoints("mask", folder, sampling={"palette": "synth"}),
-            "sketch": tiny_checkpoints("sketch", folder)}
+    return {
+        "mask": tiny_checkpoints("mask", folder, sampling={"palette": "synth"}),
+        "sketch": tiny_checkpoints("sketch", folder),
+    }
 
 
 def sample_cmd(ckpts, task, cond, out, *extra):
     base, up = ckpts[task]
-    return ["sample", "--task", task, "--cond", str(cond), "--out", str(out), "--base", str(base),
-            "--upsampler", str(up), *FAST, *extra]
+    return [
+        "sample",
+        "--task",
+        task,
+        "--cond",
+        str(cond),
+        "--out",
+        str(out),
+        "--base",
+        str(base),
+        "--upsampler",
+        str(up),
+        *FAST,
+        *extra,
+    ]
 
 
 def one_clean_error(capsys, argv) -> str:
@@ -46,15 +62,45 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
     cond = tmp_path / "labels.png"
     synth_mask().save(cond)
     out = tmp_path / "out"
-    assert main(sample_cmd(ckpts, "mask", cond, out, "--num", "2", "--seed", "7", "--guidance", "1.5",
-                           "--guidance-mode", "normalized", "--sampler", "ddim", "--upsample-start", "0.5",
-                           "--noise-scale", "0.7", "--upsample-noise-scale", "0.9")) == 0
+    assert (
+        main(
+            sample_cmd(
+                ckpts,
+                "mask",
+                cond,
+                out,
+                "--num",
+                "2",
+                "--seed",
+                "7",
+                "--guidance",
+                "1.5",
+                "--guidance-mode",
+                "normalized",
+                "--sampler",
+                "ddim",
+                "--upsample-start",
+                "0.5",
+                "--noise-scale",
+                "0.7",
+                "--upsample-noise-scale",
+                "0.9",
+            )
+        )
+        == 0
+    )
     files = sorted(p.name for p in out.iterdir())
     assert files == ["base-000.png", "base-001.png", "sample-000.png", "sample-001.png", "settings.json"]
     assert Image.open(out / "base-000.png").size == (32, 32) and Image.open(out / "sample-000.png").size == (64, 64)
     record = json.loads((out / "settings.json").read_text())
     s = record["settings"]
-    assert (s["seed"], s["num_samples"], s["guidance"], s["guidance_mode"], s["sampler"]) == (7, 2, 1.5, "normalized", "ddim")
+    assert (s["seed"], s["num_samples"], s["guidance"], s["guidance_mode"], s["sampler"]) == (
+        7,
+        2,
+        1.5,
+        "normalized",
+        "ddim",
+    )
     assert s["upsample_sampler"] == "dpmpp" and s["palette"] == "synth" and s["precision"] == "fp32"
     assert s["upsample_start"] == 0.5 and (s["noise_scale"], s["upsample_noise_scale"]) == (0.7, 0.9)
     assert record["condition"] == str(cond) and "torch" in record["versions"]
@@ -63,8 +109,29 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
 
     # same seed, same pixels
     again = tmp_path / "again"
-    assert main(sample_cmd(ckpts, "mask", cond, again, "--num", "2", "--seed", "7", "--guidance", "1.5",
-                           "--guidance-mode", "normalized", "--sampler", "ddim", "--upsample-start", "0.5")) == 0
+    assert (
+        main(
+            sample_cmd(
+                ckpts,
+                "mask",
+                cond,
+                again,
+                "--num",
+                "2",
+                "--seed",
+                "7",
+                "--guidance",
+                "1.5",
+                "--guidance-mode",
+                "normalized",
+                "--sampler",
+                "ddim",
+                "--upsample-start",
+                "0.5",
+            )
+        )
+        == 0
+    )
     for name in ("base-001.png", "sample-001.png"):
         assert (np.asarray(Image.open(out / name)) == np.asarray(Image.open(again / name))).all()
 
@@ -122,11 +189,31 @@ def test_cli_bad_inputs_give_one_line(ckpts, tmp_path, capsys):
     assert "broken.png" in one_clean_error(capsys, sample_cmd(ckpts, "mask", broken, tmp_path / "o"))
     assert "not found" in one_clean_error(capsys, sample_cmd(ckpts, "mask", tmp_path / "nope.png", tmp_path / "o"))
     # a sketch checkpoint asked to do the mask task
-    argv = ["sample", "--task", "mask", "--cond", str(sketch), "--out", str(tmp_path / "o"),
-            "--base", str(ckpts["sketch"][0]), *FAST]
+    argv = [
+        "sample",
+        "--task",
+        "mask",
+        "--cond",
+        str(sketch),
+        "--out",
+        str(tmp_path / "o"),
+        "--base",
+        str(ckpts["sketch"][0]),
+        *FAST,
+    ]
     assert "sketch-to-image model" in one_clean_error(capsys, argv)
-    argv = ["sample", "--task", "mask", "--cond", str(sketch), "--out", str(tmp_path / "o"),
-            "--base", str(tmp_path / "missing.safetensors"), *FAST]
+    argv = [
+        "sample",
+        "--task",
+        "mask",
+        "--cond",
+        str(sketch),
+        "--out",
+        str(tmp_path / "o"),
+        "--base",
+        str(tmp_path / "missing.safetensors"),
+        *FAST,
+    ]
     assert "checkpoint file not found" in one_clean_error(capsys, argv)
     fp16 = sample_cmd(ckpts, "mask", black, tmp_path / "o")[:-1] + ["fp16"]  # replaces --precision fp32
     assert "fp16 needs a CUDA GPU" in one_clean_error(capsys, fp16)
@@ -152,11 +239,22 @@ def test_cli_depth_takes_metres_or_a_visualisation_pair(tmp_path, capsys, ckpts)
     normal, depth = tmp_path / "normal.png", tmp_path / "depth_viz.png"
     Image.new("RGB", (40, 40), (128, 128, 255)).save(normal)
     Image.fromarray(np.linspace(0, 255, 40 * 40 * 3).astype(np.uint8).reshape(40, 40, 3)).save(depth)
-    argv = ["sample", "--task", "depth", "--cond", str(normal), str(depth), "--out", str(tmp_path / "p"),
-            "--base", str(base), *FAST]
+    argv = [
+        "sample",
+        "--task",
+        "depth",
+        "--cond",
+        str(normal),
+        str(depth),
+        "--out",
+        str(tmp_path / "p"),
+        "--base",
+        str(base),
+        *FAST,
+    ]
     assert main(argv) == 0
     assert json.loads((tmp_path / "p" / "settings.json").read_text())["condition"] == f"{normal} + {depth}"
     photo = tmp_path / "photo.png"
     Image.new("RGB", (40, 40), (30, 90, 200)).save(photo)
-    argv[argv.index("--cond") + 1: argv.index("--out")] = [str(photo)]
+    argv[argv.index("--cond") + 1 : argv.index("--out")] = [str(photo)]
     assert "not a depth map" in one_clean_error(capsys, argv)

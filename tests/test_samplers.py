@@ -71,8 +71,9 @@ def test_steps_reproduce_official_steps(case):
 
 
 @pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
-@pytest.mark.parametrize("name,respacing,std_tol", [("ddpm", "250", 0.03), ("ddim", "100", 0.08),
-                                                     ("dpmpp", "100", 0.02)])
+@pytest.mark.parametrize(
+    "name,respacing,std_tol", [("ddpm", "250", 0.03), ("ddim", "100", 0.08), ("dpmpp", "100", 0.02)]
+)
 def test_samplers_recover_gaussian_data(schedule, name, respacing, std_tol):
     diffusion = create_diffusion(schedule, 1000, respacing)
     out = sample(name, gaussian_denoiser(schedule), noise(), diffusion, generator=torch.Generator().manual_seed(1))
@@ -85,8 +86,10 @@ def test_deterministic_samplers_follow_the_ode_and_dpmpp_is_more_accurate(schedu
     x_T = noise(512)
     exact = exact_ode_sample(schedule, x_T)
     diffusion = create_diffusion(schedule, 1000, "100")
-    err = {name: (sampler(gaussian_denoiser(schedule), x_T, diffusion, clip_denoised=False) - exact).abs().max().item()
-           for name, sampler in [("ddim", sample_ddim), ("dpmpp", sample_dpmpp_2m)]}
+    err = {
+        name: (sampler(gaussian_denoiser(schedule), x_T, diffusion, clip_denoised=False) - exact).abs().max().item()
+        for name, sampler in [("ddim", sample_ddim), ("dpmpp", sample_dpmpp_2m)]
+    }
     fine = sample_ddim(gaussian_denoiser(schedule), x_T, create_diffusion(schedule, 1000, ""), clip_denoised=False)
     assert (fine - exact).abs().max().item() < 0.02  # DDIM converges to the ODE solution
     assert err["ddim"] < 0.1, err
@@ -153,15 +156,18 @@ def test_ddpm_clips_x0():
 def test_ddpm_noise_scale_narrows_the_samples_and_zero_is_deterministic():
     diffusion = create_diffusion("linear", 1000, "250")
     denoise, x_T = gaussian_denoiser("linear"), noise()
-    out = {scale: sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1), noise_scale=scale)
-           for scale in (1.0, 0.5, 0.0)}
+    out = {
+        scale: sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1), noise_scale=scale)
+        for scale in (1.0, 0.5, 0.0)
+    }
     assert torch.equal(out[1.0], sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1)))
     assert abs(out[1.0].std().item() / S - 1) < 0.05  # the official sampler: the data's spread
     assert out[0.0].std() < out[0.5].std() < 0.9 * out[1.0].std()  # less noise, narrower samples
     assert all(abs(o.mean().item() - M) < 0.01 for o in out.values())  # around the same mean
     # no noise is drawn into the result at 0: another generator gives the same samples
-    assert torch.equal(out[0.0], sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(2),
-                                             noise_scale=0.0))
+    assert torch.equal(
+        out[0.0], sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(2), noise_scale=0.0)
+    )
     for bad in (-0.1, 2.0):
         with pytest.raises(ConfigError, match="noise_scale"):
             sample_ddpm(denoise, x_T, diffusion, noise_scale=bad)

@@ -33,9 +33,20 @@ def test_every_field_has_a_spec_with_help_and_a_flag():
     assert specs["sampler"].choices == tuple(SAMPLERS) and specs["upsample_start"].describe() == "in (0, 1]"
 
 
-@pytest.mark.parametrize("bad", [dict(guidance_mode="strong"), dict(noise_scale=2.0), dict(upsample_start=0.0),
-                                 dict(upsample_temperature=0), dict(guidance=float("nan")), dict(eta=-0.1),
-                                 dict(sampler="euler"), dict(palette="pascal"), dict(quantize_low_res="yes")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(guidance_mode="strong"),
+        dict(noise_scale=2.0),
+        dict(upsample_start=0.0),
+        dict(upsample_temperature=0),
+        dict(guidance=float("nan")),
+        dict(eta=-0.1),
+        dict(sampler="euler"),
+        dict(palette="pascal"),
+        dict(quantize_low_res="yes"),
+    ],
+)
 def test_bad_values_are_refused_with_the_setting_named(bad):
     name = next(iter(bad))
     with pytest.raises(ConfigError, match=name):

@@ -74,7 +74,9 @@ def test_the_layout_does_not_depend_on_the_size():
 
 def test_cli_writes_the_layout_byte_identically(tmp_path, capsys):
     for name in ("a", "b"):
-        assert main(["synth", "--out", str(tmp_path / name), "--num", "3", "--size", "32", "--seed", "5", "--quiet"]) == 0
+        assert (
+            main(["synth", "--out", str(tmp_path / name), "--num", "3", "--size", "32", "--seed", "5", "--quiet"]) == 0
+        )
     assert "3 scenes" in capsys.readouterr().out
     a, b = tmp_path / "a", tmp_path / "b"
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())

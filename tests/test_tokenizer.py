@@ -69,7 +69,25 @@ def _write_bpe(folder, encoder: dict, merges: list[str]):
 
 def test_gpt2_bpe_on_a_hand_made_vocabulary(tmp_path):
     # GPT-2 maps the space byte to "Ġ" (U+0120) and the UTF-8 bytes of "é" (C3 A9) to "Ã", "©".
-    pieces = ["h", "e", "l", "o", "w", "r", "d", "Ġ", "Ã", "©", "he", "ll", "hell", "hello", "Ġw", "or", "<|endoftext|>"]
+    pieces = [
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "Ġ",
+        "Ã",
+        "©",
+        "he",
+        "ll",
+        "hell",
+        "hello",
+        "Ġw",
+        "or",
+        "<|endoftext|>",
+    ]
     encoder = {p: i for i, p in enumerate(pieces)}
     _write_bpe(tmp_path / "bpe", encoder, ["h e", "l l", "he ll", "hell o", "Ġ w", "o r"])
     tok = GPT2BPETokenizer.from_files(tmp_path / "bpe")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from test_train_stages import tiny_settings
+from conftest import tiny_settings
 
 WORKER = """
 import json, os, sys, torch
@@ -44,8 +44,16 @@ def test_two_process_ddp_run_keeps_ranks_in_sync(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(worker), json.dumps(settings)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(worker),
+        json.dumps(settings),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -20,7 +20,8 @@ import yaml
 from piti.checkpoints import load_checkpoint
 from piti.cli import main
 from piti.train.loop import list_states
-from test_train_stages import tiny_settings
+
+from conftest import tiny_settings
 
 STEPS = 6
 
@@ -70,8 +71,17 @@ def _assert_same(a, b, where="state"):
 def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path):
     recipe = _recipe(tmp_path)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    cmd = [sys.executable, "-m", "piti.cli", "train", "--config", str(recipe), "--stage", "upsampler",
-           f"out_dir={killed}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "piti.cli",
+        "train",
+        "--config",
+        str(recipe),
+        "--stage",
+        "upsampler",
+        f"out_dir={killed}",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Kill it for real once the step-2 checkpoint is there, somewhere in steps 3-4.
     deadline = time.time() + 120

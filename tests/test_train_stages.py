@@ -17,17 +17,18 @@ import pytest
 import torch
 
 from piti.checkpoints import load_checkpoint, save_checkpoint
+from piti.diffusion.resample import LossSecondMomentSampler, UniformSampler
 from piti.errors import CheckpointError, ConfigError, DatasetError, MissingWeightsError
 from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 from piti.train.ema import EMA
-from piti.diffusion.resample import LossSecondMomentSampler, UniformSampler
 from piti.train.loop import NonFiniteLossError, StepBatches, Trainer, list_states
 from piti.train.stages import NamedItems, collate
 
-from conftest import TINY_TEXT, TINY_UNET, tiny_config, tiny_model_overrides, tiny_settings
+from conftest import TINY_TEXT, TINY_UNET, tiny_config, tiny_model_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch, tmp_path):
@@ -72,8 +73,11 @@ def _glide_init(tmp_path: Path) -> Path:
 
 
 def test_pretrain_trains_every_parameter_and_records_its_tokenizer(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "pretrain", uncond_p=0.5, sample_interval=3, sample_count=2,
-                                  sample_steps=2, sample_guidance=2.0))
+    trainer = Trainer(
+        tiny_config(
+            tmp_path, "pretrain", uncond_p=0.5, sample_interval=3, sample_count=2, sample_steps=2, sample_guidance=2.0
+        )
+    )
     before = _snapshot(trainer.model)
     model_file = trainer.train()
     # sample grid with guidance: a row of targets and a row of samples, 2 images of 16 px, 2 px padding
@@ -177,7 +181,9 @@ def test_upsampler_refuses_a_random_vgg_unless_asked(tmp_path):
 
 def test_model_must_fit_the_stage(tmp_path):
     with pytest.raises(ConfigError, match="GLIDE"):
-        Trainer(tiny_config(tmp_path, "pretrain", model="toy-piti-base-mask", model_overrides=tiny_model_overrides("joint")))
+        Trainer(
+            tiny_config(tmp_path, "pretrain", model="toy-piti-base-mask", model_overrides=tiny_model_overrides("joint"))
+        )
     with pytest.raises(ConfigError, match="upsampler"):
         Trainer(tiny_config(tmp_path, "joint", model="toy-piti-upsample-mask"))
 
@@ -187,8 +193,9 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     # Compared through AdamW's first moment after one step, (1 - beta1) * gradient.
     runs = []
     for microbatch in (0, 1):
-        trainer = Trainer(tiny_config(tmp_path / str(microbatch), "joint", iterations=1, uncond_p=0.5,
-                                      microbatch=microbatch))
+        trainer = Trainer(
+            tiny_config(tmp_path / str(microbatch), "joint", iterations=1, uncond_p=0.5, microbatch=microbatch)
+        )
         trainer.train()
         runs.append([trainer.optimizer.state[p]["exp_avg"] for p in trainer.trainable])
     scale = max(float(m.abs().max()) for m in runs[0])
@@ -229,8 +236,9 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path):
     # Four pairs, always the same batch (no flips); t and noise still vary from step to step.
-    cfg = tiny_config(tmp_path, "joint", data={"kind": "synth", "length": 4}, hflip=False, iterations=30, lr=1e-3,
-                      grad_clip=1.0)
+    cfg = tiny_config(
+        tmp_path, "joint", data={"kind": "synth", "length": 4}, hflip=False, iterations=30, lr=1e-3, grad_clip=1.0
+    )
     trainer = Trainer(cfg)
     trainer.train()
     rows = (trainer.run_dir / "log.csv").read_text().splitlines()[1:]
@@ -389,7 +397,13 @@ def test_official_recipe_has_the_papers_hyperparameters():
     assert [stages[s].iterations for s in stages] == [200000, 60000, 0, 0]
     assert [stages[s].schedule_sampler for s in stages] == ["loss-second-moment"] * 3 + ["uniform"]
     up = stages["upsampler"]
-    assert (up.perceptual_weight, up.adv_weight, up.adv_start, up.perceptual_start, up.disc_lr) == (0.004, 0.01, 100, 100, 1e-5)
+    assert (up.perceptual_weight, up.adv_weight, up.adv_start, up.perceptual_start, up.disc_lr) == (
+        0.004,
+        0.01,
+        100,
+        100,
+        1e-5,
+    )
     assert all(s.ema_rate == 0.9999 and s.precision == "fp32" for s in stages.values())
 
 

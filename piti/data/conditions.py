@@ -39,11 +39,13 @@ from piti.data.palettes import (  # noqa: F401  (re-exported: the palettes belon
 )
 from piti.errors import ConditionError, ConfigError, DatasetError
 from piti.tasks import TASK_CHANNELS
+
 UNLABELLED = 255  # label index of "no class"; drawn black in every palette
 DEPTH_PNG_SCALE = 256.0  # 16-bit depth PNGs of the training layout store round(metres * 256); 0 = invalid
 
 
 # --------------------------------------------------------------------------- palettes (piti.data.palettes)
+
 
 def labels_to_colors(labels: np.ndarray, palette="coco-stuff") -> np.ndarray:
     """Class indices (any shape) to RGB colours (shape + (3,)), uint8; 255 (unlabelled) -> black.
@@ -62,7 +64,9 @@ def labels_to_colors(labels: np.ndarray, palette="coco-stuff") -> np.ndarray:
     if labels.dtype != np.uint8:
         outside = (labels < 0) | (labels > 255)
         if outside.any():
-            raise ConditionError(f"label values must be 0..{len(pal) - 1} or 255, found {np.unique(labels[outside])[:5].tolist()}")
+            raise ConditionError(
+                f"label values must be 0..{len(pal) - 1} or 255, found {np.unique(labels[outside])[:5].tolist()}"
+            )
         labels = labels.astype(np.uint8)
     bad = ~known[labels]
     if bad.any():
@@ -91,7 +95,8 @@ def colors_to_labels(colors: np.ndarray, palette="coco-stuff", snap: bool = Fals
     colors = np.asarray(colors)
     if colors.ndim != 3 or colors.shape[2] != 3 or colors.dtype != np.uint8:
         raise ConditionError(
-            f"{source or 'colour map'}: expected an (H, W, 3) uint8 colour map, got shape {colors.shape} dtype {colors.dtype}"
+            f"{source or 'colour map'}: expected an (H, W, 3) uint8 colour map, "
+            f"got shape {colors.shape} dtype {colors.dtype}"
         )
     # the lookup table: palette colours -> their index, black -> 255, sorted by packed key
     table_rgb = np.concatenate([pal, np.zeros((1, 3), np.uint8)])
@@ -110,7 +115,8 @@ def colors_to_labels(colors: np.ndarray, palette="coco-stuff", snap: bool = Fals
     if not snap:
         top = np.argsort(-counts, kind="stable")[:5]
         listed = ", ".join(
-            f"({u >> 16}, {(u >> 8) & 255}, {u & 255}) x{c}" for u, c in zip(unknown[top].tolist(), counts[top].tolist())
+            f"({u >> 16}, {(u >> 8) & 255}, {u & 255}) x{c}"
+            for u, c in zip(unknown[top].tolist(), counts[top].tolist())
         )
         raise ConditionError(
             f"{source or 'colour map'}: {int((~found).sum())} pixels in {len(unknown)} colours are not in the "
@@ -179,7 +185,9 @@ def binarize_sketch(image, threshold: int = 128) -> np.ndarray:
         elif arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
         if arr.ndim != 2:
-            raise ConditionError(f"a sketch must be an (H, W) or (H, W, 1|3|4) picture, got shape {np.asarray(image).shape}")
+            raise ConditionError(
+                f"a sketch must be an (H, W) or (H, W, 1|3|4) picture, got shape {np.asarray(image).shape}"
+            )
         if arr.dtype == bool:
             gray = arr.astype(np.float32) * 255
         elif arr.dtype.kind == "f" and arr.max() <= 1.0:
@@ -266,7 +274,7 @@ def normals_from_depth(depth: np.ndarray, valid_mask: np.ndarray | None = None, 
         shape = (h + 1, w) if axis == 0 else (h, w + 1)
         out = np.full(shape, np.nan, np.float32)
         inner = (slice(1, -1), slice(None)) if axis == 0 else (slice(None), slice(1, -1))
-        np.subtract(*(((a[1:], a[:-1]) if axis == 0 else (a[:, 1:], a[:, :-1]))), out=out[inner])
+        np.subtract(*((a[1:], a[:-1]) if axis == 0 else (a[:, 1:], a[:, :-1])), out=out[inner])
         return (out[1:], out[:-1]) if axis == 0 else (out[:, 1:], out[:, :-1])
 
     def tangent(axis, moving):
@@ -300,7 +308,9 @@ def normal_visualization(normals: np.ndarray) -> np.ndarray:
     return (viz * 255).astype(np.uint8)
 
 
-def depth_to_condition(depth: np.ndarray, valid_mask: np.ndarray | None = None, normals: np.ndarray | None = None) -> np.ndarray:
+def depth_to_condition(
+    depth: np.ndarray, valid_mask: np.ndarray | None = None, normals: np.ndarray | None = None
+) -> np.ndarray:
     """The 6-channel depth condition: float32 (6, H, W) in [-1, 1], normals then depth.
 
     ``depth`` in metres; ``valid_mask`` marks measured pixels (default: finite and > 0);
@@ -360,7 +370,9 @@ def to_unit(pic: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pic.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1.0
 
 
-def resize_nearest(array: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def resize_nearest(
+    array: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
     """Nearest-neighbour resize of any (H, W, ...) array to ``size = (height, width)``.
 
     Samples pixel centres like PIL's ``Image.NEAREST`` (which the official code uses
@@ -445,11 +457,15 @@ def _depth_pair(image, source) -> np.ndarray | None:
     if isinstance(image, (tuple, list)) and len(image) == 2:
         parts = [_as_uint8_rgb(open_condition(p) if isinstance(p, (str, Path)) else p) for p in image]
         if parts[0].shape != parts[1].shape:
-            raise ConditionError(f"{source or 'depth'}: normal and depth pictures differ in size: {parts[0].shape} vs {parts[1].shape}")
+            raise ConditionError(
+                f"{source or 'depth'}: normal and depth pictures differ in size: {parts[0].shape} vs {parts[1].shape}"
+            )
         return np.concatenate(parts, axis=2)
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 6:
         if image.dtype != np.uint8:
-            raise ConditionError(f"{source or 'depth'}: a 6-channel pair of visualisations must be uint8, got {image.dtype}")
+            raise ConditionError(
+                f"{source or 'depth'}: a 6-channel pair of visualisations must be uint8, got {image.dtype}"
+            )
         return image
     return None
 
@@ -462,7 +478,8 @@ def _depth_metres(image, source) -> np.ndarray:
             return np.asarray(image, dtype=np.float32)
         raise ConditionError(
             f"{source or 'depth'}: an 8-bit {image.mode} picture is not a depth map. Give depth in metres "
-            f"(a float array or a 16-bit PNG storing metres x {DEPTH_PNG_SCALE:g}), or the pair (normal, depth) of visualisations"
+            f"(a float array or a 16-bit PNG storing metres x {DEPTH_PNG_SCALE:g}), "
+            "or the pair (normal, depth) of visualisations"
         )
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -628,8 +645,10 @@ def condition_tensor(
         else:
             sketch = resize_sketch(binarize_sketch(image), out)
         if not sketch.any():
-            what = "no edges were found in the photo" if from_photo else (
-                "the sketch has no lines (expected white lines on black, or dark lines on white)"
+            what = (
+                "no edges were found in the photo"
+                if from_photo
+                else ("the sketch has no lines (expected white lines on black, or dark lines on white)")
             )
             raise ConditionError(f"{source or 'sketch'}: {what}")
         cond = sketch_to_distance(sketch)

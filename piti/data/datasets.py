@@ -224,7 +224,9 @@ class PairDataset(Dataset):
 
     def _require_items(self, folder: Path) -> None:
         if not self.items:
-            raise DatasetError(f"no images found in {folder}; expected the {type(self).__name__} layout:\n{self.layout}")
+            raise DatasetError(
+                f"no images found in {folder}; expected the {type(self).__name__} layout:\n{self.layout}"
+            )
 
 
 def _check_root(root, layout: str, cls: str) -> Path:
@@ -311,9 +313,7 @@ class COCOStuffDataset(PairDataset):
                 raise _unmatched("image(s)", missing, "stuffthingmap", lab_dir)
         captions = self._captions(root / "annotations" / f"captions_{split}2017.json")
         self.has_captions = captions is not None
-        self.items = [
-            Item(p, {"labels": lab_dir / f"{p.stem}.png"}, (captions or {}).get(p.stem)) for p in images
-        ]
+        self.items = [Item(p, {"labels": lab_dir / f"{p.stem}.png"}, (captions or {}).get(p.stem)) for p in images]
         self._require_items(img_dir)
 
     @staticmethod
@@ -344,7 +344,8 @@ class COCOStuffDataset(PairDataset):
 
 
 class DIODEDataset(PairDataset):
-    """DIODE depth: ``NAME.png`` with ``NAME_depth.npy``, ``NAME_depth_mask.npy`` (and ``NAME_normal.npy`` if present)."""
+    """DIODE depth: ``NAME.png`` with ``NAME_depth.npy``, ``NAME_depth_mask.npy`` (and ``NAME_normal.npy``
+    if present)."""
 
     tasks = ("depth", "sketch")
     layout = (
@@ -381,14 +382,17 @@ class DIODEDataset(PairDataset):
             mask = read_array(item.cond["depth_mask"])
             if mask.shape[:2] != depth.shape:
                 raise DatasetError(
-                    f"depth and mask sizes differ: {item.cond['depth']} is {depth.shape}, {item.cond['depth_mask']} is {mask.shape}"
+                    f"depth and mask sizes differ: {item.cond['depth']} is {depth.shape}, "
+                    f"{item.cond['depth_mask']} is {mask.shape}"
                 )
             valid = valid & (mask.reshape(depth.shape) > 0)
         normals = None
         if "normal" in item.cond:
             normals = read_array(item.cond["normal"]).astype(np.float32)
             if normals.shape != depth.shape + (3,):
-                raise DatasetError(f"{item.cond['normal']}: expected normals of shape {depth.shape + (3,)}, got {normals.shape}")
+                raise DatasetError(
+                    f"{item.cond['normal']}: expected normals of shape {depth.shape + (3,)}, got {normals.shape}"
+                )
         return RawPair(image, "depth", (depth, valid, normals), str(item.image), str(item.cond["depth"]))
 
 
@@ -407,7 +411,7 @@ def _read_captions(path: Path) -> dict[str, str] | None:
             entry = json.loads(line)
             out[Path(entry["file"]).stem] = str(entry["caption"])
         except (ValueError, KeyError, TypeError) as e:
-            raise DatasetError(f"{path}, line {n}: expected {{\"file\": ..., \"caption\": ...}} ({e})") from e
+            raise DatasetError(f'{path}, line {n}: expected {{"file": ..., "caption": ...}} ({e})') from e
     return out
 
 
@@ -420,7 +424,7 @@ def _read_classes(path: Path) -> np.ndarray:
             colors[int(e["id"])] = e["color"]
         return get_palette(colors)
     except (ValueError, KeyError, TypeError, IndexError, ConfigError) as e:
-        raise DatasetError(f"{path}: expected a list of {{\"id\", \"name\", \"color\": [r, g, b]}} ({e})") from e
+        raise DatasetError(f'{path}: expected a list of {{"id", "name", "color": [r, g, b]}} ({e})') from e
 
 
 class FolderDataset(PairDataset):
@@ -441,7 +445,9 @@ class FolderDataset(PairDataset):
     def __init__(self, root, task: str = "mask", **kwargs):
         root = _check_root(root, self.layout, "folder")
         if kwargs.get("palette") is None:
-            kwargs["palette"] = _read_classes(root / "classes.json") if (root / "classes.json").is_file() else "coco-stuff"
+            kwargs["palette"] = (
+                _read_classes(root / "classes.json") if (root / "classes.json").is_file() else "coco-stuff"
+            )
         super().__init__(task, **kwargs)
         img_dir, cond_dir = root / "images", root / "conditions"
         for d in (img_dir, cond_dir):
@@ -510,7 +516,9 @@ class PreparedDataset(PairDataset):
         root = _check_root(root, self.layout, "training")
         if kwargs.get("palette") is None and task == "mask":
             if not (root / "classes.json").is_file():
-                raise DatasetError(f"{root / 'classes.json'} not found; a mask dataset needs its classes. Layout:\n{self.layout}")
+                raise DatasetError(
+                    f"{root / 'classes.json'} not found; a mask dataset needs its classes. Layout:\n{self.layout}"
+                )
             kwargs["palette"] = _read_classes(root / "classes.json")
         super().__init__(task, **kwargs)
         img_dir = root / "images"
@@ -518,7 +526,9 @@ class PreparedDataset(PairDataset):
             raise DatasetError(f"{img_dir} not found; expected the training layout:\n{self.layout}")
         folder = next((root / f for f in self.folders[task] if (root / f).is_dir()), None)
         if folder is None:
-            raise DatasetError(f"{root} has no {' or '.join(self.folders[task])}/ folder for task {task!r}; layout:\n{self.layout}")
+            raise DatasetError(
+                f"{root} has no {' or '.join(self.folders[task])}/ folder for task {task!r}; layout:\n{self.layout}"
+            )
         images = _sorted_images(img_dir)
         missing = [p.name for p in images if not (folder / f"{p.stem}.png").is_file()]
         if missing:
@@ -553,7 +563,10 @@ class PreparedDataset(PairDataset):
         depth = read_depth_png(path)
         normals = _decode_normals(np.asarray(read_image(item.cond["normals"]))) if "normals" in item.cond else None
         if normals is not None and normals.shape[:2] != depth.shape:
-            raise DatasetError(f"depth and normals sizes differ: {path} is {depth.shape}, {item.cond['normals']} is {normals.shape[:2]}")
+            raise DatasetError(
+                f"depth and normals sizes differ: {path} is {depth.shape}, "
+                f"{item.cond['normals']} is {normals.shape[:2]}"
+            )
         return RawPair(image, "depth", (depth, depth > 0, normals), str(item.image), str(path), item.caption)
 
 

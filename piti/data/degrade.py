@@ -62,8 +62,12 @@ __all__ = [
 ]
 
 # OpenCV interpolation flags by name; the official code draws from {1, 2, 3}.
-_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
-                   "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
 
 
 @dataclass(frozen=True)
@@ -109,33 +113,47 @@ class DegradationConfig:
     l0_official: bool = False  # True: the official L0 step's all-black output (see the module docstring)
 
     def __post_init__(self):
-        probs = ("blur_prob", "jpeg_prob", "scale2_prob", "l0_prob", "scale2_opencv_prob",
-                 "anisotropic_prob", "resize_down_prob", "noise_color_prob", "noise_gray_prob")
+        probs = (
+            "blur_prob",
+            "jpeg_prob",
+            "scale2_prob",
+            "l0_prob",
+            "scale2_opencv_prob",
+            "anisotropic_prob",
+            "resize_down_prob",
+            "noise_color_prob",
+            "noise_gray_prob",
+        )
         for name in probs:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"DegradationConfig.{name} must be a probability in [0, 1], got {p}")
         if self.noise_color_prob + self.noise_gray_prob > 1.0:
-            raise ConfigError("DegradationConfig: noise_color_prob + noise_gray_prob must be <= 1, got "
-                              f"{self.noise_color_prob} + {self.noise_gray_prob}")
-        ranges = ("anisotropic_kernel_sizes", "isotropic_kernel_sizes", "noise_levels",
-                  "jpeg_quality", "l0_lambda")
+            raise ConfigError(
+                "DegradationConfig: noise_color_prob + noise_gray_prob must be <= 1, got "
+                f"{self.noise_color_prob} + {self.noise_gray_prob}"
+            )
+        ranges = ("anisotropic_kernel_sizes", "isotropic_kernel_sizes", "noise_levels", "jpeg_quality", "l0_lambda")
         for name in ranges:
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
-                raise ConfigError(f"DegradationConfig.{name} must be a range (lo, hi) with 0 <= lo <= hi, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"DegradationConfig.{name} must be a range (lo, hi) with 0 <= lo <= hi, got {getattr(self, name)}"
+                )
         if self.anisotropic_kernel_sizes[0] < 1 or self.isotropic_kernel_sizes[0] < 1:
             raise ConfigError("DegradationConfig: blur kernel sizes must be >= 1")
         if not (1 <= self.jpeg_quality[0] and self.jpeg_quality[1] <= 100):
             raise ConfigError(f"DegradationConfig.jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
         if self.resize_factor_max < 0.5 or self.l0_kappa <= 1.0 or self.shifted_kernel_size < 1:
-            raise ConfigError("DegradationConfig: resize_factor_max must be >= 0.5, l0_kappa > 1 and "
-                              "shifted_kernel_size >= 1")
+            raise ConfigError(
+                "DegradationConfig: resize_factor_max must be >= 0.5, l0_kappa > 1 and shifted_kernel_size >= 1"
+            )
         unknown = [i for i in self.interpolations if i not in _INTERPOLATIONS]
         if not self.interpolations or unknown:
-            raise ConfigError(f"DegradationConfig.interpolations must be a non-empty subset of "
-                              f"{sorted(_INTERPOLATIONS)}, got {self.interpolations}")
+            raise ConfigError(
+                f"DegradationConfig.interpolations must be a non-empty subset of "
+                f"{sorted(_INTERPOLATIONS)}, got {self.interpolations}"
+            )
 
 
 _DEFAULT = DegradationConfig()
@@ -159,6 +177,7 @@ def _randint(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
 # ---------------------------------------------------------------------------------------------
 # Blur
 # ---------------------------------------------------------------------------------------------
+
 
 def _gaussian_from_quadratic(q: np.ndarray) -> np.ndarray:
     """Normalised kernel ``exp(-q / 2)``; subtracting the minimum first avoids 0/0 for tiny widths."""
@@ -216,16 +235,18 @@ def _blur_width(ab: tuple[float, float], sf: int) -> float:
     return ab[0] + ab[1] * sf
 
 
-def isotropic_blur(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                   config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def isotropic_blur(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """Isotropic Gaussian blur: size ~ randint(5, 7), sigma ~ U(0, (2 + 0.2 sf) / 4)."""
     size = _randint(rng, config.isotropic_kernel_sizes)
     sigma = _blur_width(config.isotropic_sigma_max, sf) * rng.random()
     return convolve(image, isotropic_gaussian_kernel(size, sigma))
 
 
-def anisotropic_blur(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                     config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def anisotropic_blur(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """Anisotropic Gaussian blur: size ~ randint(5, 14), theta ~ U(0, pi), eigenvalues ~ U(0, (4 + sf) / 4)."""
     size = _randint(rng, config.anisotropic_kernel_sizes)
     eig_max = _blur_width(config.anisotropic_eig_max, sf)
@@ -234,8 +255,9 @@ def anisotropic_blur(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
     return convolve(image, anisotropic_gaussian_kernel(size, theta, l1, l2))
 
 
-def random_blur(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_blur(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """The official blur step: anisotropic or isotropic Gaussian blur, half and half."""
     if rng.random() < config.anisotropic_prob:
         return anisotropic_blur(image, rng, sf, config)
@@ -245,6 +267,7 @@ def random_blur(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
 # ---------------------------------------------------------------------------------------------
 # Downsampling
 # ---------------------------------------------------------------------------------------------
+
 
 def resize(image: np.ndarray, width: int, height: int, interpolation: str = "cubic") -> np.ndarray:
     """OpenCV resize of an HxWx3 float image to ``(height, width)``, clipped to [0, 1]."""
@@ -256,24 +279,27 @@ def _random_interpolation(rng: np.random.Generator, config: DegradationConfig) -
     return config.interpolations[int(rng.integers(len(config.interpolations)))]
 
 
-def random_resize_downsample(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                             config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_resize_downsample(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """Resize by ``1 / sf1`` with ``sf1 ~ U(1, 2 sf)`` and a random interpolation."""
     sf1 = rng.uniform(1.0, config.resize_factor_max * sf)
     h, w = image.shape[:2]
     return resize(image, max(1, int(w / sf1)), max(1, int(h / sf1)), _random_interpolation(rng, config))
 
 
-def shifted_gaussian_downsample(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                                config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def shifted_gaussian_downsample(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """Blur with a shifted 25x25 Gaussian (sigma ~ U(0.1, 0.6 sf)), then keep every ``sf``-th pixel."""
     sigma = rng.uniform(config.shifted_sigma_min, config.shifted_sigma_max_per_scale * sf)
     k = shifted_gaussian_kernel(config.shifted_kernel_size, sigma, sf)
     return np.clip(convolve(image, k)[::sf, ::sf], 0.0, 1.0)
 
 
-def random_downsample(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
-                      config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_downsample(
+    image: np.ndarray, rng: np.random.Generator, sf: int = 4, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """The official "downsample2" step: a random resize (p=0.8) or shifted Gaussian + nearest."""
     if rng.random() < config.resize_down_prob:
         return random_resize_downsample(image, rng, sf, config)
@@ -283,8 +309,9 @@ def random_downsample(image: np.ndarray, rng: np.random.Generator, sf: int = 4,
 def _cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB's ``imresize`` bicubic)."""
     ax = np.abs(x)
-    return ((1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
-            + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+    return (1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1) + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * (
+        (ax > 1) & (ax <= 2)
+    )
 
 
 def _matlab_weights(n_in: int, n_out: int, scale: float) -> np.ndarray:
@@ -315,8 +342,9 @@ def matlab_bicubic_resize(image: np.ndarray, scale: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def first_downsample_x2(image: np.ndarray, rng: np.random.Generator,
-                        config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def first_downsample_x2(
+    image: np.ndarray, rng: np.random.Generator, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """The optional first x2 downsample: OpenCV with a random interpolation, or MATLAB bicubic."""
     h, w = image.shape[:2]
     if rng.random() < config.scale2_opencv_prob:
@@ -327,6 +355,7 @@ def first_downsample_x2(image: np.ndarray, rng: np.random.Generator,
 # ---------------------------------------------------------------------------------------------
 # Noise and compression
 # ---------------------------------------------------------------------------------------------
+
 
 def color_gaussian_noise(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Add independent N(0, sigma^2) noise to every pixel and channel; clip to [0, 1]."""
@@ -349,8 +378,9 @@ def correlated_gaussian_noise(image: np.ndarray, rng: np.random.Generator, level
     return np.clip(image + noise, 0.0, 1.0)
 
 
-def random_gaussian_noise(image: np.ndarray, rng: np.random.Generator,
-                          config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_gaussian_noise(
+    image: np.ndarray, rng: np.random.Generator, config: DegradationConfig = _DEFAULT
+) -> np.ndarray:
     """The official noise step: level ~ randint(1, 2) / 255; colour 40 %, gray 40 %, correlated 20 %."""
     sigma = _randint(rng, config.noise_levels) / 255.0
     r = rng.random()
@@ -370,8 +400,7 @@ def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
     return to_float(cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
 
 
-def random_jpeg(image: np.ndarray, rng: np.random.Generator,
-                config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_jpeg(image: np.ndarray, rng: np.random.Generator, config: DegradationConfig = _DEFAULT) -> np.ndarray:
     """JPEG compression with quality ~ randint(80, 95)."""
     return jpeg_compress(image, _randint(rng, config.jpeg_quality))
 
@@ -379,6 +408,7 @@ def random_jpeg(image: np.ndarray, rng: np.random.Generator,
 # ---------------------------------------------------------------------------------------------
 # L0 gradient smoothing (Xu, Lu, Xu and Jia, "Image Smoothing via L0 Gradient Minimization", 2011)
 # ---------------------------------------------------------------------------------------------
+
 
 def l0_smooth(image: np.ndarray, lam: float, kappa: float = 2.0, beta_max: float = 1e5) -> np.ndarray:
     """Minimise ``|S - I|^2 + lam * #{p : grad S_p != 0}`` by half-quadratic splitting.
@@ -391,8 +421,10 @@ def l0_smooth(image: np.ndarray, lam: float, kappa: float = 2.0, beta_max: float
     i = image.astype(np.float64)
     h, w = i.shape[:2]
     # |F(dx)|^2 + |F(dy)|^2 for the circular difference kernels [1, -1]: 2 - 2 cos(2 pi k / n).
-    mtf = ((2 - 2 * np.cos(2 * np.pi * np.arange(w) / w))[None, :]
-           + (2 - 2 * np.cos(2 * np.pi * np.arange(h) / h))[:, None])[:, :, None]
+    mtf = (
+        (2 - 2 * np.cos(2 * np.pi * np.arange(w) / w))[None, :]
+        + (2 - 2 * np.cos(2 * np.pi * np.arange(h) / h))[:, None]
+    )[:, :, None]
     f_i = np.fft.fft2(i, axes=(0, 1))
     s = i.copy()
     beta = 2 * lam
@@ -411,8 +443,7 @@ def l0_smooth(image: np.ndarray, lam: float, kappa: float = 2.0, beta_max: float
     return np.clip(s, 0.0, 1.0).astype(np.float32)
 
 
-def random_l0_smooth(image: np.ndarray, rng: np.random.Generator,
-                     config: DegradationConfig = _DEFAULT) -> np.ndarray:
+def random_l0_smooth(image: np.ndarray, rng: np.random.Generator, config: DegradationConfig = _DEFAULT) -> np.ndarray:
     """L0 smoothing with lambda ~ U(1.2e-3, 4e-3), kappa 2, beta up to 1e5 (black with ``config.l0_official``)."""
     lam = rng.uniform(*config.l0_lambda)  # drawn either way, so both settings consume the same random numbers
     if config.l0_official:
@@ -424,8 +455,10 @@ def random_l0_smooth(image: np.ndarray, rng: np.random.Generator,
 # The whole pipeline
 # ---------------------------------------------------------------------------------------------
 
-def degrade(image: np.ndarray, scale: int = 4, config: DegradationConfig | None = None,
-            rng: np.random.Generator | None = None) -> np.ndarray:
+
+def degrade(
+    image: np.ndarray, scale: int = 4, config: DegradationConfig | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Degrade a uint8 ``HxWx3`` image into a uint8 ``(H/scale, W/scale, 3)`` low-resolution input.
 
     The image is first cropped to a multiple of ``scale`` (the official mod-crop). Steps and order
@@ -473,8 +506,12 @@ def degrade(image: np.ndarray, scale: int = 4, config: DegradationConfig | None 
     return to_uint8(x)
 
 
-def degrade_batch(images: torch.Tensor, scale: int = 4, config: DegradationConfig | None = None,
-                  rng: np.random.Generator | None = None) -> torch.Tensor:
+def degrade_batch(
+    images: torch.Tensor,
+    scale: int = 4,
+    config: DegradationConfig | None = None,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
     """Degrade a batch ``(N, 3, H, W)`` in [-1, 1]; returns ``(N, 3, H/scale, W/scale)`` in [-1, 1].
 
     The images are quantised to uint8 first, as the official data loader degrades uint8 images.

@@ -172,12 +172,24 @@ def configure_parser(parser) -> None:
     parser.add_argument("--root", required=True, help="folder of the raw dataset")
     parser.add_argument("--out", required=True, help="output folder (training layout)")
     parser.add_argument("--task", required=True, choices=list(TASK_CHANNELS), help="condition to prepare")
-    parser.add_argument("--split", default=None, help="ade20k: training|validation, coco-stuff: train|val, diode: train|val")
-    parser.add_argument("--size", type=int, default=256, help="short side of the written files in pixels; 0 keeps the source size")
-    parser.add_argument("--palette", default=None, help="folder + mask: coco-stuff, ade20k or synth (default: ROOT/classes.json, else coco-stuff)")
-    parser.add_argument("--snap", action="store_true", help="folder + mask: map colours outside the palette to the nearest class")
+    parser.add_argument(
+        "--split", default=None, help="ade20k: training|validation, coco-stuff: train|val, diode: train|val"
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="short side of the written files in pixels; 0 keeps the source size"
+    )
+    parser.add_argument(
+        "--palette",
+        default=None,
+        help="folder + mask: coco-stuff, ade20k or synth (default: ROOT/classes.json, else coco-stuff)",
+    )
+    parser.add_argument(
+        "--snap", action="store_true", help="folder + mask: map colours outside the palette to the nearest class"
+    )
     parser.add_argument("--limit", type=int, default=None, help="convert only the first N images")
-    parser.add_argument("--skip-bad", action="store_true", help="list unreadable files in OUT/skipped.txt instead of stopping")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="list unreadable files in OUT/skipped.txt instead of stopping"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

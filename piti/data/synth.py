@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def _value_noise(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, cells
     return _lookup(rng.random((cells + 1, cells + 1), dtype=np.float32), ys, xs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _refine(coarse: int, fine: int) -> np.ndarray:
     """(fine+1, coarse+1) matrix that linearly interpolates a coarse lattice at the fine lattice points."""
     t = np.arange(fine + 1) * (coarse / fine)
@@ -224,9 +224,11 @@ class _World:
         else:
             self.c_top, self.c_low = _jitter(rng, (45, 110, 215), 0.05), _jitter(rng, (165, 205, 245), 0.05)
             self.c_cloud = np.array([1.0, 1.0, 1.0], np.float32)
-        self.cloud_cover = {"clear": rng.uniform(0.0, 0.15), "cloudy": rng.uniform(0.45, 0.7), "sunset": rng.uniform(0.1, 0.35)}[
-            self.sky
-        ]
+        self.cloud_cover = {
+            "clear": rng.uniform(0.0, 0.15),
+            "cloudy": rng.uniform(0.45, 0.7),
+            "sunset": rng.uniform(0.1, 0.35),
+        }[self.sky]
         self.sun = (rng.uniform(0.15, 0.85), rng.uniform(0.02, 0.06))  # sunset: sun position and radius
 
     # -- geometry in image-relative coordinates
@@ -431,7 +433,9 @@ def _draw_house(cv, w, rng, x, y, scale, inst):
     roof_rgb = _jitter(rng, [(170, 50, 40), (110, 70, 50), (70, 70, 80)][rng.integers(3)], 0.08)
     glass = np.array([1.0, 0.85, 0.45] if w.sky == "sunset" else [0.55, 0.75, 0.95], np.float32)
     wall = (np.abs(xs - x) <= width / 2) & (ys >= y - wall_h) & (ys < y)
-    roof = _triangle(ys, xs, (x - width / 2 - over, y - wall_h), (x + width / 2 + over, y - wall_h), (x, y - wall_h - roof_h))
+    roof = _triangle(
+        ys, xs, (x - width / 2 - over, y - wall_h), (x + width / 2 + over, y - wall_h), (x, y - wall_h - roof_h)
+    )
     rgb = np.broadcast_to(wall_rgb, ys.shape[:1] + xs.shape[1:] + (3,)).copy()
     # windows: a grid of panes on the upper part of the wall, and a door
     cols = int(rng.integers(2, 4))
@@ -465,7 +469,9 @@ def _draw_boat(cv, w, rng, x, y, scale, inst):
     taper = (ys - top) / hull_h * 0.2 * length  # the hull narrows towards the keel
     hull = (ys >= top) & (ys < y) & (np.abs(xs - x) <= length / 2 - taper)
     side = 1 if rng.random() < 0.5 else -1
-    sail = _triangle(ys, xs, (x, top - sail_h), (x, top - 0.05 * sail_h), (x + side * 0.42 * length, top - 0.05 * sail_h))
+    sail = _triangle(
+        ys, xs, (x, top - sail_h), (x, top - 0.05 * sail_h), (x + side * 0.42 * length, top - 0.05 * sail_h)
+    )
     mast = (np.abs(xs - x) < 0.02 * length + 0.5 / cv.n) & (ys >= top - sail_h) & (ys < top)
     cv.paint(region, hull, hull_rgb, BOAT, z, inst)
     cv.paint(region, sail & ~hull, sail_rgb, BOAT, z, inst)
@@ -489,9 +495,17 @@ def _caption(w: _World, counts: dict) -> str:
     elif w.kind == "meadow":
         setting = "in a green meadow" if subject else "a green meadow"
     elif w.kind == "beach":
-        setting = ("on the sea off a sandy beach" if only_boats else "on a sandy beach by the sea") if subject else "a sandy beach by the sea"
+        setting = (
+            ("on the sea off a sandy beach" if only_boats else "on a sandy beach by the sea")
+            if subject
+            else "a sandy beach by the sea"
+        )
     else:
-        setting = ("on the sea off a grassy coast" if only_boats else "by the sea") if subject else "a grassy coast by the sea"
+        setting = (
+            ("on the sea off a grassy coast" if only_boats else "by the sea")
+            if subject
+            else "a grassy coast by the sea"
+        )
     parts = [subject, setting] if subject else [setting]
     if w.has_road:
         parts.append("along a road")

@@ -22,9 +22,9 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -105,7 +105,7 @@ class WordTokenizer(_Tokenizer):
         return _WORD_RE.findall(text.lower())
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str]) -> "WordTokenizer":
+    def from_captions(cls, captions: Iterable[str]) -> WordTokenizer:
         """The vocabulary of every word in ``captions``, sorted (so it does not depend on their order)."""
         return cls(sorted({w for c in captions for w in cls.split(c)}))
 
@@ -134,7 +134,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 
     Printable Latin-1 bytes map to themselves; the others are shifted to code points from 256 up.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -162,7 +164,7 @@ class GPT2BPETokenizer(_Tokenizer):
         self._cache: dict[str, list[str]] = {}
 
     @classmethod
-    def from_files(cls, path: str | os.PathLike | None = None) -> "GPT2BPETokenizer":
+    def from_files(cls, path: str | os.PathLike | None = None) -> GPT2BPETokenizer:
         """Read ``encoder.json.gz`` and ``vocab.bpe.gz`` from the folder ``path`` (see :func:`find_bpe_files`)."""
         folder = find_bpe_files(path)
         with gzip.open(folder / BPE_FILES[0], "rt", encoding="utf-8") as f:

@@ -11,7 +11,17 @@ from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, 
 from piti.diffusion.schedules import get_betas, space_timesteps
 
 __all__ = [
-    "GaussianDiffusion", "create_diffusion", "get_betas", "space_timesteps",
-    "SAMPLERS", "sample", "sampler_options", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m",
-    "guided_denoiser", "normalized_guidance", "plain_guidance",
+    "GaussianDiffusion",
+    "create_diffusion",
+    "get_betas",
+    "space_timesteps",
+    "SAMPLERS",
+    "sample",
+    "sampler_options",
+    "sample_ddpm",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "guided_denoiser",
+    "normalized_guidance",
+    "plain_guidance",
 ]

@@ -68,8 +68,9 @@ class GaussianDiffusion:
             (the posterior variance beta~_t), used when the network predicts epsilon only.
     """
 
-    def __init__(self, betas, timestep_map=None, original_num_steps=None, rescale_timesteps=True,
-                 fixed_variance="large"):
+    def __init__(
+        self, betas, timestep_map=None, original_num_steps=None, rescale_timesteps=True, fixed_variance="large"
+    ):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ConfigError("betas must be a 1-D array with values in (0, 1]")
@@ -117,8 +118,10 @@ class GaussianDiffusion:
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(value)))
 
     def __repr__(self):
-        return (f"GaussianDiffusion(num_timesteps={self.num_timesteps}, original_num_steps={self.original_num_steps}, "
-                f"rescale_timesteps={self.rescale_timesteps})")
+        return (
+            f"GaussianDiffusion(num_timesteps={self.num_timesteps}, original_num_steps={self.original_num_steps}, "
+            f"rescale_timesteps={self.rescale_timesteps})"
+        )
 
     # -- helpers -------------------------------------------------------------------------
     @staticmethod
@@ -132,16 +135,22 @@ class GaussianDiffusion:
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape ({x.shape[0]},) to match x {tuple(x.shape)}, got {tuple(t.shape)}")
         if int(t.min()) < 0 or int(t.max()) >= self.num_timesteps:
-            raise ValueError(f"t must index this {self.num_timesteps}-step process, got values in "
-                             f"[{int(t.min())}, {int(t.max())}]")
+            raise ValueError(
+                f"t must index this {self.num_timesteps}-step process, got values in [{int(t.min())}, {int(t.max())}]"
+            )
 
     def split_model_output(self, model_output: torch.Tensor, x_t: torch.Tensor):
         """Split a network output into ``(eps, v)``; ``v`` is None for epsilon-only outputs."""
         channels = x_t.shape[1]
-        if model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:] or \
-                model_output.shape[1] not in (channels, 2 * channels):
-            raise ValueError(f"model output {tuple(model_output.shape)} does not fit x_t {tuple(x_t.shape)}: expected "
-                             f"{channels} (epsilon) or {2 * channels} (epsilon and variance) channels")
+        if (
+            model_output.shape[0] != x_t.shape[0]
+            or model_output.shape[2:] != x_t.shape[2:]
+            or model_output.shape[1] not in (channels, 2 * channels)
+        ):
+            raise ValueError(
+                f"model output {tuple(model_output.shape)} does not fit x_t {tuple(x_t.shape)}: expected "
+                f"{channels} (epsilon) or {2 * channels} (epsilon and variance) channels"
+            )
         if model_output.shape[1] == channels:
             return model_output, None
         return model_output[:, :channels], model_output[:, channels:]
@@ -164,13 +173,17 @@ class GaussianDiffusion:
         self._check_t(t, x_start)
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
-        return (self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Eqs. 6-7)."""
-        mean = (self._extract(self.posterior_mean_coef1, t, x_t) * x_start
-                + self._extract(self.posterior_mean_coef2, t, x_t) * x_t)
+        mean = (
+            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
+            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+        )
         variance = self._extract(self.posterior_variance, t, x_t)
         log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
@@ -178,13 +191,16 @@ class GaussianDiffusion:
     # -- epsilon <-> x0 --------------------------------------------------------------------
     def predict_x0_from_eps(self, x_t, t, eps):
         """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (Eq. 4 solved for x_0)."""
-        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """The epsilon that maps x0 to x_t at step t (the inverse of predict_x0_from_eps)."""
-        return ((self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-                / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
 
     # -- reverse process -------------------------------------------------------------------
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=True):
@@ -276,8 +292,14 @@ class GaussianDiffusion:
         return terms
 
 
-def create_diffusion(noise_schedule="squaredcos_cap_v2", steps=1000, timestep_respacing="", rescale_timesteps=True,
-                     fixed_variance="large", last_step=None) -> GaussianDiffusion:
+def create_diffusion(
+    noise_schedule="squaredcos_cap_v2",
+    steps=1000,
+    timestep_respacing="",
+    rescale_timesteps=True,
+    fixed_variance="large",
+    last_step=None,
+) -> GaussianDiffusion:
     """Build the (possibly respaced) diffusion process used by GLIDE / PITI.
 
     Base models use ``squaredcos_cap_v2``, upsamplers ``linear``; sampling respaces to
@@ -294,5 +316,10 @@ def create_diffusion(noise_schedule="squaredcos_cap_v2", steps=1000, timestep_re
         betas = betas[: int(last_step) + 1]  # alpha_bar of steps 0..t0 is unchanged
     use_timesteps = space_timesteps(len(betas), timestep_respacing)
     new_betas, timestep_map = respace_betas(betas, use_timesteps)
-    return GaussianDiffusion(new_betas, timestep_map, original_num_steps=steps, rescale_timesteps=rescale_timesteps,
-                             fixed_variance=fixed_variance)
+    return GaussianDiffusion(
+        new_betas,
+        timestep_map,
+        original_num_steps=steps,
+        rescale_timesteps=rescale_timesteps,
+        fixed_variance=fixed_variance,
+    )

@@ -74,8 +74,10 @@ def _batch(cond, null_cond, where="cond"):
     if null_cond.shape[0] == 1 and cond.shape[0] > 1:
         null_cond = null_cond.expand(cond.shape[0], *null_cond.shape[1:])  # one null for the whole batch
     if null_cond.shape != cond.shape:
-        raise ConditionError(f"{where}: null condition shape {tuple(null_cond.shape)} does not match the condition "
-                             f"shape {tuple(cond.shape)} (a batch of 1 is broadcast)")
+        raise ConditionError(
+            f"{where}: null condition shape {tuple(null_cond.shape)} does not match the condition "
+            f"shape {tuple(cond.shape)} (a batch of 1 is broadcast)"
+        )
     return torch.cat([cond, null_cond.to(device=cond.device, dtype=cond.dtype)])
 
 

@@ -64,8 +64,9 @@ def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, g
 
 
 @torch.no_grad()
-def sample_ddpm(denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None,
-                noise_scale=1.0):
+def sample_ddpm(
+    denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None, noise_scale=1.0
+):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) with the learned or fixed variance.
 
     This is the official GLIDE / PITI sampler (250 respaced steps for the base model,
@@ -77,21 +78,34 @@ def sample_ddpm(denoise, x_T, diffusion, *, clip_denoised=True, generator=None, 
         raise ConfigError(f"noise_scale must be in [0, 1.5], got {noise_scale}")
     x = x_T
     for i, t in _steps(diffusion, x_T, progress, "ddpm"):
-        x, x0_pred = ddpm_step(diffusion, _denoise(denoise, diffusion, x, t), x, t,
-                               clip_denoised=clip_denoised, generator=generator, noise_scale=noise_scale)
+        x, x0_pred = ddpm_step(
+            diffusion,
+            _denoise(denoise, diffusion, x, t),
+            x,
+            t,
+            clip_denoised=clip_denoised,
+            generator=generator,
+            noise_scale=noise_scale,
+        )
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
     return x
 
 
 @torch.no_grad()
-def sample_ddim(denoise, x_T, diffusion, *, eta=0.0, clip_denoised=True, generator=None, progress=False,
-                callback=None):
+def sample_ddim(denoise, x_T, diffusion, *, eta=0.0, clip_denoised=True, generator=None, progress=False, callback=None):
     """DDIM sampling (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` is DDPM-like."""
     x = x_T
     for i, t in _steps(diffusion, x_T, progress, "ddim"):
-        x, x0_pred = ddim_step(diffusion, _denoise(denoise, diffusion, x, t), x, t,
-                               eta=eta, clip_denoised=clip_denoised, generator=generator)
+        x, x0_pred = ddim_step(
+            diffusion,
+            _denoise(denoise, diffusion, x, t),
+            x,
+            t,
+            eta=eta,
+            clip_denoised=clip_denoised,
+            generator=generator,
+        )
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
     return x
@@ -156,8 +170,9 @@ def sampler_options(name: str, settings, prefix: str = "") -> dict:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
     params = list(inspect.signature(SAMPLERS[name]).parameters)[3:]  # after denoise, x_T, diffusion
-    return {p: getattr(settings, prefix + p) for p in params
-            if p not in COMMON_PARAMETERS and hasattr(settings, prefix + p)}
+    return {
+        p: getattr(settings, prefix + p) for p in params if p not in COMMON_PARAMETERS and hasattr(settings, prefix + p)
+    }
 
 
 def sample(name, denoise, x_T, diffusion, **kwargs):

@@ -79,7 +79,7 @@ def space_timesteps(steps: int, spec: str) -> set[int]:
         return kept
     if spec.startswith("ddim"):
         try:
-            count = int(spec[len("ddim"):])
+            count = int(spec[len("ddim") :])
         except ValueError:
             raise ConfigError(f"bad respacing {spec!r}; expected 'ddimN' with an integer N") from None
         # The smallest integer stride whose range has exactly `count` elements.

@@ -55,8 +55,17 @@ class ConditionEncoder(nn.Module):
         task: names the condition in error messages.
     """
 
-    def __init__(self, in_channels, cond_size=256, width=512, layers=8, heads=8,
-                 cnn_channels=(32, 64, 128, 256, 512), task="mask", use_checkpoint=False):
+    def __init__(
+        self,
+        in_channels,
+        cond_size=256,
+        width=512,
+        layers=8,
+        heads=8,
+        cnn_channels=(32, 64, 128, 256, 512),
+        task="mask",
+        use_checkpoint=False,
+    ):
         super().__init__()
         self.in_channels, self.cond_size, self.task = in_channels, cond_size, task
         grid = cond_size // 2 ** (len(cnn_channels) - 1)

@@ -26,11 +26,19 @@ from piti.nn.unet import UNet
 def _unet_kwargs(config) -> dict:
     """UNet arguments from a ModelConfig (official option names -> constructor arguments)."""
     return dict(
-        image_size=config.image_size, model_channels=config.num_channels, num_res_blocks=config.num_res_blocks,
-        channel_mult=config.resolved_channel_mult(), attention_ds=config.attention_ds(),
-        num_heads=config.num_heads, num_head_channels=config.num_head_channels, dropout=config.dropout,
-        use_scale_shift_norm=config.use_scale_shift_norm, resblock_updown=config.resblock_updown,
-        xf_width=config.xf_width, super_res=config.super_res, use_checkpoint=config.use_checkpoint,
+        image_size=config.image_size,
+        model_channels=config.num_channels,
+        num_res_blocks=config.num_res_blocks,
+        channel_mult=config.resolved_channel_mult(),
+        attention_ds=config.attention_ds(),
+        num_heads=config.num_heads,
+        num_head_channels=config.num_head_channels,
+        dropout=config.dropout,
+        use_scale_shift_norm=config.use_scale_shift_norm,
+        resblock_updown=config.resblock_updown,
+        xf_width=config.xf_width,
+        super_res=config.super_res,
+        use_checkpoint=config.use_checkpoint,
         cond_locality=config.cond_locality,
     )
 
@@ -76,7 +84,8 @@ class GLIDEModel(UNet):
             if mask is None or tuple(mask.shape) != tuple(tokens.shape):
                 got = None if mask is None else tuple(mask.shape)
                 raise ConditionError(
-                    f"expected a bool `mask` of shape {tuple(tokens.shape)} (True = real token), got {got}")
+                    f"expected a bool `mask` of shape {tuple(tokens.shape)} (True = real token), got {got}"
+                )
             x = torch.where(mask.bool()[..., None], x, self.padding_embedding[None].to(x.dtype))
         x = self.transformer(x)
         if self.final_ln is not None:
@@ -109,9 +118,14 @@ class PITIModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ConditionEncoder(
-            config.cond_channels, cond_size=config.cond_size, width=config.xf_width,
-            layers=config.encoder_layers, heads=config.encoder_heads, cnn_channels=config.encoder_cnn_channels,
-            task=config.task, use_checkpoint=config.use_checkpoint,
+            config.cond_channels,
+            cond_size=config.cond_size,
+            width=config.xf_width,
+            layers=config.encoder_layers,
+            heads=config.encoder_heads,
+            cnn_channels=config.encoder_cnn_channels,
+            task=config.task,
+            use_checkpoint=config.use_checkpoint,
         )
         self.decoder = UNet(**_unet_kwargs(config))
 

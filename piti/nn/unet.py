@@ -51,8 +51,17 @@ class ResBlock(nn.Module):
     ``skip_connection`` (1x1 conv, only when the channel count changes).
     """
 
-    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=True,
-                 up=False, down=False, use_checkpoint=False):
+    def __init__(
+        self,
+        channels,
+        emb_channels,
+        dropout,
+        out_channels=None,
+        use_scale_shift_norm=True,
+        up=False,
+        down=False,
+        use_checkpoint=False,
+    ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
@@ -128,8 +137,9 @@ class AttentionBlock(nn.Module):
     outputs use the legacy per-head layout (head, {q,k,v}, ch) and (head, {k,v}, ch).
     """
 
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, encoder_channels=512, use_checkpoint=False,
-                 cond_locality=0.0):
+    def __init__(
+        self, channels, num_heads=1, num_head_channels=-1, encoder_channels=512, use_checkpoint=False, cond_locality=0.0
+    ):
         super().__init__()
         self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
         self.use_checkpoint = use_checkpoint
@@ -185,10 +195,24 @@ class UNet(nn.Module):
         out_channels: 6 = epsilon and the learned-variance interpolation value v.
     """
 
-    def __init__(self, image_size, model_channels, num_res_blocks, channel_mult, attention_ds,
-                 num_heads=1, num_head_channels=-1, dropout=0.0, use_scale_shift_norm=True,
-                 resblock_updown=True, xf_width=512, super_res=False, out_channels=6, use_checkpoint=False,
-                 cond_locality=0.0):
+    def __init__(
+        self,
+        image_size,
+        model_channels,
+        num_res_blocks,
+        channel_mult,
+        attention_ds,
+        num_heads=1,
+        num_head_channels=-1,
+        dropout=0.0,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        xf_width=512,
+        super_res=False,
+        out_channels=6,
+        use_checkpoint=False,
+        cond_locality=0.0,
+    ):
         super().__init__()
         self.image_size = image_size
         self.model_channels = model_channels
@@ -196,10 +220,19 @@ class UNet(nn.Module):
         self.num_levels = len(channel_mult)
         in_channels = 6 if super_res else 3
         emb_ch = 4 * model_channels
-        block = dict(emb_channels=emb_ch, dropout=dropout, use_scale_shift_norm=use_scale_shift_norm,
-                     use_checkpoint=use_checkpoint)
-        attn = dict(num_heads=num_heads, num_head_channels=num_head_channels, encoder_channels=xf_width,
-                    use_checkpoint=use_checkpoint, cond_locality=cond_locality)
+        block = dict(
+            emb_channels=emb_ch,
+            dropout=dropout,
+            use_scale_shift_norm=use_scale_shift_norm,
+            use_checkpoint=use_checkpoint,
+        )
+        attn = dict(
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            encoder_channels=xf_width,
+            use_checkpoint=use_checkpoint,
+            cond_locality=cond_locality,
+        )
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         self.transformer_proj = nn.Linear(xf_width, emb_ch)
@@ -238,7 +271,8 @@ class UNet(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            GroupNorm32(ch, swish=True), nn.Identity(),
+            GroupNorm32(ch, swish=True),
+            nn.Identity(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
 
@@ -273,11 +307,18 @@ class UNet(nn.Module):
         """
         t = self.check_inputs(x, t, low_res)
         b, w = x.shape[0], self.transformer_proj.in_features
-        if (not torch.is_tensor(xf_proj) or not torch.is_tensor(xf_out) or tuple(xf_proj.shape) != (b, w)
-                or xf_out.dim() != 3 or tuple(xf_out.shape[:2]) != (b, w)):
+        if (
+            not torch.is_tensor(xf_proj)
+            or not torch.is_tensor(xf_out)
+            or tuple(xf_proj.shape) != (b, w)
+            or xf_out.dim() != 3
+            or tuple(xf_out.shape[:2]) != (b, w)
+        ):
             got = [tuple(v.shape) if torch.is_tensor(v) else v for v in (xf_proj, xf_out)]
-            raise ConditionError(f"expected the encoded condition xf_proj ({b}, {w}) and xf_out ({b}, {w}, N) "
-                                 f"for a batch of {b}, got {got[0]} and {got[1]}")
+            raise ConditionError(
+                f"expected the encoded condition xf_proj ({b}, {w}) and xf_out ({b}, {w}, N) "
+                f"for a batch of {b}, got {got[0]} and {got[1]}"
+            )
         if self.super_res:
             upsampled = F.interpolate(low_res.to(x.dtype), size=x.shape[2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, upsampled], dim=1)

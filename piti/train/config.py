@@ -43,41 +43,41 @@ class TrainConfig:
     """Every setting of one training run. Defaults are the official PITI values where one exists."""
 
     # --- what is trained ---
-    name: str = ""                     # the recipe section this came from (e.g. "encoder")
-    stage: str = ""                    # one of STAGES
-    task: str = "mask"                 # PITI condition: mask, sketch or depth (ignored by pretrain)
-    model: str = ""                    # model preset, e.g. "toy-piti-base-{task}"
+    name: str = ""  # the recipe section this came from (e.g. "encoder")
+    stage: str = ""  # one of STAGES
+    task: str = "mask"  # PITI condition: mask, sketch or depth (ignored by pretrain)
+    model: str = ""  # model preset, e.g. "toy-piti-base-{task}"
     model_overrides: dict = field(default_factory=dict)  # ModelConfig options on top of the preset
-    init: str | None = None            # GLIDE / PITI / project checkpoint to start from
-    from_scratch: bool = False         # train without pretrained weights (the paper's "from scratch" row)
-    out_dir: str = "runs/{name}"       # run folder: config, log, samples, checkpoints, model file
+    init: str | None = None  # GLIDE / PITI / project checkpoint to start from
+    from_scratch: bool = False  # train without pretrained weights (the paper's "from scratch" row)
+    out_dir: str = "runs/{name}"  # run folder: config, log, samples, checkpoints, model file
     # --- data ---
     data: dict = field(default_factory=lambda: {"kind": "synth"})  # dataset description (piti.train.stages)
-    hflip: bool = True                 # random horizontal flip of image and condition (official, p=0.5)
-    low_res_size: int = 64             # side of the upsampler's low-resolution input
+    hflip: bool = True  # random horizontal flip of image and condition (official, p=0.5)
+    low_res_size: int = 64  # side of the upsampler's low-resolution input
     degradation: dict = field(default_factory=dict)  # DegradationConfig overrides (upsampler low-res)
-    degrade_low_res: bool = True       # upsamplers: degraded low-res (official) or a plain area resize
-    tokenizer: str = "word"            # pretrain: "word" (built from captions), "gpt2-bpe" or a folder of GLIDE's BPE files
-    tokenizer_scan: int = 256          # synthetic world: scenes whose captions make the word vocabulary
-    num_workers: int = 0               # data-loader worker processes per rank
+    degrade_low_res: bool = True  # upsamplers: degraded low-res (official) or a plain area resize
+    tokenizer: str = "word"  # pretrain: "word" (built from captions), "gpt2-bpe" or a folder of GLIDE's BPE files
+    tokenizer_scan: int = 256  # synthetic world: scenes whose captions make the word vocabulary
+    num_workers: int = 0  # data-loader worker processes per rank
     # --- optimisation ---
-    lr: float = 1e-4                   # AdamW learning rate, constant after warm-up (official: no schedule)
-    warmup_steps: int = 0              # linear warm-up from 0 over this many steps
-    weight_decay: float = 0.0          # official: 0
+    lr: float = 1e-4  # AdamW learning rate, constant after warm-up (official: no schedule)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    weight_decay: float = 0.0  # official: 0
     adam_betas: tuple = (0.9, 0.999)
-    grad_clip: float = 0.0             # max global gradient norm; 0 = no clipping (official)
-    batch_size: int = 128              # global batch per step, split over ranks
-    microbatch: int = 0                # per-rank chunk for gradient accumulation; 0 = the whole rank batch
-    iterations: int = 0                # steps to run in total; 0 = until stopped (official stage 2)
-    time_limit: float = 0.0            # minutes this process may train, then it saves and stops (resume goes
-                                       # on); 0 = no limit. For machines lent for a fixed time, e.g. a GPU.
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping (official)
+    batch_size: int = 128  # global batch per step, split over ranks
+    microbatch: int = 0  # per-rank chunk for gradient accumulation; 0 = the whole rank batch
+    iterations: int = 0  # steps to run in total; 0 = until stopped (official stage 2)
+    time_limit: float = 0.0  # minutes this process may train, then it saves and stops (resume goes
+    # on); 0 = no limit. For machines lent for a fixed time, e.g. a GPU.
     ema_rate: float = 0.9999
-    ema_warmup: bool = False           # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
-    uncond_p: float = 0.0              # probability of replacing the condition by the null condition
+    ema_warmup: bool = False  # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
+    uncond_p: float = 0.0  # probability of replacing the condition by the null condition
     schedule_sampler: str = "uniform"  # timestep sampler: uniform or loss-second-moment
-    precision: str = "fp32"            # fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA)
+    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA)
     activation_checkpointing: bool = False  # recompute activations in backward (full-size models)
-    device: str = "auto"               # auto (CUDA if present), cpu, cuda
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda
     seed: int = 0
     # --- an extra term for short runs (not official): x0_weight * E[min(1/SNR_t, x0_snr_cap) |eps - eps_hat|^2],
     #     i.e. the x0 error where the image is not drowned in noise, capped where it is; epsilon-MSE alone
@@ -85,27 +85,27 @@ class TrainConfig:
     x0_weight: float = 0.0
     x0_snr_cap: float = 100.0
     # --- upsampler losses on x0_pred (official: both from step 100) ---
-    perceptual_weight: float = 0.004   # 0 = off
-    perceptual_kind: str = "vgg"       # vgg (official, VGG19 conv2_2) or lpips
+    perceptual_weight: float = 0.004  # 0 = off
+    perceptual_kind: str = "vgg"  # vgg (official, VGG19 conv2_2) or lpips
     perceptual_start: int = 100
     perceptual_weights: str | None = None  # explicit path of the VGG/LPIPS backbone weights
     allow_random_perceptual: bool = False  # smoke runs only: a random VGG stands in when weights are absent
-    adv_weight: float = 0.01           # 0 = off
-    adv_kind: str = "wgan-gp"          # wgan-gp (official code) or non-saturating (the paper)
+    adv_weight: float = 0.01  # 0 = off
+    adv_kind: str = "wgan-gp"  # wgan-gp (official code) or non-saturating (the paper)
     adv_start: int = 100
-    disc_lr: float = 1e-5              # the discriminator's own Adam
+    disc_lr: float = 1e-5  # the discriminator's own Adam
     disc_ndf: int = 64
     disc_layers: int = 3
     # --- logging and checkpoints ---
-    log_interval: int = 10             # steps between CSV rows
-    save_interval: int = 1000          # steps between checkpoints
-    keep_checkpoints: int = 3          # training checkpoints kept (oldest deleted)
-    sample_interval: int = 1000        # steps between sample grids; 0 = never
-    sample_count: int = 4              # images in the grid
-    sample_steps: int = 10             # sampler steps for the grid (EMA weights)
-    sample_sampler: str = "ddim"       # ddim, ddpm or dpmpp (ancestral ddpm for small, young models)
-    sample_guidance: float = 1.0       # classifier-free guidance scale for the grid (1 = none)
-    export_ema: bool = True            # the model file holds the EMA weights (else the raw ones)
+    log_interval: int = 10  # steps between CSV rows
+    save_interval: int = 1000  # steps between checkpoints
+    keep_checkpoints: int = 3  # training checkpoints kept (oldest deleted)
+    sample_interval: int = 1000  # steps between sample grids; 0 = never
+    sample_count: int = 4  # images in the grid
+    sample_steps: int = 10  # sampler steps for the grid (EMA weights)
+    sample_sampler: str = "ddim"  # ddim, ddpm or dpmpp (ancestral ddpm for small, young models)
+    sample_guidance: float = 1.0  # classifier-free guidance scale for the grid (1 = none)
+    export_ema: bool = True  # the model file holds the EMA weights (else the raw ones)
 
     # ---------------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -122,6 +122,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for impossible settings."""
+
         def bad(msg):
             raise ConfigError(f"training config {self.name or '(unnamed)'}: {msg}")
 
@@ -147,8 +148,10 @@ class TrainConfig:
             if getattr(self, k) < 1:
                 bad(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.stage in ("encoder", "encoder-dropout") and self.from_scratch:
-            bad(f"stage {self.stage} trains the encoder against a frozen pretrained decoder; "
-                "from_scratch only makes sense for the joint and upsampler stages")
+            bad(
+                f"stage {self.stage} trains the encoder against a frozen pretrained decoder; "
+                "from_scratch only makes sense for the joint and upsampler stages"
+            )
         if self.init and self.from_scratch:
             bad("give either init (a checkpoint) or from_scratch, not both")
 
@@ -166,14 +169,14 @@ class TrainConfig:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         unknown = sorted(set(d) - set(field_names()))
         if unknown:
             raise ConfigError(f"unknown training option(s) {unknown}; valid options: {', '.join(field_names())}")
         return cls(**d)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         """Read a resolved config written by :meth:`save` (e.g. ``<run>/config.yaml``)."""
         return cls.from_dict(_read_yaml(Path(path)))
 
@@ -222,8 +225,9 @@ def apply_overrides(d: dict, overrides: dict[str, Any]) -> dict:
     for key, value in overrides.items():
         head, *rest = key.split(".")
         if head not in valid:
-            raise ConfigError(f"unknown training option {head!r} in override {key}=...; valid options: "
-                              f"{', '.join(sorted(valid))}")
+            raise ConfigError(
+                f"unknown training option {head!r} in override {key}=...; valid options: {', '.join(sorted(valid))}"
+            )
         if not rest:
             d[head] = value
             continue

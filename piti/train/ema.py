@@ -63,8 +63,10 @@ class EMA:
         """Restore :meth:`shadow_state`; the names must be exactly those averaged here."""
         if set(state) != set(self.shadow):
             missing, extra = set(self.shadow) - set(state), set(state) - set(self.shadow)
-            raise KeyError(f"EMA state does not match the trained parameters: missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(extra)[:3]}")
+            raise KeyError(
+                f"EMA state does not match the trained parameters: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(extra)[:3]}"
+            )
         for k, v in state.items():
             self.shadow[k].copy_(v)
 

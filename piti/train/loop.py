@@ -209,8 +209,9 @@ class Trainer:
         self.stage = Stage(cfg, self.device, world, self.run_dir if resume else None)
         self.model = self.stage.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, betas=cfg.adam_betas,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+        )
         self.ema = EMA(self.model, cfg.ema_rate, warmup=cfg.ema_warmup)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.timestep_sampler = make_timestep_sampler(cfg.schedule_sampler, self.stage.diffusion.num_timesteps, world)
@@ -254,8 +255,10 @@ class Trainer:
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
             raise CheckpointError(f"{path} is not a training checkpoint of this project (no model/step entries)")
         if state["config"]["stage"] != self.config.stage or state["config"]["model"] != self.config.model:
-            raise CheckpointError(f"{path} was written by stage {state['config']['stage']} / model "
-                                  f"{state['config']['model']}, not {self.config.stage} / {self.config.model}")
+            raise CheckpointError(
+                f"{path} was written by stage {state['config']['stage']} / model "
+                f"{state['config']['model']}, not {self.config.stage} / {self.config.model}"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_shadow_state(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -279,14 +282,18 @@ class Trainer:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         self.export(self.run_dir / MODEL_FILE)
         self.last_state = path
-        for old in list_states(self.run_dir)[:-self.config.keep_checkpoints]:
+        for old in list_states(self.run_dir)[: -self.config.keep_checkpoints]:
             old.unlink()
 
     def export(self, path: Path) -> None:
         """The model file (EMA or raw weights) with its config and provenance, via ``save_checkpoint``."""
         weights = self.ema.state_dict() if self.config.export_ema else self.model.state_dict()
-        meta = dict(self.stage.metadata(), weights="ema" if self.config.export_ema else "raw",
-                    ema_rate=self.config.ema_rate, recipe=self.config.name)
+        meta = dict(
+            self.stage.metadata(),
+            weights="ema" if self.config.export_ema else "raw",
+            ema_rate=self.config.ema_rate,
+            recipe=self.config.name,
+        )
         save_checkpoint(path, weights, config=self.model.config, step=self.step, metadata=meta)
 
     # -- logging -----------------------------------------------------------------------------------
@@ -315,8 +322,15 @@ class Trainer:
         self.model.eval()
         try:
             with self.ema.swapped():
-                rows = self.stage.sample_grid(self.model, cfg.sample_count, cfg.sample_steps, cfg.sample_guidance,
-                                              cfg.seed, self.autocast, sampler=cfg.sample_sampler)
+                rows = self.stage.sample_grid(
+                    self.model,
+                    cfg.sample_count,
+                    cfg.sample_steps,
+                    cfg.sample_guidance,
+                    cfg.seed,
+                    self.autocast,
+                    sampler=cfg.sample_sampler,
+                )
         finally:
             self.model.train()
         per_row = min(cfg.sample_count, len(self.stage.dataset))  # sample_grid stacks rows of this many
@@ -339,8 +353,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         n = batch["image"].shape[0]
         seed = step_seed(cfg.seed, self.dist.rank, step)
-        drawn = self.stage.draw(batch, torch.Generator().manual_seed(seed), np.random.default_rng(seed),
-                                self.timestep_sampler)
+        drawn = self.stage.draw(
+            batch, torch.Generator().manual_seed(seed), np.random.default_rng(seed), self.timestep_sampler
+        )
         starts = list(range(0, n, self.microbatch))
         sums: dict[str, float] = defaultdict(float)
         for i, start in enumerate(starts):
@@ -357,14 +372,18 @@ class Trainer:
 
         # Every rank sees the same averaged metrics, so a NaN stops all of them together.
         keys = sorted(sums)
-        values = _all_reduce_mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device),
-                                  self.dist.world_size)
+        values = _all_reduce_mean(
+            torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device), self.dist.world_size
+        )
         metrics = dict(zip(keys, values.tolist()))
         if not math.isfinite(metrics["loss"]):
-            where = f"the last good checkpoint is {self.last_state}" if self.last_state else "no checkpoint was written yet"
+            where = (
+                f"the last good checkpoint is {self.last_state}" if self.last_state else "no checkpoint was written yet"
+            )
             raise NonFiniteLossError(
                 f"loss is {metrics['loss']} at step {step} ({', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}); "
-                f"training stopped and wrote nothing; {where}. Try a lower lr, grad_clip, or precision fp32.")
+                f"training stopped and wrote nothing; {where}. Try a lower lr, grad_clip, or precision fp32."
+            )
 
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -379,10 +398,16 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def data_iterator(self):
         stage, cfg = self.stage, self.config
-        sampler = StepBatches(len(stage.dataset), cfg.batch_size, self.dist.rank, self.dist.world_size,
-                              cfg.seed, self.step)
-        loader = DataLoader(NamedItems(stage.dataset), batch_sampler=sampler, collate_fn=collate,
-                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+        sampler = StepBatches(
+            len(stage.dataset), cfg.batch_size, self.dist.rank, self.dist.world_size, cfg.seed, self.step
+        )
+        loader = DataLoader(
+            NamedItems(stage.dataset),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+        )
         return iter(loader)
 
     def _out_of_time(self, start: float) -> bool:
@@ -395,8 +420,11 @@ class Trainer:
             dist.broadcast(flag, src=0)
             over = bool(flag.item())
         if over and self.dist.is_main:
-            log.info("time limit of %g min reached at step %d: saving and stopping (--resume goes on)",
-                     self.config.time_limit, self.step)
+            log.info(
+                "time limit of %g min reached at step %d: saving and stopping (--resume goes on)",
+                self.config.time_limit,
+                self.step,
+            )
         return over
 
     def train(self) -> Path:
@@ -409,8 +437,7 @@ class Trainer:
             log_file = self._open_csv()
             writer = csv.DictWriter(log_file, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
         data = self.data_iterator()
-        bar = tqdm(total=cfg.iterations or None, initial=self.step, disable=not main, desc=cfg.name,
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.iterations or None, initial=self.step, disable=not main, desc=cfg.name, dynamic_ncols=True)
         window: dict[str, list[float]] = defaultdict(list)
         saved_step = self.step
         tick = start = time.perf_counter()

@@ -43,8 +43,15 @@ class PerceptualLoss(nn.Module):
     Weights come from :mod:`piti.weights`; ``allow_random`` permits a random stand-in network.
     """
 
-    def __init__(self, kind: str = "vgg", lpips_net: str = "vgg", weights_path: str | os.PathLike | None = None,
-                 allow_random: bool = False, weight: float = 0.004, start_step: int = 100):
+    def __init__(
+        self,
+        kind: str = "vgg",
+        lpips_net: str = "vgg",
+        weights_path: str | os.PathLike | None = None,
+        allow_random: bool = False,
+        weight: float = 0.004,
+        start_step: int = 100,
+    ):
         super().__init__()
         if kind not in ("vgg", "lpips"):
             raise ConfigError(f"perceptual loss kind must be 'vgg' or 'lpips', got {kind!r}")
@@ -77,8 +84,10 @@ class PerceptualLoss(nn.Module):
     def forward(self, x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Per-sample loss ``(N,)``; gradients flow into ``x0_pred`` only."""
         if x0_pred.shape != x0.shape or x0_pred.ndim != 4 or x0_pred.shape[1] != 3:
-            raise ConfigError(f"perceptual loss expects two (N, 3, H, W) tensors of equal shape, "
-                              f"got {tuple(x0_pred.shape)} and {tuple(x0.shape)}")
+            raise ConfigError(
+                f"perceptual loss expects two (N, 3, H, W) tensors of equal shape, "
+                f"got {tuple(x0_pred.shape)} and {tuple(x0.shape)}"
+            )
         if self.kind == "lpips":
             return self.net(x0_pred, x0.detach()).flatten()  # LPIPS takes [-1, 1] inputs
         with torch.no_grad():
@@ -131,9 +140,16 @@ class AdversarialLoss(nn.Module):
 
     KINDS = ("wgan-gp", "non-saturating")
 
-    def __init__(self, discriminator: nn.Module | None = None, kind: str = "wgan-gp", lr: float = 1e-5,
-                 betas: tuple[float, float] = (0.9, 0.999), gp_weight: float | None = None,
-                 weight: float = 0.01, start_step: int = 100):
+    def __init__(
+        self,
+        discriminator: nn.Module | None = None,
+        kind: str = "wgan-gp",
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        gp_weight: float | None = None,
+        weight: float = 0.01,
+        start_step: int = 100,
+    ):
         super().__init__()
         if kind not in self.KINDS:
             raise ConfigError(f"adversarial loss kind must be one of {self.KINDS}, got {kind!r}")
@@ -164,13 +180,13 @@ class AdversarialLoss(nn.Module):
             x_hat = (fake * (1 - eps) + real * eps).requires_grad_(True)
             batch.append(x_hat)
         scores = self.discriminator(torch.cat(batch))
-        d_fake, d_real = scores[:n], scores[n:2 * n]
+        d_fake, d_real = scores[:n], scores[n : 2 * n]
         if self.kind == "wgan-gp":
             loss = d_fake.mean() - d_real.mean()
         else:
             loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         if self.gp_weight > 0:
-            loss = loss + self.gp_weight * self.gradient_penalty(scores[2 * n:], x_hat)
+            loss = loss + self.gp_weight * self.gradient_penalty(scores[2 * n :], x_hat)
         return loss
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:

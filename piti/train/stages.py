@@ -1,12 +1,15 @@
 """The five training stages: what is trained, on which inputs, with which losses.
 
-| stage             | model                      | trained                     | condition dropout    | extra                      |
-|-------------------|----------------------------|-----------------------------|----------------------|----------------------------|
-| `pretrain`        | GLIDE base or upsampler    | everything                  | caption -> "" (uncond_p) | word tokenizer / GLIDE BPE |
-| `encoder`         | PITI base                  | encoder; decoder frozen     | none (official 0)    |                            |
-| `encoder-dropout` | PITI base                  | encoder; decoder frozen     | null condition, 0.2  |                            |
-| `joint`           | PITI base                  | encoder and decoder         | null condition, 0.2  |                            |
-| `upsampler`       | PITI upsampler             | encoder and decoder         | none (official 0)    | degraded low-res; perceptual + adversarial on x0_pred |
+| stage             | model                   | trained                 | condition dropout        | extra            |
+|-------------------|-------------------------|-------------------------|--------------------------|------------------|
+| `pretrain`        | GLIDE base or upsampler | everything              | caption -> "" (uncond_p) | word tokenizer   |
+| `encoder`         | PITI base               | encoder; decoder frozen | none (official 0)        |                  |
+| `encoder-dropout` | PITI base               | encoder; decoder frozen | null condition, 0.2      |                  |
+| `joint`           | PITI base               | encoder and decoder     | null condition, 0.2      |                  |
+| `upsampler`       | PITI upsampler          | encoder and decoder     | none (official 0)        | degraded low-res |
+
+The upsampler stage adds the perceptual and adversarial losses on x0_pred; pretraining uses a word tokenizer
+or GLIDE's BPE.
 
 "Frozen" means ``requires_grad=False``: the decoder gets no gradients, has no optimizer state and no EMA
 copy, and its weights stay bit-identical (the official code only leaves it out of the optimizer and
@@ -26,9 +29,9 @@ the loss; the generator term then sees a discriminator one update fresher).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -82,14 +85,17 @@ class NamedItems(Dataset):
         except DatasetError:
             raise  # already names its file
         except Exception as e:  # noqa: BLE001 - any reader failure is reported with the file
-            raise DatasetError(f"could not load training item {index} ({self.describe(index)}): "
-                               f"{type(e).__name__}: {e}") from e
+            raise DatasetError(
+                f"could not load training item {index} ({self.describe(index)}): {type(e).__name__}: {e}"
+            ) from e
 
 
 def collate(items: list[dict]) -> dict:
     """Stack tensors, keep everything else (paths, captions) as lists."""
-    return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items]
-            for k in items[0]}
+    return {
+        k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items]
+        for k in items[0]
+    }
 
 
 def build_dataset(config: TrainConfig, model_config) -> PairDataset:
@@ -101,14 +107,19 @@ def build_dataset(config: TrainConfig, model_config) -> PairDataset:
     # GLIDE ignores the condition: draw it at the image size, the cheapest.
     cond_size = model_config.image_size if glide else model_config.cond_size
     task = spec.pop("task", "mask" if glide else config.task)
-    ds = make_dataset(kind, root, task=task, image_size=model_config.image_size, cond_size=cond_size,
-                      flip=config.hflip, **spec)
+    ds = make_dataset(
+        kind, root, task=task, image_size=model_config.image_size, cond_size=cond_size, flip=config.hflip, **spec
+    )
     if glide and not ds.has_captions:
-        raise DatasetError(f"pretraining needs captions, and the {kind} dataset at {root} has none "
-                           "(a captions.jsonl file or COCO's caption annotations)")
+        raise DatasetError(
+            f"pretraining needs captions, and the {kind} dataset at {root} has none "
+            "(a captions.jsonl file or COCO's caption annotations)"
+        )
     if not glide and ds.cond_channels != model_config.cond_channels:
-        raise ConfigError(f"the dataset gives {ds.cond_channels}-channel conditions for task {task!r}, "
-                          f"the model takes {model_config.cond_channels}")
+        raise ConfigError(
+            f"the dataset gives {ds.cond_channels}-channel conditions for task {task!r}, "
+            f"the model takes {model_config.cond_channels}"
+        )
     return ds
 
 
@@ -149,13 +160,17 @@ class UpsamplerLosses:
         self.perceptual = self.adversarial = None
         if config.perceptual_weight > 0:
             self.perceptual = PerceptualLoss(
-                config.perceptual_kind, weights_path=config.perceptual_weights,
-                allow_random=config.allow_random_perceptual, weight=config.perceptual_weight,
-                start_step=config.perceptual_start).to(device)
+                config.perceptual_kind,
+                weights_path=config.perceptual_weights,
+                allow_random=config.allow_random_perceptual,
+                weight=config.perceptual_weight,
+                start_step=config.perceptual_start,
+            ).to(device)
         if config.adv_weight > 0:
             disc = PatchDiscriminator(3, config.disc_ndf, config.disc_layers).to(device)
-            self.adversarial = AdversarialLoss(disc, config.adv_kind, lr=config.disc_lr, weight=config.adv_weight,
-                                               start_step=config.adv_start)
+            self.adversarial = AdversarialLoss(
+                disc, config.adv_kind, lr=config.disc_lr, weight=config.adv_weight, start_step=config.adv_start
+            )
 
     @property
     def random_perceptual_weights(self) -> bool:
@@ -196,8 +211,10 @@ class UpsamplerLosses:
     def state_dict(self) -> dict:
         if self.adversarial is None:
             return {}
-        return {"discriminator": self.adversarial.discriminator.state_dict(),
-                "disc_optimizer": self.adversarial.optimizer.state_dict()}
+        return {
+            "discriminator": self.adversarial.discriminator.state_dict(),
+            "disc_optimizer": self.adversarial.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.adversarial is not None:
@@ -213,21 +230,24 @@ class UpsamplerLosses:
 class StepOutput:
     """What one microbatch gives the loop."""
 
-    loss: torch.Tensor            # scalar to backpropagate (timestep-weighted, extra terms added)
-    t: torch.Tensor               # the sampled timesteps (for the loss-aware timestep sampler)
+    loss: torch.Tensor  # scalar to backpropagate (timestep-weighted, extra terms added)
+    t: torch.Tensor  # the sampled timesteps (for the loss-aware timestep sampler)
     diffusion_loss: torch.Tensor  # per-sample diffusion loss, detached (same)
-    metrics: dict                 # floats for the log
+    metrics: dict  # floats for the log
 
 
 def _check_model_fits_stage(config: TrainConfig, mc) -> None:
     want_kind = "glide" if config.stage == "pretrain" else "piti"
     if mc.kind != want_kind:
-        raise ConfigError(f"stage {config.stage} trains a {want_kind.upper()} model; preset {config.model!r} is {mc.kind}")
+        raise ConfigError(
+            f"stage {config.stage} trains a {want_kind.upper()} model; preset {config.model!r} is {mc.kind}"
+        )
     if config.stage == "upsampler" and not mc.super_res:
         raise ConfigError(f"stage upsampler needs an upsampler preset (super_res), got {config.model!r}")
     if config.stage in ("encoder", "encoder-dropout", "joint") and mc.super_res:
-        raise ConfigError(f"stage {config.stage} trains a base model; {config.model!r} is an upsampler "
-                          "(use stage upsampler)")
+        raise ConfigError(
+            f"stage {config.stage} trains a base model; {config.model!r} is an upsampler (use stage upsampler)"
+        )
     if mc.super_res and mc.image_size % config.low_res_size:
         raise ConfigError(f"image_size {mc.image_size} is not a multiple of low_res_size {config.low_res_size}")
 
@@ -247,8 +267,10 @@ class Stage:
         # Files first (init checkpoint, dataset), so that a typo fails before a large model is built.
         ckpt = load_checkpoint(config.init) if config.init else None
         if ckpt is None and config.stage != "pretrain" and not config.from_scratch:
-            raise ConfigError(f"stage {config.stage} starts from pretrained weights: give init=PATH (an official "
-                              "GLIDE or PITI checkpoint, or one of this project's) or from_scratch=true")
+            raise ConfigError(
+                f"stage {config.stage} starts from pretrained weights: give init=PATH (an official "
+                "GLIDE or PITI checkpoint, or one of this project's) or from_scratch=true"
+            )
         self.dataset = build_dataset(config, mc)
 
         model = create_model(mc)
@@ -263,12 +285,16 @@ class Stage:
         if self.is_glide:
             saved = run_dir / "tokenizer.json" if run_dir is not None else None
             if saved is not None and saved.is_file():  # a resumed run keeps its vocabulary
-                self.tokenizer = load_tokenizer(saved, None if config.tokenizer in ("word", "gpt2-bpe") else config.tokenizer)
+                self.tokenizer = load_tokenizer(
+                    saved, None if config.tokenizer in ("word", "gpt2-bpe") else config.tokenizer
+                )
             else:
                 self.tokenizer = build_tokenizer(config, self.dataset, ckpt.metadata if ckpt else None)
             if self.tokenizer.vocab_size > mc.n_vocab:
-                raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens, more than the model's "
-                                  f"n_vocab={mc.n_vocab}; raise model_overrides.n_vocab")
+                raise ConfigError(
+                    f"the tokenizer has {self.tokenizer.vocab_size} tokens, more than the model's "
+                    f"n_vocab={mc.n_vocab}; raise model_overrides.n_vocab"
+                )
         self.diffusion = create_diffusion(mc.noise_schedule, mc.diffusion_steps)
         self.extra = UpsamplerLosses(config, device, world_size) if config.stage == "upsampler" else None
         if mc.super_res and config.degrade_low_res:
@@ -312,8 +338,13 @@ class Stage:
         x_start, kwargs = self.inputs(batch, gen, rng, self.config.uncond_p)
         t, weights = timestep_sampler.sample(x_start.shape[0], gen)
         noise = torch.randn(x_start.shape, generator=gen).to(self.device)
-        return {"x_start": x_start, "kwargs": kwargs, "t": t.to(self.device), "weights": weights.to(self.device),
-                "noise": noise}
+        return {
+            "x_start": x_start,
+            "kwargs": kwargs,
+            "t": t.to(self.device),
+            "weights": weights.to(self.device),
+            "noise": noise,
+        }
 
     def loss(self, model_fn: Callable, drawn: dict, step: int, autocast, share: float = 1.0) -> StepOutput:
         """Diffusion loss (and the upsampler's extra terms) of a (micro)batch of :meth:`draw`'s output.
@@ -351,8 +382,13 @@ class Stage:
 
     # -- what goes into the model file and beside the run -----------------------------------------
     def metadata(self) -> dict:
-        meta = {"stage": self.config.stage, "task": self.model.config.task, "data": self.config.data,
-                "init": self.config.init, "from_scratch": self.config.from_scratch}
+        meta = {
+            "stage": self.config.stage,
+            "task": self.model.config.task,
+            "data": self.config.data,
+            "init": self.config.init,
+            "from_scratch": self.config.from_scratch,
+        }
         if self.tokenizer is not None:
             meta["tokenizer"] = self.tokenizer.to_dict()
         if self.extra is not None:
@@ -365,8 +401,9 @@ class Stage:
 
     # -- sample grid -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_grid(self, model, count: int, steps: int, guidance: float, seed: int, autocast,
-                    sampler: str = "ddim") -> torch.Tensor:
+    def sample_grid(
+        self, model, count: int, steps: int, guidance: float, seed: int, autocast, sampler: str = "ddim"
+    ) -> torch.Tensor:
         """Rows of ``count`` images in [-1, 1]: [condition,] [low-res,] target, sample (``sampler``, ``steps`` steps).
 
         ``guidance`` is the official scale s (1 = none; base models only).
@@ -375,8 +412,11 @@ class Stage:
         batch = collate([items[(i, seed)] for i in range(min(count, len(self.dataset)))])
         gen = torch.Generator().manual_seed(seed)
         x_start, kwargs = self.inputs(batch, gen, np.random.default_rng(seed), uncond_p=0.0)
-        diffusion = create_diffusion(self.model.config.noise_schedule, self.model.config.diffusion_steps,
-                                     timestep_respacing=f"ddim{steps}" if sampler == "ddim" else str(steps))
+        diffusion = create_diffusion(
+            self.model.config.noise_schedule,
+            self.model.config.diffusion_steps,
+            timestep_respacing=f"ddim{steps}" if sampler == "ddim" else str(steps),
+        )
         low_res = kwargs.pop("low_res", None)
         if self.is_glide:
             cond = model.encode(kwargs["tokens"], kwargs["mask"])
