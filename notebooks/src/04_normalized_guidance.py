@@ -105,8 +105,8 @@ plotting.image_grid([[plotting.condition_pictures("mask", conds[1])["colour map"
 
 # %%
 segmenter = load_segmenter()
-num = plotting.pick(12, 2)
-sweep = plotting.pick([0.0, 1.0, 3.0, 5.0, 8.0, 12.0], [0.0, 5.0])
+num = plotting.pick(8, 2)
+sweep = plotting.pick([0.0, 2.0, 5.0, 8.0, 12.0], [0.0, 5.0])
 results = {}
 for mode in ("plain", "normalized"):
     for w in sweep:
