@@ -132,7 +132,8 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
             gallery = gr.Gallery(label="Samples", columns=2, height=440, format="png", scale=2,
                                  elem_id=f"{task}-gallery")
             with gr.Column(scale=1):
-                condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=180)
+                condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=180,
+                                     elem_id=f"{task}-condition")
                 settings = gr.JSON(label="Settings used (copy to reproduce)", height=240)
         return [gallery, condition, settings]
 

@@ -1,0 +1,187 @@
+"""The Gradio app end to end: started in a subprocess on a free localhost port, driven through gradio_client.
+
+The app runs the embedded toy models (checkpoints/toy/) with few steps, so each request takes a second or two.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from piti import demo_support as ds
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "demo" / "app.py"
+CHEAP = dict(num_samples=1, seed=0, guidance=5.0, guidance_mode="normalized", sampler="ddim", steps=3, upsample=True)
+
+gradio_client = pytest.importorskip("gradio_client", reason="the demo extra is not installed (pip install -e .[demo])")
+pytestmark = pytest.mark.timeout(300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(args=(), port_flag: bool = False, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """Start demo/app.py and wait until it answers; returns the process and its URL.
+
+    The port is given through GRADIO_SERVER_PORT, or with ``port_flag`` through --port while the variable
+    names another port (the flag wins).
+    """
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_SERVER_PORT=str(free_port() if port_flag else port))
+    args = [*args, "--port", str(port)] if port_flag else list(args)
+    log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill up with progress bars and block the app
+    proc = subprocess.Popen([sys.executable, str(APP), *args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def output():
+        log.seek(0)
+        return log.read()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the app exited ({proc.returncode}):\n{output()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"the app did not answer on {url} within {timeout:.0f} s:\n{output()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app():
+    proc, url = start_app()  # the port comes from GRADIO_SERVER_PORT
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return gradio_client.Client(app, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """An example scene as the app draws them (same function, same seed)."""
+    return ds.write_examples(tmp_path_factory.mktemp("examples"), 1, 128, "synth")[0]
+
+
+def editor(path) -> dict:
+    """An ImageEditor value with ``path`` as its background, as a client sends it."""
+    return {"background": gradio_client.handle_file(str(path)), "layers": [], "composite": None, "id": None}
+
+
+def check_result(result, task: str, count: int = 1):
+    gallery, condition, record = result
+    assert len(gallery) == count
+    images = [Image.open(item["image"]) for item in gallery]
+    assert all(im.size == (128, 128) for im in images)  # the toy upsampler's size
+    assert np.asarray(images[0]).std() > 1  # a picture, not a flat colour
+    assert Image.open(condition).size == ((256, 128) if task == "depth" else (128, 128))
+    assert record["settings"]["task"] == task and record["settings"]["steps"] == "3"
+    return record
+
+
+def test_only_the_three_tasks_are_public(client):
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
+        "/mask", "/sketch", "/depth"}
+
+
+def test_mask_tab_translates_an_example(client, scene):
+    record = check_result(client.predict(editor(scene.colormap), False, *CHEAP.values(), api_name="/mask"), "mask")
+    assert record["settings"]["palette"] == "synth"
+
+
+def test_sketch_tab_translates_a_sketch_and_a_photo(client, scene):
+    check_result(client.predict("sketch", editor(scene.sketch), None, *CHEAP.values(), api_name="/sketch"), "sketch")
+    photo = gradio_client.handle_file(str(scene.photo))
+    record = check_result(client.predict("photo", None, photo, *CHEAP.values(), api_name="/sketch"), "sketch")
+    assert record["settings"]["sketch_from_photo"] is True
+    assert any("extracted from the photo" in n for n in record["notes"])
+
+
+def test_depth_tab_translates_an_example(client, scene):
+    cheap = dict(CHEAP, num_samples=2)
+    check_result(client.predict(gradio_client.handle_file(str(scene.depth)), *cheap.values(), api_name="/depth"),
+                 "depth", count=2)
+
+
+def test_bad_inputs_give_the_message_and_the_app_keeps_serving(client, scene, tmp_path):
+    AppError = gradio_client.exceptions.AppError
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(AppError, match="notes.png: not a readable image"):
+        client.predict(gradio_client.handle_file(str(tmp_path / "notes.png")), *CHEAP.values(), api_name="/depth")
+    with pytest.raises(AppError, match="an 8-bit RGB picture is not a depth map"):
+        client.predict(gradio_client.handle_file(str(scene.photo)), *CHEAP.values(), api_name="/depth")
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    with pytest.raises(AppError, match="not in the 'synth' palette.*tick 'Snap every colour'"):
+        client.predict(editor(tmp_path / "white.png"), False, *CHEAP.values(), api_name="/mask")
+    Image.new("RGB", (64, 64), "black").save(tmp_path / "black.png")
+    with pytest.raises(AppError, match="the mask is empty"):
+        client.predict(editor(tmp_path / "black.png"), False, *CHEAP.values(), api_name="/mask")
+    with pytest.raises(AppError, match="the sketch has no lines"):
+        client.predict("sketch", editor(tmp_path / "white.png"), None, *CHEAP.values(), api_name="/sketch")
+    with pytest.raises(AppError, match="looks like a photo.*Choose 'photo'"):
+        client.predict("sketch", editor(scene.photo), None, *CHEAP.values(), api_name="/sketch")
+    # the next good request works
+    check_result(client.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(), api_name="/depth"),
+                 "depth")
+    # a white canvas snapped on request is a canvas of snow
+    record = check_result(client.predict(editor(tmp_path / "white.png"), True, *CHEAP.values(), api_name="/mask"),
+                          "mask")
+    assert record["settings"]["snap"] is True
+
+
+def test_two_concurrent_requests_both_succeed(app, scene):
+    clients = [gradio_client.Client(app, verbose=False) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(c.predict, editor(scene.colormap), False, *dict(CHEAP, seed=i).values(), api_name="/mask")
+                for i, c in enumerate(clients)]
+        results = [job.result(timeout=240) for job in jobs]
+    seeds = [check_result(r, "mask")["settings"]["seed"] for r in results]
+    assert seeds == [0, 1]
+
+
+def test_one_task_on_given_checkpoints_with_host_and_port_flags():
+    from piti.pipeline import toy_checkpoint_paths
+
+    base, up = toy_checkpoint_paths("depth")
+    proc, url = start_app(["--task", "depth", "--base", str(base), "--upsampler", str(up), "--host", "127.0.0.1"],
+                          port_flag=True)
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/depth"}
+    finally:
+        stop(proc)
+
+
+def test_bad_command_lines_are_refused():
+    proc = subprocess.run([sys.executable, str(APP), "--base", "x.pt"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--base/--upsampler need --task" in proc.stderr
