@@ -52,6 +52,8 @@ def parse_args(argv):
     p.add_argument("--hours", type=float, default=0.0, help="stop starting work after this many hours (0 = no limit)")
     p.add_argument("--summarize", action="store_true", help="only write the tables and plots of existing results")
     p.add_argument("--list", action="store_true", help="print this lane's arms and whether each is done")
+    p.add_argument("--time-steps", action="store_true",
+                   help="measure the seconds of a training step (encoder, joint, upsampler) in fp32 and bf16, and exit")
     return p.parse_args(argv)
 
 
@@ -67,6 +69,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.time_steps:
+            for section in ("encoder", "joint", "upsampler"):
+                batch = 4 if section == "upsampler" else 8
+                for precision in ("fp32", "bf16"):
+                    sec = rp.step_seconds(section, precision, batch_size=batch, device=args.device)
+                    threads = torch.get_num_threads()
+                    print(f"{section:<10} batch {batch} {precision} {sec:.2f} s/step (threads {threads})", flush=True)
+            return 0
         arms = rp.all_arms(args.experiments, budget)
         if args.arms:
             arms = [a for a in arms if a.name in args.arms or a.key in args.arms]

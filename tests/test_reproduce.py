@@ -121,8 +121,8 @@ def quick_run(tmp_path_factory):
         pytest.skip("the embedded toy mask models are not in checkpoints/toy")
     tmp = tmp_path_factory.mktemp("reproduce")
     out, runs = tmp / "out", tmp / "runs"
-    argv = ["--quick", "--out", str(out), "--runs", str(runs), "--threads", "1",
-            "--experiments", "guidance", "steps", "finetune"]
+    base = ["--quick", "--out", str(out), "--runs", str(runs), "--threads", "1"]
+    argv = base + ["--experiments", "guidance", "steps", "finetune", "floor"]
     assert _script().main(argv) == 0
     return out, runs, argv
 
@@ -130,7 +130,7 @@ def quick_run(tmp_path_factory):
 @needs_toy
 def test_quick_writes_results_tables_plots(quick_run):
     out, runs, _ = quick_run
-    arms = rp.all_arms(("guidance", "steps", "finetune"), QUICK)
+    arms = rp.all_arms(("guidance", "steps", "finetune", "floor"), QUICK)
     for arm in arms:
         assert rp.result_path(out, arm).is_file(), arm.key
     r = json.loads(rp.result_path(out, arms[0]).read_text())
@@ -150,6 +150,8 @@ def test_quick_writes_results_tables_plots(quick_run):
     for plot in ("guidance_curves.png", "guidance_eps_stats.png", "steps_curves.png"):
         assert (out / "plots" / plot).stat().st_size > 1000
     assert (out / "grids/finetune/two-stage.png").is_file()
+    floor = json.loads((out / "arms/floor/real-64.json").read_text())
+    assert floor["size"] == 64 and floor["fid_t"] >= 0 and "| real set |" in (out / "floor.md").read_text()
     assert "--quick" in (out / "commands.txt").read_text()
 
 
@@ -200,7 +202,7 @@ def test_second_seed_takes_other_scenes(tmp_path):
 @needs_toy
 def test_an_arm_with_the_same_model_and_settings_takes_the_result(quick_run, capsys):
     out, runs, argv = quick_run
-    assert _script().main(argv[:-4] + ["--experiments", "pretraining", "--arms", "mask-pretrained"]) == 0
+    assert _script().main(argv[:-5] + ["--experiments", "pretraining", "--arms", "mask-pretrained"]) == 0
     assert "training " not in capsys.readouterr().out
     r = json.loads((out / "arms/pretraining/mask-pretrained.json").read_text())
     assert r["same_as"] == "finetune/two-stage" and r["arm"] == "mask-pretrained"

@@ -40,7 +40,7 @@ RECIPE = REPO / "configs" / "toy.yaml"
 PRETRAIN_COMMIT = "acbe9aa"
 PRETRAIN_FILES = {"base": "checkpoints/toy/intermediate/toy-glide-base-pretrain.safetensors",
                   "upsample": "checkpoints/toy/intermediate/toy-glide-upsample-pretrain.safetensors"}
-EXPERIMENTS = ("guidance", "steps", "finetune", "pretraining", "upsampler")
+EXPERIMENTS = ("guidance", "steps", "finetune", "pretraining", "upsampler", "floor")
 TASKS = ("mask", "sketch", "depth")
 GRID_ROWS = 6
 
@@ -200,6 +200,8 @@ def experiment_arms(experiment: str, budget: Budget) -> list[Arm]:
     if experiment == "upsampler":
         return [Arm("upsampler", name, runs=(Run("upsampler", budget.upsampler_steps, "glide-upsample", ov),),
                     upsample=True, upsampler_arm=True, grid=True) for name, ov in UPSAMPLER_ARMS.items()]
+    if experiment == "floor":  # FID-T between two disjoint sets of real scenes: the value of a perfect model
+        return [Arm("floor", "real-64", kind="floor"), Arm("floor", "real-128", kind="floor", upsample=True)]
     raise ConfigError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
 
 
@@ -329,6 +331,29 @@ def _seconds_so_far(out_dir: Path) -> float:
     return json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
 
 
+def step_seconds(section: str, precision: str, steps: int = 4, task: str = "mask", batch_size: int = 8,
+                 device: str = "cpu") -> float:
+    """Mean wall seconds of one training step of ``section`` (after one warm-up step), at ``batch_size``, started
+    from the toy GLIDE: what the step budgets of the full mode are sized from."""
+    import tempfile
+
+    from piti.train.config import load_recipe
+    from piti.train.loop import Trainer
+
+    init = pretrained_file("upsample" if section == "upsampler" else "base")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_recipe(RECIPE, section, {"task": task, "init": str(init), "out_dir": tmp, "precision": precision,
+                                               "device": device, "batch_size": batch_size, "num_workers": 0,
+                                               "iterations": steps + 1, "sample_interval": 0})
+        trainer = Trainer(config)
+        data = trainer.data_iterator()
+        trainer.train_step(next(data))
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(next(data))
+        return (time.perf_counter() - start) / steps
+
+
 # ---------------------------------------------------------------------------------------------- judging
 
 
@@ -448,6 +473,8 @@ def evaluate_arm(arm: Arm, ctx: Context, trained: Path | None) -> dict:
     """Sample and judge ``arm`` (or trace its guidance statistics); the JSON-ready result."""
     from piti.evaluation.alignment import sample_heldout
 
+    if arm.kind == "floor":
+        return floor_arm(arm, ctx)
     pipe = _pipeline(arm, ctx, trained)
     settings = recipe_settings(ctx.budget, arm.settings)
     if arm.kind == "trace":
@@ -469,6 +496,18 @@ def evaluate_arm(arm: Arm, ctx: Context, trained: Path | None) -> dict:
         save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]}, rows)
         result["grid"] = str(grid.relative_to(ctx.out))
     return result
+
+
+def floor_arm(arm: Arm, ctx: Context) -> dict:
+    """FID-T of the real images of the arm's held-out scenes against the next ``scenes`` real scenes."""
+    from piti.evaluation.fid import fid_t
+    from piti.evaluation.scenes import heldout_examples
+
+    n, (start, _) = ctx.budget.scenes, scene_range(ctx)
+    size = 128 if arm.upsample else 64
+    real = heldout_examples(arm.task, 2 * n, start, size, 128)["real"]
+    return {"fid_t": fid_t(real[:n], real[n:], ctx.segmenter), "size": size,
+            "against": f"held-out scenes {start + n}..{start + 2 * n - 1}"}
 
 
 def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
@@ -623,6 +662,10 @@ def table_rows(experiment: str, results: dict) -> tuple[list[str], list[list]]:
                              r["settings"]["guidance"], r["fid_t"], r["miou_generated"], r["miou_ratio"],
                              r["seconds_per_image"]])
         rows.sort(key=lambda x: (x[0], x[1]))
+    elif experiment == "floor":
+        header = ["real set", "against", "size", "FID-T"]
+        rows = [[f"held-out scenes 0..{r['scenes'] - 1}", r["against"], r["size"], r["fid_t"]]
+                for r in results.values()]
     elif experiment == "steps":
         header = ["sampler", "steps", "upsampler steps", "size", "FID-T", "mIoU ratio", "s/image"]
         for r in results.values():
