@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint test-slow demo toy-models bench lab clean-venv
+.PHONY: install test lint test-slow demo translate toy-models bench lab clean-venv
 
 $(PY):
 	@[ -n "$(PYTHON)" ] || { echo "make: no Python 3.10 or later found; set PYTHON=/path/to/python3"; exit 1; }
@@ -36,14 +36,21 @@ lint: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow
 
-# The main job on the embedded toy models: three held-out synthetic scenes (world seed 7; the models
+# The app in the browser on the embedded toy models (demo/app.py); HOST and PORT as gradio's variables.
+HOST ?= 127.0.0.1
+PORT ?= 7860
+demo: $(STAMP)
+	@echo "demo: the app starts at http://$(HOST):$(PORT)/ (open it in a browser; Ctrl-C stops it)"
+	GRADIO_SERVER_NAME=$(HOST) GRADIO_SERVER_PORT=$(PORT) $(PY) demo/app.py
+
+# Batch translation on the embedded toy models: three held-out synthetic scenes (world seed 7; the models
 # train on seed 0) translated from their label map, sketch and depth map, two samples each. Without the
 # model files in checkpoints/toy/, it draws the scenes and says so.
-demo: $(STAMP)
+translate: $(STAMP)
 	$(VENV)/bin/piti info
 	$(VENV)/bin/piti synth --out out/demo/scenes --num 3 --size 128 --seed 7 --quiet
 	@if [ ! -f checkpoints/toy/piti-toy-mask-base.safetensors ]; then \
-	  echo "demo: scenes in out/demo/scenes; checkpoints/toy/piti-toy-*.safetensors are missing (make toy-models), so nothing was translated"; \
+	  echo "translate: scenes in out/demo/scenes; checkpoints/toy/piti-toy-*.safetensors are missing (make toy-models), so nothing was translated"; \
 	  exit 0; \
 	fi; \
 	for i in 000000 000001 000002; do \
@@ -52,7 +59,7 @@ demo: $(STAMP)
 	  $(VENV)/bin/piti sample --task depth --cond out/demo/scenes/depth/$$i.png --out out/demo/depth-$$i --num 2 --no-progress \
 	  || exit 1; \
 	done; \
-	echo "demo: conditions in out/demo/scenes, translations in out/demo/{mask,sketch,depth}-*/ (real photos: out/demo/scenes/images)"
+	echo "translate: conditions in out/demo/scenes, translations in out/demo/{mask,sketch,depth}-*/ (real photos: out/demo/scenes/images)"
 
 # Retrains every embedded toy model from scratch (hours on a 2-core CPU; resumable), ships them to
 # checkpoints/toy/ and runs the alignment check: scripts/toy_models.sh (its settings are listed there).
