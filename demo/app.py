@@ -4,7 +4,9 @@
     python demo/app.py --task mask --base ckpt/base_mask.pt --upsampler ckpt/upsample_mask.pt
     python demo/app.py --hub tfwang/PITI                 # the official checkpoints through huggingface_hub
 
-Gradio's GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured (--host and --port win over them).
+Gradio's GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured (--host and --port win over them), and
+PITI_TASK, PITI_HUB, PITI_PALETTE, PITI_DEVICE give the defaults of --task, --hub, --palette, --device
+(a Hugging Face Space runs `python app.py` without flags).
 The layout and callbacks are here; what they compute lives in piti.demo_support.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +29,7 @@ except ImportError:  # run from a checkout without installing: the package is be
 import gradio as gr
 
 from piti import demo_support as ds
+from piti.data.palettes import PALETTES
 from piti.errors import ConditionError, PitiError
 from piti.tasks import TASKS
 
@@ -33,16 +37,18 @@ EXAMPLES = 3
 
 
 def parse_args(argv=None):
+    env = os.environ.get  # a Space runs `python app.py`: its variables PITI_TASK, PITI_HUB, ... stand for flags
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=TASKS, default=None, help="serve this task only (required with --base)")
+    p.add_argument("--task", choices=TASKS, default=env("PITI_TASK"),
+                   help="serve this task only (required with --base)")
     p.add_argument("--base", default=None, metavar="CKPT",
                    help="base checkpoint (official .pt or project .safetensors)")
     p.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
-    p.add_argument("--hub", default=None, metavar="REPO", help="fetch the official checkpoints from this Hugging Face "
-                   "model repo (tfwang/PITI: mask and sketch)")
-    p.add_argument("--palette", choices=("coco-stuff", "ade20k", "synth"), default=None,
+    p.add_argument("--hub", default=env("PITI_HUB"), metavar="REPO",
+                   help="fetch the official checkpoints from this Hugging Face model repo (tfwang/PITI: mask, sketch)")
+    p.add_argument("--palette", choices=tuple(PALETTES), default=env("PITI_PALETTE"),
                    help="mask colours (default: synth for the embedded models, coco-stuff for official ones)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--device", default=env("PITI_DEVICE", "cpu"), help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")

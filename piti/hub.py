@@ -36,7 +36,11 @@ def hub_files(task: str, files: dict | None = None) -> tuple[str, str]:
 
 def download(repo_id: str, filename: str, *, revision: str | None = None, cache_dir=None, token=None) -> Path:
     """One file of a Hub model repo, from the cache or the network; MissingWeightsError saying why not."""
-    from huggingface_hub import constants, hf_hub_download
+    try:
+        from huggingface_hub import constants, hf_hub_download
+    except ImportError:
+        raise ConfigError("fetching checkpoints from the Hub needs huggingface_hub: pip install -e \".[demo]\" "
+                          "(or pass the files' paths with --base/--upsampler)") from None
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,

@@ -6,6 +6,7 @@ The app runs the embedded toy models (checkpoints/toy/) with few steps, so each 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(args=(), port_flag: bool = False, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_app(args=(), port_flag: bool = False, app: Path = APP, env: dict | None = None,
+              timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """Start demo/app.py and wait until it answers; returns the process and its URL.
 
     The port is given through GRADIO_SERVER_PORT, or with ``port_flag`` through --port while the variable
@@ -43,10 +45,10 @@ def start_app(args=(), port_flag: bool = False, timeout: float = 120.0) -> tuple
     """
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_SERVER_PORT=str(free_port() if port_flag else port))
+               GRADIO_SERVER_PORT=str(free_port() if port_flag else port), **(env or {}))
     args = [*args, "--port", str(port)] if port_flag else list(args)
     log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill up with progress bars and block the app
-    proc = subprocess.Popen([sys.executable, str(APP), *args], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, str(app), *args], cwd=app.parent, env=env, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
 
@@ -185,3 +187,33 @@ def test_one_task_on_given_checkpoints_with_host_and_port_flags():
 def test_bad_command_lines_are_refused():
     proc = subprocess.run([sys.executable, str(APP), "--base", "x.pt"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--base/--upsampler need --task" in proc.stderr
+
+
+def test_a_space_layout_serves_the_package_beside_the_app(tmp_path, scene):
+    """A Space's repository: app.py at the root with piti/ and checkpoints/toy/ beside it (demo/README.md)."""
+    space = tmp_path / "space"
+    space.mkdir()
+    shutil.copy(APP, space / "app.py")
+    shutil.copytree(ROOT / "piti", space / "piti", ignore=shutil.ignore_patterns("__pycache__"))
+    (space / "checkpoints" / "toy").mkdir(parents=True)
+    for f in (ROOT / "checkpoints" / "toy").glob("piti-toy-depth-*.safetensors"):
+        shutil.copy(f, space / "checkpoints" / "toy" / f.name)
+    proc, url = start_app(app=space / "app.py", env={"PITI_TASK": "depth"})
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        record = check_result(c.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(),
+                                        api_name="/depth"), "depth")
+    finally:
+        stop(proc)
+    assert record["settings"]["base_checkpoint"].startswith(str(space))  # the package and models beside app.py
+
+
+def test_space_requirements_are_the_project_dependencies():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(project["dependencies"]) | set(project["optional-dependencies"]["demo"])
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "demo" / "requirements.txt").read_text().splitlines()]
+    required = {ln for ln in lines if ln}
+    assert required and required <= declared, required - declared
+    assert {"torch>=2.2", "gradio>=6", "huggingface_hub>=0.30"} <= required
