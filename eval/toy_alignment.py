@@ -49,12 +49,16 @@ def print_table(results: dict) -> None:
     for task, r in results.items():
         for row in [r] + ([r["at_base_size"]] if "at_base_size" in r else []):
             timing = f"{r['seconds_per_image']:8.2f}" if row is r else f"{'':>8}"
-            print(f"{task:<7} {row['size']:>4} {row['miou_generated']:9.3f} {row['miou_real']:10.3f} "
-                  f"{row['miou_ratio']:6.2f} {row['fid_t']:8.3f} {timing}")
+            print(
+                f"{task:<7} {row['size']:>4} {row['miou_generated']:9.3f} {row['miou_real']:10.3f} "
+                f"{row['miou_ratio']:6.2f} {row['fid_t']:8.3f} {timing}"
+            )
     print("\nIoU per class, generated / real (at the final size):")
     for task, r in results.items():
-        cells = [f"{name} {'-' if g is None else f'{g:.2f}'}/{'-' if t is None else f'{t:.2f}'}"
-                 for name, (g, t) in r["iou_per_class"].items()]
+        cells = [
+            f"{name} {'-' if g is None else f'{g:.2f}'}/{'-' if t is None else f'{t:.2f}'}"
+            for name, (g, t) in r["iou_per_class"].items()
+        ]
         print(f"{task:<7} " + "  ".join(cells))
     print(f"\n{FID_T_NOTE}.")
 
@@ -64,8 +68,12 @@ def parse_args(argv):
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to check (default all three)")
     p.add_argument("--base", type=Path, help="base checkpoint (one task only; default the embedded toy model)")
     p.add_argument("--upsampler", type=Path, help="upsampler checkpoint (with --base)")
-    p.add_argument("--models-dir", type=Path, default=TOY_CHECKPOINT_DIR,
-                   help="folder of the piti-toy-TASK-{base,upsample}.safetensors files (default checkpoints/toy)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=TOY_CHECKPOINT_DIR,
+        help="folder of the piti-toy-TASK-{base,upsample}.safetensors files (default checkpoints/toy)",
+    )
     p.add_argument("--no-upsample", action="store_true", help="judge the base model's 64-px images only")
     p.add_argument("--num", type=int, default=50, help="held-out scenes per task (default 50)")
     p.add_argument("--start", type=int, default=0, help="first held-out scene index (default 0)")
@@ -91,14 +99,20 @@ def parse_args(argv):
 
 def checkpoint_paths(args) -> dict:
     """``{task: (base, upsampler)}``, every file checked before anything is sampled."""
-    paths = {task: (args.base, args.upsampler) if args.base is not None else
-             tuple(args.models_dir / p.name for p in toy_checkpoint_paths(task)) for task in args.tasks}
+    paths = {
+        task: (args.base, args.upsampler)
+        if args.base is not None
+        else tuple(args.models_dir / p.name for p in toy_checkpoint_paths(task))
+        for task in args.tasks
+    }
     missing = [str(p) for pair in paths.values() for p in pair if p is not None and not Path(p).is_file()]
     if missing and args.base is not None:
         raise CheckpointError(f"checkpoint file not found: {', '.join(missing)}")
     if missing:
-        raise MissingWeightsError(f"the embedded toy models are missing ({', '.join(missing)}); "
-                                  "`make toy-models` trains them, or give --base/--upsampler")
+        raise MissingWeightsError(
+            f"the embedded toy models are missing ({', '.join(missing)}); "
+            "`make toy-models` trains them, or give --base/--upsampler"
+        )
     return paths
 
 
@@ -112,21 +126,37 @@ def main(argv=None) -> int:
         segmenter = load_segmenter(args.segmenter)
         results = {}
         for task, (base, upsampler) in paths.items():
-            pipe = PITIPipeline.from_checkpoints(base, upsampler, task=task, device=args.device,
-                                                 precision=args.precision)
+            pipe = PITIPipeline.from_checkpoints(
+                base, upsampler, task=task, device=args.device, precision=args.precision
+            )
             print(f"{task}: sampling {args.num} held-out scenes ...", flush=True)
             settings = settings_from_args(args)
-            results[task] = evaluate_toy_task(task, pipe, segmenter, args.num, args.start, args.seed,
-                                              upsample=not args.no_upsample, settings=settings,
-                                              grid=args.grid_dir / f"toy_alignment_{task}.png", grid_rows=args.grid_rows)
+            results[task] = evaluate_toy_task(
+                task,
+                pipe,
+                segmenter,
+                args.num,
+                args.start,
+                args.seed,
+                upsample=not args.no_upsample,
+                settings=settings,
+                grid=args.grid_dir / f"toy_alignment_{task}.png",
+                grid_rows=args.grid_rows,
+            )
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_table(results)
-    report = {"command": "python eval/toy_alignment.py " + " ".join(shlex.quote(a) for a in argv),
-              "fid_t": FID_T_NOTE, "segmenter": str(args.segmenter or TOY_CHECKPOINT_DIR / "segmenter.safetensors"),
-              "heldout_seeds": f"(HELDOUT_STREAM={HELDOUT_STREAM}, i) for i in {args.start}..{args.start + args.num - 1}",
-              "num": args.num, "seed": args.seed, "threads": torch.get_num_threads(), "tasks": results}
+    report = {
+        "command": "python eval/toy_alignment.py " + " ".join(shlex.quote(a) for a in argv),
+        "fid_t": FID_T_NOTE,
+        "segmenter": str(args.segmenter or TOY_CHECKPOINT_DIR / "segmenter.safetensors"),
+        "heldout_seeds": f"(HELDOUT_STREAM={HELDOUT_STREAM}, i) for i in {args.start}..{args.start + args.num - 1}",
+        "num": args.num,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "tasks": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {args.out}; grids in {args.grid_dir}")

@@ -27,13 +27,21 @@ from piti.pipeline import TOY_CHECKPOINT_DIR
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=Path("runs/toy"), help="the toy recipe's run folders (default runs/toy)")
-    p.add_argument("--models-dir", type=Path, default=TOY_CHECKPOINT_DIR, help="shipped folder (default checkpoints/toy)")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs/toy"), help="the toy recipe's run folders (default runs/toy)"
+    )
+    p.add_argument(
+        "--models-dir", type=Path, default=TOY_CHECKPOINT_DIR, help="shipped folder (default checkpoints/toy)"
+    )
     p.add_argument("--no-copy", action="store_true", help="use only the logs already in MODELS_DIR/logs")
     args = p.parse_args(argv)
     try:
-        out = build_card(args.runs, args.models_dir, copy=not args.no_copy,
-                         command="python eval/toy_model_card.py" + (" --no-copy" if args.no_copy else ""))
+        out = build_card(
+            args.runs,
+            args.models_dir,
+            copy=not args.no_copy,
+            command="python eval/toy_model_card.py" + (" --no-copy" if args.no_copy else ""),
+        )
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

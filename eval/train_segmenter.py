@@ -38,7 +38,9 @@ EVALS = ((64, 256), (128, 256), (64, 64), (128, 128), (256, 256))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="optimiser steps (default 400)")
-    p.add_argument("--batch-size", type=int, default=16, help="scenes per step; each gives two 64-px examples (default 16)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="scenes per step; each gives two 64-px examples (default 16)"
+    )
     p.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="training seed: scenes (TRAIN_STREAM, seed, i) (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -56,15 +58,26 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = Segmenter(SegmenterConfig()).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"segmenter: {n_params / 1e3:.0f}K parameters, widths {model.config.widths}, "
-          f"{torch.get_num_threads()} threads, {'bf16' if args.bf16 else 'fp32'}")
+    print(
+        f"segmenter: {n_params / 1e3:.0f}K parameters, widths {model.config.widths}, "
+        f"{torch.get_num_threads()} threads, {'bf16' if args.bf16 else 'fp32'}"
+    )
 
     wall, cpu = time.perf_counter(), time.process_time()
-    losses = train_segmenter(model, args.steps, args.batch_size, lr=args.lr, seed=args.seed, bf16=args.bf16,
-                             log_every=max(1, args.steps // 15))
+    losses = train_segmenter(
+        model,
+        args.steps,
+        args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        bf16=args.bf16,
+        log_every=max(1, args.steps // 15),
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"trained {args.steps} steps x {args.batch_size} scenes in {wall:.0f}s wall, {cpu:.0f}s CPU time "
-          f"(final loss {sum(losses[-10:]) / len(losses[-10:]):.4f})")
+    print(
+        f"trained {args.steps} steps x {args.batch_size} scenes in {wall:.0f}s wall, {cpu:.0f}s CPU time "
+        f"(final loss {sum(losses[-10:]) / len(losses[-10:]):.4f})"
+    )
 
     model.cpu()
     results = []
@@ -76,12 +89,25 @@ def main(argv=None) -> int:
         per_class = "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in r["per_class"].items())
         print(f"{size:>5} {render:>11} {r['miou']:>6.3f}   {per_class}", flush=True)
 
-    save_segmenter(out, model, metadata={
-        "results": {"command": command, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                    "seed": args.seed, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
-                    "threads": torch.get_num_threads(), "bf16": args.bf16, "eval": results,
-                    "final_loss": sum(losses[-10:]) / len(losses[-10:])},
-    })
+    save_segmenter(
+        out,
+        model,
+        metadata={
+            "results": {
+                "command": command,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "seed": args.seed,
+                "train_wall_s": round(wall, 1),
+                "train_cpu_s": round(cpu, 1),
+                "threads": torch.get_num_threads(),
+                "bf16": args.bf16,
+                "eval": results,
+                "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+            },
+        },
+    )
     print(f"\nwrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
     return 0
 

@@ -133,7 +133,8 @@ def test_fid_t_zero_for_identical_sets_and_grows_with_a_shift(tiny_segmenter):
     as_uint8 = ((real.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     back = torch.from_numpy(as_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert fid_t(as_uint8, (back + 0.2).clamp(-1, 1), tiny_segmenter) == pytest.approx(
-        fid_t(back, (back + 0.2).clamp(-1, 1), tiny_segmenter), rel=1e-4)
+        fid_t(back, (back + 0.2).clamp(-1, 1), tiny_segmenter), rel=1e-4
+    )
 
 
 def test_fid_t_refuses_different_sizes(tiny_segmenter):
@@ -165,8 +166,9 @@ def test_fid_t_keeps_its_meaning_through_clean_fid(tiny_segmenter):
     real = _pictures()
     for s in (0.05, 0.2, 0.5):
         fake = (real + s).clamp(-1, 1)
-        old = _previous_frechet(*feature_statistics(tiny_segmenter.embed(real)),
-                                *feature_statistics(tiny_segmenter.embed(fake)))
+        old = _previous_frechet(
+            *feature_statistics(tiny_segmenter.embed(real)), *feature_statistics(tiny_segmenter.embed(fake))
+        )
         assert fid_t(real, fake, tiny_segmenter) == pytest.approx(old, rel=1e-3)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_checkpoints
 from PIL import Image
 from safetensors import safe_open
 
@@ -29,6 +28,8 @@ from piti.evaluation.scenes import HELDOUT_STREAM, heldout_examples
 from piti.evaluation.segmenter import Segmenter, SegmenterConfig, load_segmenter, save_segmenter
 from piti.pipeline import PITIPipeline
 
+from conftest import tiny_checkpoints
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -36,8 +37,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
     """``python eval/NAME.py ARGS`` from the repository root, one thread, output captured."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(ROOT / "eval" / f"{name}.py"), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "eval" / f"{name}.py"), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +59,36 @@ def segmenter_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    return {task: tiny_checkpoints(task, folder, sampling={"palette": "synth", "guidance": 0.5})
-            for task in ("mask", "depth")}
+    return {
+        task: tiny_checkpoints(task, folder, sampling={"palette": "synth", "guidance": 0.5})
+        for task in ("mask", "depth")
+    }
 
 
 def test_script_end_to_end_writes_json_and_grid(ckpts, segmenter_file, tmp_path):
     out = tmp_path / "alignment.json"
     base, up = ckpts["mask"]
-    r = run_script("toy_alignment", "--tasks", "mask", "--base", base, "--upsampler", up, "--num", "2",
-                   "--steps", "2", "--upsample-steps", "2", "--segmenter", segmenter_file, "--out", out,
-                   "--threads", "1")
+    r = run_script(
+        "toy_alignment",
+        "--tasks",
+        "mask",
+        "--base",
+        base,
+        "--upsampler",
+        up,
+        "--num",
+        "2",
+        "--steps",
+        "2",
+        "--upsample-steps",
+        "2",
+        "--segmenter",
+        segmenter_file,
+        "--out",
+        out,
+        "--threads",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert "Inception" in report["fid_t"] and report["num"] == 2
@@ -87,8 +114,14 @@ def check_result(r):
 
 def test_evaluate_toy_task_on_depth(ckpts, segmenter_file, tmp_path):
     pipe = PITIPipeline.from_checkpoints(*ckpts["depth"], precision="fp32")
-    r = alignment.evaluate_toy_task("depth", pipe, load_segmenter(segmenter_file), num=2,
-                                    settings=dict(steps="2", upsample_steps="2"), grid=tmp_path / "g.png")
+    r = alignment.evaluate_toy_task(
+        "depth",
+        pipe,
+        load_segmenter(segmenter_file),
+        num=2,
+        settings=dict(steps="2", upsample_steps="2"),
+        grid=tmp_path / "g.png",
+    )
     check_result(r)
     assert r["settings"]["guidance"] == 0.5  # the checkpoint's recommendation
 
@@ -141,23 +174,40 @@ def test_judge_reports_the_iou_of_each_class(monkeypatch):
 
 def test_missing_checkpoint_and_bad_arguments_are_clear_errors(ckpts, segmenter_file, tmp_path):
     missing = tmp_path / "nope-upsample.safetensors"
-    r = run_script("toy_alignment", "--tasks", "mask", "--base", ckpts["mask"][0], "--upsampler", missing,
-                   "--num", "2", "--segmenter", segmenter_file, "--out", tmp_path / "a.json")
+    r = run_script(
+        "toy_alignment",
+        "--tasks",
+        "mask",
+        "--base",
+        ckpts["mask"][0],
+        "--upsampler",
+        missing,
+        "--num",
+        "2",
+        "--segmenter",
+        segmenter_file,
+        "--out",
+        tmp_path / "a.json",
+    )
     assert r.returncode == 2 and "not found" in r.stderr and str(missing) in r.stderr
     assert not (tmp_path / "a.json").exists()
     # the embedded models' folder without them: every missing file named, before anything is sampled
     r = run_script("toy_alignment", "--models-dir", tmp_path, "--segmenter", segmenter_file)
     assert r.returncode == 2 and "make toy-models" in r.stderr
-    assert all(str(tmp_path / f"piti-toy-{t}-{k}.safetensors") in r.stderr
-               for t in ("mask", "sketch", "depth") for k in ("base", "upsample"))
+    assert all(
+        str(tmp_path / f"piti-toy-{t}-{k}.safetensors") in r.stderr
+        for t in ("mask", "sketch", "depth")
+        for k in ("base", "upsample")
+    )
     r = run_script("toy_alignment", "--tasks", "mask", "sketch", "--base", ckpts["mask"][0])
     assert r.returncode == 2 and "one --tasks" in r.stderr
 
 
 def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     base, up = ckpts["mask"]
-    r = run_script("export_toy", "--task", "mask", "--base", base, "--upsampler", up, "--guidance", "1.5",
-                   "--out-dir", tmp_path)
+    r = run_script(
+        "export_toy", "--task", "mask", "--base", base, "--upsampler", up, "--guidance", "1.5", "--out-dir", tmp_path
+    )
     assert r.returncode == 0, r.stderr
     new_base, new_up = tmp_path / "piti-toy-mask-base.safetensors", tmp_path / "piti-toy-mask-upsample.safetensors"
     with safe_open(str(new_base), framework="pt") as f:
@@ -169,8 +219,15 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     # the sampling header the pipeline reads: --guidance as given, the rest the recipe's defaults
     assert pipe.defaults.guidance == 1.5 and pipe.defaults.guidance_mode == "normalized"
     assert pipe.defaults.palette == "synth"
-    recipe = dict(guidance_mode="normalized", sampler="ddpm", steps="25", noise_scale=0.7, upsample_sampler="ddpm",
-                  upsample_steps="10", upsample_start=0.1)  # eval/export_toy.py's RECIPE_SAMPLING
+    recipe = dict(
+        guidance_mode="normalized",
+        sampler="ddpm",
+        steps="25",
+        noise_scale=0.7,
+        upsample_sampler="ddpm",
+        upsample_steps="10",
+        upsample_start=0.1,
+    )  # eval/export_toy.py's RECIPE_SAMPLING
     assert {k: getattr(pipe.defaults, k) for k in recipe} == recipe
     assert pipe.base_model.checkpoint_metadata["stored_dtype"] == "float16"
     # weights widened to fp32, equal to the fp16-rounded originals
@@ -181,12 +238,27 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
                 assert torch.equal(p, q.half().float()), name
     # exporting an exported file again (new settings) keeps its weights and the run it came from
     again = tmp_path / "again"
-    assert run_script("export_toy", "--task", "mask", "--base", new_base, "--upsampler", new_up, "--guidance", "8",
-                      "--out-dir", again).returncode == 0
+    assert (
+        run_script(
+            "export_toy",
+            "--task",
+            "mask",
+            "--base",
+            new_base,
+            "--upsampler",
+            new_up,
+            "--guidance",
+            "8",
+            "--out-dir",
+            again,
+        ).returncode
+        == 0
+    )
     twice = PITIPipeline.from_checkpoints(again / new_base.name, again / new_up.name, precision="fp32")
     assert twice.defaults.guidance == 8 and twice.base_model.checkpoint_metadata["exported_from"] == str(base)
-    assert all(torch.equal(p, q) for p, q in zip(twice.base_model.state_dict().values(),
-                                                 pipe.base_model.state_dict().values()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(twice.base_model.state_dict().values(), pipe.base_model.state_dict().values())
+    )
     # and the samples stay close to the fp32 model's (same seed)
     cond = heldout_examples("mask", 1, 0, size=64, cond_size=32)["cond"][0]
     a = np.asarray(pipe(cond, seed=0, steps="2", upsample_steps="2", progress=False).images[0], np.int16)
@@ -227,8 +299,18 @@ def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tm
     assert all(errors[t][2] == 0 for t in (100, 900))
 
     torch.manual_seed(0)
-    glide = create_model("toy-glide-base", num_channels=32, num_res_blocks=1, channel_mult=[1, 2],
-                         attention_resolutions=[32], image_size=64, xf_width=64, xf_layers=1, xf_heads=2, text_ctx=24)
+    glide = create_model(
+        "toy-glide-base",
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult=[1, 2],
+        attention_resolutions=[32],
+        image_size=64,
+        xf_width=64,
+        xf_layers=1,
+        xf_heads=2,
+        text_ctx=24,
+    )
     words = "a an and by the sea sky tree trees two three house boat under clear with".split()
     tok = WordTokenizer(words)
     errors = diagnostics.x0_errors(glide.eval(), [900], num=2, tokenizer=tok)

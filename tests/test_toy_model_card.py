@@ -9,6 +9,7 @@ import pytest
 from test_toy_alignment import run_script
 
 from piti.evaluation import card as card_lib
+
 FIELDS = "step,loss,mse,vb,perceptual,adv,disc,lr,grad_norm,sec_per_step\n"
 
 
@@ -18,9 +19,12 @@ def write_log(path, rows):
 
 
 def test_log_summary_counts_compute_seconds_and_resumed_repeats():
-    rows = [{"step": 25, "loss": 0.4, "sec_per_step": 2.0}, {"step": 50, "loss": 0.3, "sec_per_step": 2.0},
-            {"step": 25, "loss": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
-            {"step": 50, "loss": 0.2, "sec_per_step": 100.0}]  # paused interval, counted at the median
+    rows = [
+        {"step": 25, "loss": 0.4, "sec_per_step": 2.0},
+        {"step": 50, "loss": 0.3, "sec_per_step": 2.0},
+        {"step": 25, "loss": 0.3, "sec_per_step": 2.0},  # resumed from step 0: 25 steps done again
+        {"step": 50, "loss": 0.2, "sec_per_step": 100.0},
+    ]  # paused interval, counted at the median
     s = card_lib.log_summary(rows)
     assert s["steps"] == 50 and s["seconds"] == pytest.approx(4 * 25 * 2.0)
     assert s["final_loss"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
@@ -32,10 +36,27 @@ def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):
     write_log(runs / "joint-mask" / "log.csv", [(25, 0.1, 1.0)])
     models.mkdir()
     ious = {"sky": [0.8, 0.98], "boat": [None, None]}
-    row = {"size": 128, "miou_generated": 0.5, "miou_real": 0.9, "miou_ratio": 0.5 / 0.9, "fid_t": 2.5,
-           "seconds_per_image": 3.2, "iou_per_class": ious, "settings": {"guidance": 5.0}}
-    (models / "alignment.json").write_text(json.dumps({"command": "python eval/toy_alignment.py", "num": 50,
-                                                       "threads": 2, "fid_t": "FID-T note", "tasks": {"mask": row}}))
+    row = {
+        "size": 128,
+        "miou_generated": 0.5,
+        "miou_real": 0.9,
+        "miou_ratio": 0.5 / 0.9,
+        "fid_t": 2.5,
+        "seconds_per_image": 3.2,
+        "iou_per_class": ious,
+        "settings": {"guidance": 5.0},
+    }
+    (models / "alignment.json").write_text(
+        json.dumps(
+            {
+                "command": "python eval/toy_alignment.py",
+                "num": 50,
+                "threads": 2,
+                "fid_t": "FID-T note",
+                "tasks": {"mask": row},
+            }
+        )
+    )
     (models / "README.md").write_text("# Card\nhand-written\n<!-- numbers:begin -->\nold\n<!-- numbers:end -->\ntail\n")
 
     r = run_script("toy_model_card", "--runs", runs, "--models-dir", models)
@@ -54,12 +75,24 @@ def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):
 
 
 def test_card_names_each_tasks_settings_when_they_differ():
-    row = {"size": 64, "miou_generated": 0.5, "miou_real": 0.9, "miou_ratio": 0.55, "fid_t": 2.0,
-           "seconds_per_image": 1.0}
-    align = {"command": "c", "num": 2, "threads": 1, "fid_t": "note",
-             "tasks": {"mask": dict(row, settings={"guidance": 8.0}), "sketch": dict(row, settings={"guidance": 5.0})}}
-    text = card_lib.markdown({"command": "c", "stages": {}, "total_seconds": 0, "files": {}, "total_mb": 0,
-                                 "alignment": align})
+    row = {
+        "size": 64,
+        "miou_generated": 0.5,
+        "miou_real": 0.9,
+        "miou_ratio": 0.55,
+        "fid_t": 2.0,
+        "seconds_per_image": 1.0,
+    }
+    align = {
+        "command": "c",
+        "num": 2,
+        "threads": 1,
+        "fid_t": "note",
+        "tasks": {"mask": dict(row, settings={"guidance": 8.0}), "sketch": dict(row, settings={"guidance": 5.0})},
+    }
+    text = card_lib.markdown(
+        {"command": "c", "stages": {}, "total_seconds": 0, "files": {}, "total_mb": 0, "alignment": align}
+    )
     assert "Sampling settings, mask: guidance 8.0." in text and "Sampling settings, sketch: guidance 5.0." in text
     assert "Sampling settings:" not in text
 

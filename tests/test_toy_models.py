@@ -21,9 +21,13 @@ from piti.evaluation.segmenter import load_segmenter
 from piti.pipeline import TASKS, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR, PITIPipeline, toy_checkpoint_paths
 
 SHIPPED = [p for task in TASKS for p in toy_checkpoint_paths(task)]
-pytestmark = [pytest.mark.usefixtures("one_thread"),  # see conftest.py
-              pytest.mark.skipif(not any(p.is_file() for p in SHIPPED),
-                                 reason="the embedded toy model files are missing (`make toy-models` makes them)")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    pytest.mark.skipif(
+        not any(p.is_file() for p in SHIPPED),
+        reason="the embedded toy model files are missing (`make toy-models` makes them)",
+    ),
+]
 
 MIN_MASK_RATIO = 0.35  # half of the quality bar (generated mIoU >= 0.7 x real mIoU)
 
@@ -58,8 +62,12 @@ def test_every_task_translates_a_heldout_condition(pipes, task):
 def test_mask_model_follows_its_condition(pipes):
     pipe, segmenter, n = pipes["mask"], load_segmenter(), 6
     data = heldout_examples("mask", n, 100, 64, pipe.base_model.config.cond_size)
-    images = np.stack([np.asarray(pipe(data["cond"][i], num_samples=1, seed=i, upsample=False,
-                                       progress=False).images[0]) for i in range(n)])
+    images = np.stack(
+        [
+            np.asarray(pipe(data["cond"][i], num_samples=1, seed=i, upsample=False, progress=False).images[0])
+            for i in range(n)
+        ]
+    )
     scores = judge(segmenter, images, data["real"], data["labels"])
     assert scores["miou_ratio"] >= MIN_MASK_RATIO, scores
 
@@ -68,8 +76,21 @@ def test_piti_sample_uses_the_embedded_models(tmp_path):
     data = heldout_examples("mask", 1, 0, 128, 128)
     cond = tmp_path / "label.png"
     Image.fromarray(condition_picture("mask", data["cond"][0])).save(cond)
-    rc = piti_main(["sample", "--task", "mask", "--cond", str(cond), "--out", str(tmp_path / "out"),
-                    "--steps", "8", "--upsample-steps", "4"])
+    rc = piti_main(
+        [
+            "sample",
+            "--task",
+            "mask",
+            "--cond",
+            str(cond),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "8",
+            "--upsample-steps",
+            "4",
+        ]
+    )
     assert rc == 0
     pngs = sorted((tmp_path / "out").rglob("*.png"))
     assert pngs and all(Image.open(p).size in ((64, 64), (128, 128)) for p in pngs)

@@ -20,16 +20,29 @@ import time
 
 import numpy as np
 
-from piti.errors import ConfigError
+from piti.errors import ConfigError, DatasetError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.images import condition_picture, save_grid
 from piti.evaluation.metrics import confusion_matrix, depth_errors, edge_f1, iou_from_confusion
 from piti.evaluation.scenes import heldout_examples
 
 EDGE_TOLERANCE = 2  # pixels: an edge pixel counts when the other map has one within this distance
-SETTING_KEYS = ("guidance", "guidance_convention", "guidance_mode", "guidance_w", "guidance_stats", "sampler", "steps",
-                "upsample_sampler", "upsample_steps", "upsample_start", "noise_scale", "upsample_noise_scale",
-                "precision", "device")
+SETTING_KEYS = (
+    "guidance",
+    "guidance_convention",
+    "guidance_mode",
+    "guidance_w",
+    "guidance_stats",
+    "sampler",
+    "steps",
+    "upsample_sampler",
+    "upsample_steps",
+    "upsample_start",
+    "noise_scale",
+    "upsample_noise_scale",
+    "precision",
+    "device",
+)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -44,10 +57,16 @@ def judge(segmenter, generated: np.ndarray, real: np.ndarray, labels: np.ndarray
     k = segmenter.config.num_classes
     m_gen, iou_gen = iou_from_confusion(confusion_matrix(segmenter.predict(generated), labels, k))
     m_real, iou_real = iou_from_confusion(confusion_matrix(segmenter.predict(real), labels, k))
-    per_class = {name: [None if np.isnan(g) else float(g), None if np.isnan(r) else float(r)]
-                 for name, g, r in zip(class_names(k), iou_gen, iou_real)}
-    out = {"size": int(labels.shape[-1]), "miou_generated": m_gen, "miou_real": m_real,
-           "miou_ratio": m_gen / m_real if m_real > 0 else float("nan")}
+    per_class = {
+        name: [None if np.isnan(g) else float(g), None if np.isnan(r) else float(r)]
+        for name, g, r in zip(class_names(k), iou_gen, iou_real)
+    }
+    out = {
+        "size": int(labels.shape[-1]),
+        "miou_generated": m_gen,
+        "miou_real": m_real,
+        "miou_ratio": m_gen / m_real if m_real > 0 else float("nan"),
+    }
     if with_fid_t:
         out["fid_t"] = fid_t(real, generated, segmenter)
     out["iou_per_class"] = per_class
@@ -74,24 +93,33 @@ def hed_edges(images: np.ndarray, model, threshold: float = 0.6, batch_size: int
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).permute(0, 3, 1, 2).float()
             p = model(x)
             p = p[0] if isinstance(p, (list, tuple)) else p
             if p.dim() != 4 or p.shape[1] != 1 or p.shape[-2:] != x.shape[-2:]:
-                raise ConfigError(f"the HED model must return (N, 1, H, W) edge maps at the input size, "
-                                  f"got {tuple(p.shape)} for input {tuple(x.shape)}")
+                raise ConfigError(
+                    f"the HED model must return (N, 1, H, W) edge maps at the input size, "
+                    f"got {tuple(p.shape)} for input {tuple(x.shape)}"
+                )
             out.append((p[:, 0] >= threshold).cpu().numpy())
     return np.concatenate(out)
 
 
-def judge_sketch(fake_edges: np.ndarray, real_edges: np.ndarray, sketches: np.ndarray,
-                 tolerance: int = EDGE_TOLERANCE) -> dict:
+def judge_sketch(
+    fake_edges: np.ndarray, real_edges: np.ndarray, sketches: np.ndarray, tolerance: int = EDGE_TOLERANCE
+) -> dict:
     """Edge F1 of the generated and of the real images' edges against the input ``sketches``, and their ratio."""
     gen, real = edge_f1(fake_edges, sketches, tolerance), edge_f1(real_edges, sketches, tolerance)
-    return {"edge_f1_generated": gen["f1"], "edge_f1_real": real["f1"],
-            "edge_f1_ratio": gen["f1"] / real["f1"] if real["f1"] > 0 else float("nan"),
-            "precision_generated": gen["precision"], "recall_generated": gen["recall"],
-            "precision_real": real["precision"], "recall_real": real["recall"], "tolerance_px": tolerance}
+    return {
+        "edge_f1_generated": gen["f1"],
+        "edge_f1_real": real["f1"],
+        "edge_f1_ratio": gen["f1"] / real["f1"] if real["f1"] > 0 else float("nan"),
+        "precision_generated": gen["precision"],
+        "recall_generated": gen["recall"],
+        "precision_real": real["precision"],
+        "recall_real": real["recall"],
+        "tolerance_px": tolerance,
+    }
 
 
 # ------------------------------------------------------------------------------------------ depth
@@ -102,18 +130,30 @@ def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.nd
     against the input ``depth`` (metres, 0 = no depth), and the ratios real / generated."""
     gen = depth_errors(estimator.predict(generated), depth)
     real_err = depth_errors(estimator.predict(real), depth)
-    return {"rmse_generated": gen["rmse"], "rmse_real": real_err["rmse"],
-            "rmse_ratio": real_err["rmse"] / gen["rmse"] if gen["rmse"] > 0 else float("nan"),
-            "absrel_generated": gen["absrel"], "absrel_real": real_err["absrel"],
-            "absrel_ratio": real_err["absrel"] / gen["absrel"] if gen["absrel"] > 0 else float("nan"),
-            "pixels": gen["pixels"]}
+    return {
+        "rmse_generated": gen["rmse"],
+        "rmse_real": real_err["rmse"],
+        "rmse_ratio": real_err["rmse"] / gen["rmse"] if gen["rmse"] > 0 else float("nan"),
+        "absrel_generated": gen["absrel"],
+        "absrel_real": real_err["absrel"],
+        "absrel_ratio": real_err["absrel"] / gen["absrel"] if gen["absrel"] > 0 else float("nan"),
+        "pixels": gen["pixels"],
+    }
 
 
 # ------------------------------------------------------------------------------------------ toy check
 
 
-def sample_heldout(pipe, task: str, num: int, start: int = 0, seed: int = 0, upsample: bool = True,
-                   settings: dict | None = None, depth: bool = False) -> dict:
+def sample_heldout(
+    pipe,
+    task: str,
+    num: int,
+    start: int = 0,
+    seed: int = 0,
+    upsample: bool = True,
+    settings: dict | None = None,
+    depth: bool = False,
+) -> dict:
     """One sample per held-out scene of ``task`` (scene i sampled with seed ``seed + i``, one call per image,
     as a user runs it). Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images``
     (uint8 stacks), ``seconds`` and ``timings`` per image, and ``settings`` (the first call's record)."""
@@ -121,8 +161,9 @@ def sample_heldout(pipe, task: str, num: int, start: int = 0, seed: int = 0, ups
     upsample = upsample and pipe.upsampler_model is not None
     base_cfg = pipe.base_model.config
     size = pipe.upsampler_model.config.image_size if upsample else base_cfg.image_size
-    data = heldout_examples(task, num, start, size, base_cfg.cond_size, base_cfg.image_size if upsample else None,
-                            depth=depth)
+    data = heldout_examples(
+        task, num, start, size, base_cfg.cond_size, base_cfg.image_size if upsample else None, depth=depth
+    )
     generated, base_images, seconds, timings, used = [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         t0 = time.perf_counter()
@@ -132,31 +173,234 @@ def sample_heldout(pipe, task: str, num: int, start: int = 0, seed: int = 0, ups
         base_images.append(np.asarray(out.base_images[0]))
         timings.append(out.settings["timings"])
         used = used or out.settings
-    data.update(generated=np.stack(generated), base_images=np.stack(base_images), seconds=seconds,
-                timings=timings, settings=used, upsample=upsample)
+    data.update(
+        generated=np.stack(generated),
+        base_images=np.stack(base_images),
+        seconds=seconds,
+        timings=timings,
+        settings=used,
+        upsample=upsample,
+    )
     return data
 
 
-def evaluate_toy_task(task: str, pipe, segmenter, num: int, start: int = 0, seed: int = 0, upsample: bool = True,
-                      settings: dict | None = None, grid=None, grid_rows: int = 8) -> dict:
+def evaluate_toy_task(
+    task: str,
+    pipe,
+    segmenter,
+    num: int,
+    start: int = 0,
+    seed: int = 0,
+    upsample: bool = True,
+    settings: dict | None = None,
+    grid=None,
+    grid_rows: int = 8,
+) -> dict:
     """The toy alignment check of one task: sample held-out scenes, judge them with the segmenter (mIoU against
     the scenes' label maps, FID-T), at the final size and, with an upsampler, at the base size; time them; and
     write a grid (condition / generated / real) to ``grid`` when given."""
     data = sample_heldout(pipe, task, num, start, seed, upsample, settings)
     upsample, timings, used = data["upsample"], data["timings"], data["settings"]
-    result = {"base": pipe.sources["base"], "upsampler": pipe.sources["upsampler"] if upsample else None,
-              **judge(segmenter, data["generated"], data["real"], data["labels"]),
-              "seconds_per_image": float(np.mean(data["seconds"])),
-              "seconds_per_image_max": float(np.max(data["seconds"])),
-              "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
-              "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
-              "settings": {k: used[k] for k in SETTING_KEYS if k in used}}
+    result = {
+        "base": pipe.sources["base"],
+        "upsampler": pipe.sources["upsampler"] if upsample else None,
+        **judge(segmenter, data["generated"], data["real"], data["labels"]),
+        "seconds_per_image": float(np.mean(data["seconds"])),
+        "seconds_per_image_max": float(np.max(data["seconds"])),
+        "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
+        "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
+        "settings": {k: used[k] for k in SETTING_KEYS if k in used},
+    }
     if upsample:
         result["at_base_size"] = judge(segmenter, data["base_images"], data["real_base"], data["labels_base"])
     if grid is not None:
         rows = min(grid_rows, num)
         conds = np.stack([condition_picture(task, c) for c in data["cond"][:rows]])
-        save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]},
-                  rows)
+        save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]}, rows)
         result["grid"] = str(grid)
     return result
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+def load_judge(task: str, path=None):
+    """The judge of ``task``: the toy segmenter (mask) or depth estimator (depth), from ``path`` or the shipped
+    file; a TorchScript file is a user-supplied judge (see docs/evaluation.md). An error when the file judges
+    another task."""
+    from pathlib import Path
+
+    from piti.errors import CheckpointError, MissingWeightsError
+
+    if task == "sketch":
+        raise ConfigError("the sketch task is judged by edge F1 (--edges canny, hed or precomputed), not by --judge")
+    if path is not None and not Path(path).is_file():
+        raise MissingWeightsError(f"judge file not found: {path}")
+    if path is not None and Path(path).suffix in (".pt", ".pth", ".jit", ".ts"):
+        return TorchScriptJudge(path, task)
+    from piti.checkpoints import load_checkpoint
+
+    if path is not None:
+        kind = (load_checkpoint(path).config or {}).get("kind")
+        want = {"mask": "segmenter", "depth": "depth-estimator"}[task]
+        if kind != want:
+            names = {
+                "segmenter": "a segmenter (the mask task's judge)",
+                "depth-estimator": "a depth estimator (the depth task's judge)",
+            }
+            raise CheckpointError(
+                f"{path} is {names.get(kind, f'not a judge (its kind is {kind!r})')}; "
+                f"--task {task} needs {names[want].split(' (')[0]}"
+            )
+    if task == "mask":
+        from piti.evaluation.segmenter import load_segmenter
+
+        return load_segmenter(path)
+    from piti.evaluation.depth_estimator import load_depth_estimator
+
+    return load_depth_estimator(path)
+
+
+class TorchScriptJudge:
+    """A user-supplied judge saved with ``torch.jit.save``: RGB images (N, 3, H, W) float in [0, 255] ->
+    class logits (N, K, H, W) (mask; K classes of the dataset's label indices) or depth in metres
+    (N, 1, H, W) (depth)."""
+
+    def __init__(self, path, task: str):
+        import torch
+
+        from piti.errors import CheckpointError
+
+        try:
+            self.model = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a TorchScript judge ({e})") from None
+        self.task, self.path = task, str(path)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+            y = self.model(x)
+        if y.dim() != 4 or y.shape[-2:] != x.shape[-2:]:
+            raise ConfigError(
+                f"the judge {self.path} returned {tuple(y.shape)} for images {tuple(x.shape)}; "
+                "expected (N, C, H, W) at the input size"
+            )
+        return y.float().numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        y = self._run(images)
+        return y.argmax(1).astype(np.uint8) if self.task == "mask" else y[:, 0].astype(np.float32)
+
+    @property
+    def config(self):
+        return None
+
+
+def _read_truth(task: str, path) -> np.ndarray:
+    from piti.data.datasets import read_depth_png
+    from piti.data.imageio import read_image
+
+    if task == "depth":
+        return read_depth_png(path)
+    return np.asarray(read_image(path, mode="L"))
+
+
+def align_folder(
+    root,
+    task: str,
+    judge_path=None,
+    edges: str = "canny",
+    hed_model=None,
+    fake_edges=None,
+    real_edges=None,
+    tolerance: int = EDGE_TOLERANCE,
+    ignore_index: int = 255,
+) -> dict:
+    """Controllability of the generated images in ``root`` (``piti eval generate``'s layout: fake/, real/ and
+    the task's ground truth folder). Every file is paired and checked before any judge runs; images whose size
+    differs from the ground truth's are resized to it (PIL bicubic)."""
+    from pathlib import Path
+
+    from piti.evaluation.generate import GT_FOLDER
+    from piti.evaluation.images import check_readable, paired_files, read_rgb
+
+    root = Path(root)
+    if task not in GT_FOLDER:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(GT_FOLDER)}")
+    folders = {"fake": root / "fake", "real": root / "real", "truth": root / GT_FOLDER[task]}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise ConfigError(
+                f"{folder} not found: `piti eval align` reads {root}/fake, {root}/real and "
+                f"{root}/{GT_FOLDER[task]} (`piti eval generate` writes them; a folder of conditions "
+                "without ground truth cannot be judged)"
+            )
+    if task == "sketch" and edges == "precomputed":
+        if fake_edges is None or real_edges is None:
+            raise ConfigError("--edges precomputed needs --fake-edges DIR and --real-edges DIR")
+        folders.update(fake_edges=Path(fake_edges), real_edges=Path(real_edges))
+    files = paired_files(folders)
+    for key, fs in files.items():
+        check_readable(fs, key)
+    judge_model = hed = None
+    if task == "sketch" and edges == "hed":
+        if hed_model is None:
+            raise ConfigError("--edges hed needs --hed-model PATH (a TorchScript HED network; none is downloaded)")
+        hed = TorchScriptJudge(hed_model, "sketch").model
+    elif task != "sketch":
+        judge_model = load_judge(task, judge_path)
+    elif edges not in ("canny", "precomputed"):
+        raise ConfigError(f"unknown --edges {edges!r}; expected canny, hed or precomputed")
+
+    truth = np.stack([_read_truth(task, p) for p in files["truth"]])
+    if len({t.shape for t in truth}) > 1:
+        raise DatasetError("the ground-truth maps differ in size")
+    size = truth.shape[1]
+    if truth.shape[1] != truth.shape[2]:
+        raise DatasetError(f"ground-truth maps must be square, got {truth.shape[1:]}")
+    fake = np.stack([read_rgb(p, size) for p in files["fake"]])
+    real = np.stack([read_rgb(p, size) for p in files["real"]])
+    out = {"task": task, "num": len(fake), "size": size}
+    if task == "mask":
+        k = (
+            getattr(getattr(judge_model, "config", None), "num_classes", None)
+            or int(truth[truth != ignore_index].max()) + 1
+        )
+        pred_gen, pred_real = judge_model.predict(fake), judge_model.predict(real)
+        k = max(k, int(pred_gen.max()) + 1, int(pred_real.max()) + 1)
+        m_gen = iou_from_confusion(confusion_matrix(pred_gen, truth, k, ignore_index))[0]
+        m_real = iou_from_confusion(confusion_matrix(pred_real, truth, k, ignore_index))[0]
+        out.update(
+            judge=str(judge_path or "checkpoints/toy/segmenter.safetensors"),
+            miou_generated=m_gen,
+            miou_real=m_real,
+            miou_ratio=m_gen / m_real if m_real > 0 else float("nan"),
+        )
+    elif task == "depth":
+        out.update(
+            judge=str(judge_path or "checkpoints/toy/depth_estimator.safetensors"),
+            **judge_depth(judge_model, fake, real, truth),
+        )
+    else:
+        if edges == "precomputed":
+            from piti.data.imageio import read_image
+
+            fake_e = np.stack(
+                [np.asarray(read_image(p, mode="L").resize((size, size))) > 127 for p in files["fake_edges"]]
+            )
+            real_e = np.stack(
+                [np.asarray(read_image(p, mode="L").resize((size, size))) > 127 for p in files["real_edges"]]
+            )
+        elif edges == "hed":
+            fake_e, real_e = hed_edges(fake, hed), hed_edges(real, hed)
+        else:
+            fake_e, real_e = canny_edges(fake), canny_edges(real)
+        out.update(
+            edges=edges,
+            hed_model=str(hed_model) if hed_model else None,
+            **judge_sketch(fake_e, real_e, truth > 127, tolerance),
+        )
+    return out

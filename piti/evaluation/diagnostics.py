@@ -40,8 +40,14 @@ def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
     from piti.data.datasets import SynthDataset
     from piti.diffusion import create_diffusion
 
-    ds = SynthDataset(length=num, task=task, seed=HELDOUT_STREAM, image_size=cfg.image_size,
-                      cond_size=cfg.cond_size if cfg.kind == "piti" else 64, flip=False)
+    ds = SynthDataset(
+        length=num,
+        task=task,
+        seed=HELDOUT_STREAM,
+        image_size=cfg.image_size,
+        cond_size=cfg.cond_size if cfg.kind == "piti" else 64,
+        flip=False,
+    )
     items = [ds[i] for i in range(num)]
     x0 = torch.stack([it["image"] for it in items])
     if cfg.kind == "piti":
@@ -64,8 +70,11 @@ def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
         other = {k: v.roll(1, 0) for k, v in cond_emb.items()}
         eps_other = model(x_t, diffusion.model_timesteps(tt), cond_emb=other, low_res=low_res)[:, :3].float()
         x0_other = diffusion.predict_x0_from_eps(x_t, tt, eps_other).clamp(-1, 1)
-        out[int(t)] = (float((x0_pred - x0).abs().mean()), float((eps - noise).pow(2).mean()),
-                       float((x0_pred - x0_other).abs().mean()))
+        out[int(t)] = (
+            float((x0_pred - x0).abs().mean()),
+            float((eps - noise).pow(2).mean()),
+            float((x0_pred - x0_other).abs().mean()),
+        )
     if enlarged is not None:
         out["bicubic"] = float((enlarged - x0).abs().mean())
     out["scenes"] = float((x0 - x0.roll(1, 0)).abs().mean())  # what following the condition fully would give
@@ -92,8 +101,9 @@ def probe(model, steps: int = 300, every: int = 50, lr: float = 5e-4, scenes: in
     from piti.data.datasets import SynthDataset
     from piti.diffusion import create_diffusion
 
-    ds = SynthDataset(length=scenes, task=cfg.task, seed=0, image_size=cfg.image_size, cond_size=cfg.cond_size,
-                      flip=False)
+    ds = SynthDataset(
+        length=scenes, task=cfg.task, seed=0, image_size=cfg.image_size, cond_size=cfg.cond_size, flip=False
+    )
     items = [ds[i] for i in range(scenes)]
     x0 = torch.stack([it["image"] for it in items])
     ref = torch.stack([it["cond"] for it in items])

@@ -40,9 +40,11 @@ FEATURES = ("inception", "clip", "toy")
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation (clean-fid's CLIP_fx)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FID_T_NOTE = ("FID-T: Fréchet distance between Gaussians fitted to the toy segmenter's pooled penultimate "
-              "features (32-D) of generated and real images of the same scenes; NOT Inception FID, "
-              "comparable only at the same number of images and the same segmenter file")
+FID_T_NOTE = (
+    "FID-T: Fréchet distance between Gaussians fitted to the toy segmenter's pooled penultimate "
+    "features (32-D) of generated and real images of the same scenes; NOT Inception FID, "
+    "comparable only at the same number of images and the same segmenter file"
+)
 
 
 @dataclass
@@ -131,9 +133,18 @@ def clip_image_tower(state: dict):
     layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     embed_dim = state["visual.proj"].shape[1]
-    model = VisionTransformer(img_size=patch * grid, patch_size=patch, embed_dim=width, depth=layers,
-                              num_heads=max(1, width // 64), pre_norm=True, norm_layer=partial(LayerNorm, eps=1e-5),
-                              act_layer="quick_gelu", num_classes=embed_dim, global_pool="token")
+    model = VisionTransformer(
+        img_size=patch * grid,
+        patch_size=patch,
+        embed_dim=width,
+        depth=layers,
+        num_heads=max(1, width // 64),
+        pre_norm=True,
+        norm_layer=partial(LayerNorm, eps=1e-5),
+        act_layer="quick_gelu",
+        num_classes=embed_dim,
+        global_pool="token",
+    )
     converted = checkpoint_filter_fn(state, model)
     try:
         model.load_state_dict(converted, strict=True)
@@ -175,8 +186,10 @@ def check_extractor(features: str, mode: str = "clean", weights=None) -> Path:
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if features != "inception" and mode != "clean":
-        raise ConfigError(f"--mode {mode} is an Inception resize mode; {features} features have their own "
-                          "preprocessing (leave --mode clean)")
+        raise ConfigError(
+            f"--mode {mode} is an Inception resize mode; {features} features have their own "
+            "preprocessing (leave --mode clean)"
+        )
     from piti.weights import find_weights
 
     if features == "inception":
@@ -187,8 +200,9 @@ def check_extractor(features: str, mode: str = "clean", weights=None) -> Path:
 
     path = Path(weights) if weights is not None else default_segmenter_path()
     if not path.is_file():
-        raise MissingWeightsError(f"the toy segmenter (FID-T features) is missing: {path}; "
-                                  "`python eval/train_segmenter.py` trains it")
+        raise MissingWeightsError(
+            f"the toy segmenter (FID-T features) is missing: {path}; `python eval/train_segmenter.py` trains it"
+        )
     return path
 
 
@@ -208,16 +222,19 @@ def build_extractor(features: str, mode: str = "clean", weights=None, device="cp
             def fn(batch):
                 with torch.no_grad():
                     return model(batch.to(device))
+
         return Extractor("inception", fn, str(file), mode, dim=2048)
     if features == "clip":
         model = clip_image_tower(clip_state_dict(file)).to(device)
-        return Extractor("clip", _clip_fn(model, device), str(file), "clean", fn_resize=clip_preprocess,
-                         dim=model.num_classes)
+        return Extractor(
+            "clip", _clip_fn(model, device), str(file), "clean", fn_resize=clip_preprocess, dim=model.num_classes
+        )
     from piti.evaluation.segmenter import load_segmenter
 
     segmenter = load_segmenter(file)
-    return Extractor("toy", _toy_fn(segmenter, device), str(file), "clean", fn_resize=lambda x: x,
-                     dim=segmenter.config.feature_dim)
+    return Extractor(
+        "toy", _toy_fn(segmenter, device), str(file), "clean", fn_resize=lambda x: x, dim=segmenter.config.feature_dim
+    )
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -230,8 +247,15 @@ def _resize_to(x: np.ndarray, size: int) -> np.ndarray:
     return x if x.shape[:2] == (size, size) else np.asarray(Image.fromarray(x).resize((size, size), Image.BICUBIC))
 
 
-def folder_features(files, extractor: Extractor, batch_size: int = 32, size: int | None = None,
-                    device="cpu", progress: bool = False, description: str = "") -> np.ndarray:
+def folder_features(
+    files,
+    extractor: Extractor,
+    batch_size: int = 32,
+    size: int | None = None,
+    device="cpu",
+    progress: bool = False,
+    description: str = "",
+) -> np.ndarray:
     """Features (N, D) of image ``files`` through ``cleanfid.fid.get_files_features`` (its resize for the mode,
     or the extractor's own preprocessing). Toy features need one image size: with ``size``, every image is
     resized to it (PIL bicubic) first; without, the sizes must agree."""
@@ -241,9 +265,17 @@ def folder_features(files, extractor: Extractor, batch_size: int = 32, size: int
     fn_resize = extractor.fn_resize
     if extractor.name == "toy" and size is not None:
         fn_resize = partial(_resize_to, size=size)
-    feats = get_files_features(files, extractor.fn, num_workers=0, batch_size=batch_size, device=torch.device(device),
-                               mode=extractor.mode, custom_fn_resize=fn_resize, description=description,
-                               verbose=progress)
+    feats = get_files_features(
+        files,
+        extractor.fn,
+        num_workers=0,
+        batch_size=batch_size,
+        device=torch.device(device),
+        mode=extractor.mode,
+        custom_fn_resize=fn_resize,
+        description=description,
+        verbose=progress,
+    )
     feats = np.asarray(feats, np.float64)
     if not np.isfinite(feats).all():
         raise DatasetError(f"{description or 'images'}: the features hold NaN or infinite values")
@@ -279,8 +311,13 @@ def save_stats(path, feats: np.ndarray, extractor: Extractor, source: str, keep_
     if path.suffix != ".npz":
         raise ConfigError(f"statistics files end in .npz, got {path}")
     stats = statistics(feats)
-    meta = {"features": extractor.name, "mode": extractor.mode, "weights": Path(extractor.weights).name,
-            "num": stats["num"], "source": source}
+    meta = {
+        "features": extractor.name,
+        "mode": extractor.mode,
+        "weights": Path(extractor.weights).name,
+        "num": stats["num"],
+        "source": source,
+    }
     arrays = {"mu": stats["mu"], "sigma": stats["sigma"], "meta": np.array(json.dumps(meta))}
     if keep_features:
         arrays["feats"] = feats
@@ -301,10 +338,16 @@ def load_stats(path, extractor: Extractor) -> dict:
     if "meta" not in data or "mu" not in data or "sigma" not in data:
         raise DatasetError(f"{path} is not a statistics file of `piti eval fid` (no mu, sigma and meta)")
     meta = json.loads(str(data["meta"]))
-    for key, want in (("features", extractor.name), ("mode", extractor.mode), ("weights", Path(extractor.weights).name)):
+    for key, want in (
+        ("features", extractor.name),
+        ("mode", extractor.mode),
+        ("weights", Path(extractor.weights).name),
+    ):
         if meta.get(key) != want:
-            raise ConfigError(f"{path} was computed with {key} {meta.get(key)!r}, this run uses {want!r}; "
-                              "statistics are comparable only with the same extractor")
+            raise ConfigError(
+                f"{path} was computed with {key} {meta.get(key)!r}, this run uses {want!r}; "
+                "statistics are comparable only with the same extractor"
+            )
     out = {"mu": data["mu"], "sigma": data["sigma"], "num": int(meta["num"]), "meta": meta}
     if "feats" in data:
         out["feats"] = data["feats"]
@@ -323,8 +366,9 @@ def fid_t(real_images, fake_images, segmenter, batch_size: int = 32) -> float:
     """
     real, fake = images_to_tensor(real_images), images_to_tensor(fake_images)
     if real.shape[-2:] != fake.shape[-2:]:
-        raise ConfigError(f"FID-T compares images of one size; real are {tuple(real.shape[-2:])}, "
-                          f"generated {tuple(fake.shape[-2:])}")
+        raise ConfigError(
+            f"FID-T compares images of one size; real are {tuple(real.shape[-2:])}, generated {tuple(fake.shape[-2:])}"
+        )
     return fid_from_features(segmenter.embed(real, batch_size), segmenter.embed(fake, batch_size))
 
 

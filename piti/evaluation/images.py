@@ -81,8 +81,11 @@ def check_readable(files, what: str = "images") -> list[tuple[int, int]]:
         except (OSError, UnidentifiedImageError, ValueError) as e:
             bad.append(f"{p} ({type(e).__name__}: {e})")
     if bad:
-        raise DatasetError(f"{what}: {len(bad)} unreadable file(s):\n  " + "\n  ".join(bad[:20])
-                           + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+        raise DatasetError(
+            f"{what}: {len(bad)} unreadable file(s):\n  "
+            + "\n  ".join(bad[:20])
+            + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        )
     return sizes
 
 

@@ -41,8 +41,10 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 
     pred, target = pred[keep], target[keep]
     for name, a in (("pred", pred), ("target", target)):
         if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ConfigError(f"{name} has class indices outside 0..{num_classes - 1} "
-                              f"(found {a.min()}..{a.max()}); pass ignore_index for unlabelled pixels")
+            raise ConfigError(
+                f"{name} has class indices outside 0..{num_classes - 1} "
+                f"(found {a.min()}..{a.max()}); pass ignore_index for unlabelled pixels"
+            )
     return np.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
@@ -92,8 +94,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ConfigError(f"frechet_distance: shapes do not agree: mu {mu1.shape} {mu2.shape}, "
-                          f"sigma {sigma1.shape} {sigma2.shape}")
+        raise ConfigError(
+            f"frechet_distance: shapes do not agree: mu {mu1.shape} {mu2.shape}, sigma {sigma1.shape} {sigma2.shape}"
+        )
     if d == 1:  # scipy's sqrtm(disp=False) returns a bare 1x1 array, which clean-fid would unpack as a tuple:
         # add a second dimension, equal in both Gaussians (mean 0, variance 1), which adds exactly 0
         mu1, mu2 = np.append(mu1, 0.0), np.append(mu2, 0.0)
@@ -156,5 +159,8 @@ def depth_errors(pred, target, valid=None) -> dict:
     if not valid.any():
         raise ConfigError("no valid depth pixel to score (every target pixel is 0)")
     p, t = pred[valid], target[valid]
-    return {"rmse": float(np.sqrt(np.mean((p - t) ** 2))), "absrel": float(np.mean(np.abs(p - t) / t)),
-            "pixels": int(valid.sum())}
+    return {
+        "rmse": float(np.sqrt(np.mean((p - t) ** 2))),
+        "absrel": float(np.mean(np.abs(p - t) / t)),
+        "pixels": int(valid.sum()),
+    }

@@ -47,8 +47,9 @@ def heldout_set(num: int, size: int, render_size: int | None = None, start: int 
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def heldout_examples(task: str, num: int, start: int, size: int, cond_size: int, base_size: int | None = None,
-                     depth: bool = False) -> dict:
+def heldout_examples(
+    task: str, num: int, start: int, size: int, cond_size: int, base_size: int | None = None, depth: bool = False
+) -> dict:
     """Held-out scenes ``(HELDOUT_STREAM, start + i)`` as the training data makes them.
 
     Returns ``cond`` (N, C, cond_size, cond_size) float in [-1, 1], ``real`` (N, size, size, 3) uint8 and
@@ -61,17 +62,21 @@ def heldout_examples(task: str, num: int, start: int, size: int, cond_size: int,
     from piti.data.datasets import SynthDataset
     from piti.data.synth import generate_scene
 
-    ds = SynthDataset(length=start + num, task=task, seed=HELDOUT_STREAM, image_size=size, cond_size=cond_size,
-                      flip=False)
+    ds = SynthDataset(
+        length=start + num, task=task, seed=HELDOUT_STREAM, image_size=size, cond_size=cond_size, flip=False
+    )
     work = max(size, cond_size)  # SynthDataset draws its scenes at this size
     items = [ds[start + i] for i in range(num)]
-    out = {"cond": torch.stack([it["cond"] for it in items]),
-           "real": unit_to_uint8(torch.stack([it["image"] for it in items])).permute(0, 2, 3, 1).numpy(),
-           "labels": np.stack([render_example((HELDOUT_STREAM, start + i), size, work)[1] for i in range(num)])}
+    out = {
+        "cond": torch.stack([it["cond"] for it in items]),
+        "real": unit_to_uint8(torch.stack([it["image"] for it in items])).permute(0, 2, 3, 1).numpy(),
+        "labels": np.stack([render_example((HELDOUT_STREAM, start + i), size, work)[1] for i in range(num)]),
+    }
     if base_size is not None:
         pairs = [render_example((HELDOUT_STREAM, start + i), base_size, work) for i in range(num)]
         out["real_base"], out["labels_base"] = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if depth:
-        out["depth"] = np.stack([resize_nearest(generate_scene((HELDOUT_STREAM, start + i), work).depth, (size, size))
-                                 for i in range(num)]).astype(np.float32)
+        out["depth"] = np.stack(
+            [resize_nearest(generate_scene((HELDOUT_STREAM, start + i), work).depth, (size, size)) for i in range(num)]
+        ).astype(np.float32)
     return out

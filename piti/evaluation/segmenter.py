@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from piti.errors import CheckpointError, ConfigError
@@ -41,8 +40,19 @@ from piti.evaluation.images import images_to_tensor
 from piti.evaluation.metrics import confusion_matrix, iou_from_confusion
 from piti.evaluation.scenes import HELDOUT_STREAM, TRAIN_STREAM, heldout_set, reduce_scene, render_example
 
-__all__ = ["HELDOUT_STREAM", "TRAIN_STREAM", "Segmenter", "SegmenterConfig", "evaluate_segmenter", "heldout_set",
-           "images_to_tensor", "load_segmenter", "render_example", "save_segmenter", "train_segmenter"]
+__all__ = [
+    "HELDOUT_STREAM",
+    "TRAIN_STREAM",
+    "Segmenter",
+    "SegmenterConfig",
+    "evaluate_segmenter",
+    "heldout_set",
+    "images_to_tensor",
+    "load_segmenter",
+    "render_example",
+    "save_segmenter",
+    "train_segmenter",
+]
 
 WORK_SIZE = 128  # images larger than this are reduced to it before segmentation
 
@@ -61,12 +71,15 @@ class SegmenterConfig:
         return {"kind": "segmenter", **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmenterConfig":
+    def from_dict(cls, d: dict) -> SegmenterConfig:
         if d.get("kind") != "segmenter":
             raise CheckpointError(f"not a segmenter config (kind {d.get('kind')!r}, expected 'segmenter')")
         try:
-            return cls(num_classes=int(d["num_classes"]), widths=tuple(int(w) for w in d["widths"]),
-                       feature_dim=int(d["feature_dim"]))
+            return cls(
+                num_classes=int(d["num_classes"]),
+                widths=tuple(int(w) for w in d["widths"]),
+                feature_dim=int(d["feature_dim"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"segmenter config is incomplete or malformed ({e!r}): {d}") from None
 
@@ -74,8 +87,12 @@ class SegmenterConfig:
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     """Two 3x3 convolutions with batch norm and ReLU."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -85,13 +102,20 @@ class Segmenter(nn.Module):
     def __init__(self, config: SegmenterConfig | None = None):
         super().__init__()
         self.config = config = config or SegmenterConfig()
-        w = config.widths
-        if len(w) < 2 or min(w) < 1 or config.num_classes < 2 or config.feature_dim < 1:
-            raise ConfigError(f"bad segmenter config {config}: at least two widths >= 1, two classes, feature_dim >= 1")
+        if config.num_classes < 2:
+            raise ConfigError(f"bad segmenter config {config}: at least two classes")
+        self._build(config.widths, config.feature_dim, config.num_classes)
+
+    def _build(self, w, feature_dim: int, out_channels: int) -> None:
+        """The UNet's layers (shared with the toy depth estimator, which has one output channel)."""
+        if len(w) < 2 or min(w) < 1 or feature_dim < 1:
+            raise ConfigError(
+                f"bad UNet widths {w} / feature_dim {feature_dim}: at least two widths >= 1, feature_dim >= 1"
+            )
         self.down = nn.ModuleList([_block(3, w[0])] + [_block(w[i - 1], w[i]) for i in range(1, len(w))])
         self.up = nn.ModuleList([_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
-        self.feature = nn.Sequential(nn.Conv2d(w[0], config.feature_dim, 1), nn.ReLU(inplace=True))
-        self.classifier = nn.Conv2d(config.feature_dim, config.num_classes, 1)
+        self.feature = nn.Sequential(nn.Conv2d(w[0], feature_dim, 1), nn.ReLU(inplace=True))
+        self.classifier = nn.Conv2d(feature_dim, out_channels, 1)
 
     @property
     def multiple(self) -> int:
@@ -101,8 +125,9 @@ class Segmenter(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, K, H, W), penultimate features (N, feature_dim, H, W))."""
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % self.multiple or x.shape[3] % self.multiple:
-            raise ConfigError(f"segmenter input must be (N, 3, H, W) with H, W multiples of {self.multiple}, "
-                              f"got {tuple(x.shape)}")
+            raise ConfigError(
+                f"segmenter input must be (N, 3, H, W) with H, W multiples of {self.multiple}, got {tuple(x.shape)}"
+            )
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
@@ -172,8 +197,8 @@ def _training_batch(rng: np.random.Generator, counter: int, batch_size: int, see
         scene = generate_scene(key, int(rng.choice([128, 256])))
         image, lab = reduce_scene(scene.image, scene.labels, 128)
         y0, x0 = rng.integers(0, 128 - CROP + 1, size=2)
-        images.append(image[y0:y0 + CROP, x0:x0 + CROP])
-        labels.append(lab[y0:y0 + CROP, x0:x0 + CROP])
+        images.append(image[y0 : y0 + CROP, x0 : x0 + CROP])
+        labels.append(lab[y0 : y0 + CROP, x0 : x0 + CROP])
         image, lab = render_example(key, 64) if rng.random() < 1 / 3 else reduce_scene(scene.image, scene.labels, 64)
         images.append(image)
         labels.append(lab)
@@ -206,7 +231,9 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
         k2 = (k1[:, :, None] * k1[:, None, :]).repeat_interleave(3, 0)[:, None]  # (3 m, 1, 3, 3)
         xb = x[blur].reshape(1, -1, *x.shape[-2:])
         x = x.clone()
-        x[blur] = F.conv2d(F.pad(xb, (1, 1, 1, 1), mode="replicate"), k2, groups=k2.shape[0]).reshape(-1, 3, *x.shape[-2:])
+        x[blur] = F.conv2d(F.pad(xb, (1, 1, 1, 1), mode="replicate"), k2, groups=k2.shape[0]).reshape(
+            -1, 3, *x.shape[-2:]
+        )
     # Gaussian noise of std up to 0.05 on 30% of the images
     noisy = (torch.rand(n, 1, 1, 1, generator=g) < 0.3).float()
     x = x + noisy * u(0.0, 0.05, n, 1, 1, 1) * torch.randn(x.shape, generator=g)
@@ -252,7 +279,10 @@ def train_segmenter(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup)))
+        opt,
+        lambda k: (
+            (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup)))
+        ),
     )
     model.train()
     losses, counter, start = [], 0, time.perf_counter()
@@ -287,8 +317,13 @@ def evaluate_segmenter(model: Segmenter, num: int, size: int, render_size: int |
     conf = confusion_matrix(model.predict(images), labels, model.config.num_classes)
     mean_iou, iou = iou_from_confusion(conf)
     names = CLASSES if len(CLASSES) == len(iou) else [str(i) for i in range(len(iou))]
-    return {"miou": mean_iou, "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-            "num": num, "size": size, "render_size": render_size or size}
+    return {
+        "miou": mean_iou,
+        "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
+        "num": num,
+        "size": size,
+        "render_size": render_size or size,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- files

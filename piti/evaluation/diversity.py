@@ -1,0 +1,84 @@
+"""Diversity: how different are several samples of one condition?
+
+* **LPIPS** (``lpips``): the mean LPIPS distance over every pair of samples of a condition, averaged over the
+  conditions (the protocol of SDM and StarGAN-v2's ``lpips.py``). Needs the LPIPS backbone (torchvision's
+  VGG16 or AlexNet weights, :func:`piti.weights.lpips_model`); never downloaded, never random.
+* **pixel L1** (``pixel``): the same mean over pairs of the L1 distance between the samples' pixels in [0, 1],
+  at 64 x 64 (area reduction). Weights-free and declared as such: it measures how much the pictures differ,
+  not how differently a person would see them, and is not comparable with LPIPS.
+
+The samples are ``piti eval generate --samples K``'s ``samples/NAME/*.png`` (K >= 2 per condition).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from piti.errors import ConfigError, DatasetError
+from piti.evaluation.images import check_readable, list_images, read_rgb
+
+PIXEL_NOTE = (
+    "pixel L1 diversity: mean L1 distance between the pixels (in [0, 1], at 64x64) of every pair of "
+    "samples of a condition; weights-free, NOT LPIPS and not comparable with it"
+)
+
+
+def sample_groups(root) -> dict[str, list[Path]]:
+    """``{condition name: [sample files]}`` from ``root/samples/NAME/*.png``; every file checked readable."""
+    folder = Path(root) / "samples"
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{folder} not found: diversity needs several samples per condition "
+            "(`piti eval generate --samples K` with K >= 2 writes them)"
+        )
+    groups = {d.name: list_images(d, f"samples of {d.name}") for d in sorted(folder.iterdir()) if d.is_dir()}
+    if not groups:
+        raise DatasetError(f"{folder} holds no condition folder")
+    few = [n for n, fs in groups.items() if len(fs) < 2]
+    if few:
+        raise DatasetError(
+            f"diversity needs at least 2 samples per condition; {', '.join(few[:10])} "
+            f"{'has' if len(few) == 1 else 'have'} fewer"
+        )
+    for name, files in groups.items():
+        check_readable(files, f"samples of {name}")
+    return groups
+
+
+def _mean_over_pairs(images: torch.Tensor, distance) -> float:
+    return float(
+        np.mean([distance(images[i : i + 1], images[j : j + 1]) for i, j in combinations(range(len(images)), 2)])
+    )
+
+
+def pixel_diversity(groups: dict[str, list[Path]]) -> float:
+    """Mean pairwise pixel L1 (in [0, 1], at 64x64), averaged over the conditions."""
+    import torch.nn.functional as F
+
+    per = []
+    for files in groups.values():
+        x = torch.from_numpy(np.stack([read_rgb(f) for f in files])).permute(0, 3, 1, 2).float() / 255
+        x = F.interpolate(x, size=(64, 64), mode="area")
+        per.append(_mean_over_pairs(x, lambda a, b: float((a - b).abs().mean())))
+    return float(np.mean(per))
+
+
+def lpips_diversity(groups: dict[str, list[Path]], net: str = "alex", weights=None, device="cpu") -> float:
+    """Mean pairwise LPIPS (inputs in [-1, 1] at their own size), averaged over the conditions."""
+    from piti.weights import lpips_model
+
+    model = lpips_model(net, weights).to(device)
+    per = []
+    with torch.no_grad():
+        for files in groups.values():
+            arrays = [read_rgb(f) for f in files]
+            if len({a.shape for a in arrays}) > 1:
+                size = arrays[0].shape[0]
+                arrays = [read_rgb(f, size) for f in files]
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
+            per.append(_mean_over_pairs(x, lambda a, b: float(model(a, b).mean())))
+    return float(np.mean(per))
