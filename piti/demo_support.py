@@ -10,8 +10,15 @@ Nothing here imports gradio.
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,3 +332,60 @@ class ModelStore:
 
     def loaded(self) -> list[str]:
         return list(self._pipes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The app in a subprocess (tests, benchmarks)
+
+APP_PATH = Path(__file__).resolve().parent.parent / "demo" / "app.py"  # in a checkout of the repository
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppProcess:
+    """``demo/app.py`` in a subprocess on a free localhost port: ``with AppProcess() as url: ...``.
+
+    The port goes through GRADIO_SERVER_PORT, or with ``port_flag`` through ``--port`` while the variable
+    names another port. ``env`` adds variables; the app's output is kept in a file (:meth:`output`).
+    """
+
+    def __init__(self, args=(), *, app=APP_PATH, env: dict | None = None, port_flag: bool = False,
+                 timeout: float = 120.0, threads: int = 1):
+        self.port = free_port()
+        self.app, self.timeout = Path(app), timeout
+        self.args = [*args, "--port", str(self.port)] if port_flag else list(args)
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), GRADIO_ANALYTICS_ENABLED="False",
+                        GRADIO_SERVER_PORT=str(free_port() if port_flag else self.port), **(env or {}))
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = None
+
+    def __enter__(self) -> str:
+        self.log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill with progress bars and block
+        self.proc = subprocess.Popen([sys.executable, str(self.app), *self.args], cwd=self.app.parent, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2):
+                    return self.url
+            except OSError:
+                time.sleep(0.25)
+        self.__exit__()
+        raise RuntimeError(f"the app did not answer on {self.url} within {self.timeout:.0f} s:\n{self.output()}")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()

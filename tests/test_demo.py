@@ -5,14 +5,9 @@ The app runs the embedded toy models (checkpoints/toy/) with few steps, so each 
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,58 +25,10 @@ gradio_client = pytest.importorskip("gradio_client", reason="the demo extra is n
 pytestmark = pytest.mark.timeout(300)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(args=(), port_flag: bool = False, app: Path = APP, env: dict | None = None,
-              timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """Start demo/app.py and wait until it answers; returns the process and its URL.
-
-    The port is given through GRADIO_SERVER_PORT, or with ``port_flag`` through --port while the variable
-    names another port (the flag wins).
-    """
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_SERVER_PORT=str(free_port() if port_flag else port), **(env or {}))
-    args = [*args, "--port", str(port)] if port_flag else list(args)
-    log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill up with progress bars and block the app
-    proc = subprocess.Popen([sys.executable, str(app), *args], cwd=app.parent, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-
-    def output():
-        log.seek(0)
-        return log.read()
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the app exited ({proc.returncode}):\n{output()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError(f"the app did not answer on {url} within {timeout:.0f} s:\n{output()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def app():
-    proc, url = start_app()  # the port comes from GRADIO_SERVER_PORT
-    yield url
-    stop(proc)
+    with ds.AppProcess() as url:  # the port comes from GRADIO_SERVER_PORT
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -175,13 +122,10 @@ def test_one_task_on_given_checkpoints_with_host_and_port_flags():
     from piti.pipeline import toy_checkpoint_paths
 
     base, up = toy_checkpoint_paths("depth")
-    proc, url = start_app(["--task", "depth", "--base", str(base), "--upsampler", str(up), "--host", "127.0.0.1"],
-                          port_flag=True)
-    try:
+    args = ["--task", "depth", "--base", str(base), "--upsampler", str(up), "--host", "127.0.0.1"]
+    with ds.AppProcess(args, port_flag=True) as url:  # --port wins over GRADIO_SERVER_PORT
         c = gradio_client.Client(url, verbose=False)
         assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/depth"}
-    finally:
-        stop(proc)
 
 
 def test_bad_command_lines_are_refused():
@@ -198,13 +142,10 @@ def test_a_space_layout_serves_the_package_beside_the_app(tmp_path, scene):
     (space / "checkpoints" / "toy").mkdir(parents=True)
     for f in (ROOT / "checkpoints" / "toy").glob("piti-toy-depth-*.safetensors"):
         shutil.copy(f, space / "checkpoints" / "toy" / f.name)
-    proc, url = start_app(app=space / "app.py", env={"PITI_TASK": "depth"})
-    try:
+    with ds.AppProcess(app=space / "app.py", env={"PITI_TASK": "depth"}) as url:
         c = gradio_client.Client(url, verbose=False)
         record = check_result(c.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(),
                                         api_name="/depth"), "depth")
-    finally:
-        stop(proc)
     assert record["settings"]["base_checkpoint"].startswith(str(space))  # the package and models beside app.py
 
 

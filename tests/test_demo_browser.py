@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_demo import start_app, stop
 
 from piti.data.palettes import SYNTH_CLASSES, SYNTH_PALETTE
+from piti.demo_support import AppProcess
 
 REQUIRED = os.environ.get("PITI_REQUIRE_BROWSER") == "1"
 # the image editor's zoom label, e.g. "140%"
@@ -49,50 +49,46 @@ def test_paint_generate_and_see_the_samples(tmp_path):
         unavailable("playwright is not installed (pip install -e .[dev])")
     browser_path = chromium()
     samples = int(os.environ.get("PITI_DEMO_SAMPLES", "1"))
-    proc, url = start_app()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 1500})
-            page.goto(url)
-            page.locator("button.generate").first.wait_for(timeout=60_000)
-            # an example scene (128 px) into the canvas (256 px): the editor zooms to fit it once it is loaded
-            zoom = page.wait_for_function(ZOOM, timeout=30_000).json_value()
-            page.locator("img[src*='scene-7-0-mask.png']").first.click()
-            page.wait_for_function(f"() => ({ZOOM})() !== {zoom!r}", timeout=30_000)
-            page.wait_for_timeout(1000)
-            # a stroke of the 'house' class (the 8th colour of the brush) across the middle
-            page.get_by_role("button", name="Brush", exact=True).first.click()
-            swatches = page.locator("menu.swatch button.color")
-            for _ in range(3):  # the colour menu may open with the brush, or on its own button
-                try:
-                    swatches.nth(7).click(timeout=3000)
-                    break
-                except PlaywrightTimeout:
-                    page.get_by_role("button", name="Color", exact=True).first.click()
-            page.wait_for_timeout(500)
-            box = page.locator("canvas").first.bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx - 40, cy + 30)
-            page.mouse.down()
-            page.mouse.move(cx + 40, cy + 30, steps=10)
-            page.mouse.move(cx + 40, cy + 60, steps=5)
-            page.mouse.up()
-            if samples > 1:
-                page.get_by_label("number input for Number of samples").first.fill(str(samples))
-                page.keyboard.press("Enter")
-            page.locator("button.generate").first.click()
-            page.wait_for_function(
-                f"() => [...document.querySelectorAll('#mask-gallery img')].filter(i => i.naturalWidth > 0).length"
-                f" >= {samples}", timeout=180_000)
-            page.wait_for_timeout(500)
-            shot = tmp_path / "demo.png"
-            page.screenshot(path=str(shot), full_page=False)
-            widths = page.eval_on_selector_all("#mask-gallery img", "imgs => imgs.map(i => i.naturalWidth)")
-            condition = page.request.get(page.locator("#mask-condition img").first.get_attribute("src")).body()
-            browser.close()
-    finally:
-        stop(proc)
+    with AppProcess() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.goto(url)
+        page.locator("button.generate").first.wait_for(timeout=60_000)
+        # an example scene (128 px) into the canvas (256 px): the editor zooms to fit it once it is loaded
+        zoom = page.wait_for_function(ZOOM, timeout=30_000).json_value()
+        page.locator("img[src*='scene-7-0-mask.png']").first.click()
+        page.wait_for_function(f"() => ({ZOOM})() !== {zoom!r}", timeout=30_000)
+        page.wait_for_timeout(1000)
+        # a stroke of the 'house' class (the 8th colour of the brush) across the middle
+        page.get_by_role("button", name="Brush", exact=True).first.click()
+        swatches = page.locator("menu.swatch button.color")
+        for _ in range(3):  # the colour menu may open with the brush, or on its own button
+            try:
+                swatches.nth(7).click(timeout=3000)
+                break
+            except PlaywrightTimeout:
+                page.get_by_role("button", name="Color", exact=True).first.click()
+        page.wait_for_timeout(500)
+        box = page.locator("canvas").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 40, cy + 30)
+        page.mouse.down()
+        page.mouse.move(cx + 40, cy + 30, steps=10)
+        page.mouse.move(cx + 40, cy + 60, steps=5)
+        page.mouse.up()
+        if samples > 1:
+            page.get_by_label("number input for Number of samples").first.fill(str(samples))
+            page.keyboard.press("Enter")
+        page.locator("button.generate").first.click()
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('#mask-gallery img')].filter(i => i.naturalWidth > 0).length"
+            f" >= {samples}", timeout=180_000)
+        page.wait_for_timeout(500)
+        shot = tmp_path / "demo.png"
+        page.screenshot(path=str(shot), full_page=False)
+        widths = page.eval_on_selector_all("#mask-gallery img", "imgs => imgs.map(i => i.naturalWidth)")
+        condition = page.request.get(page.locator("#mask-condition img").first.get_attribute("src")).body()
+        browser.close()
     assert len(widths) >= samples and all(w == 128 for w in widths[:samples])  # the toy upsampler's pictures
     # the model saw the example and the painted stroke: the scene's classes and a patch of the house class
     seen = np.asarray(Image.open(io.BytesIO(condition)).convert("RGB")).reshape(-1, 3)

@@ -288,3 +288,11 @@ def test_hub_files_and_unknown_tasks():
 def test_condition_picture_of_a_3d_tensor():
     t = torch.zeros(1, 4, 4)
     assert np.asarray(ds.condition_picture("sketch", t)).max() == 128
+
+
+def test_app_process_reports_an_app_that_exits(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text("import sys\nprint('no models here')\nsys.exit(3)\n")
+    with pytest.raises(RuntimeError, match=r"(?s)the app exited \(3\).*no models here"):
+        with ds.AppProcess(app=app, timeout=60):
+            pass
