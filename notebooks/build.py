@@ -4,6 +4,7 @@
     python notebooks/build.py 02 04          # the notebooks whose names start with these
     python notebooks/build.py --fast         # executed with PITI_FAST=1 (fewer steps and samples)
     python notebooks/build.py --no-execute   # cells only, no outputs
+    python notebooks/build.py --text-only    # new markdown from the sources, outputs kept (code cells unchanged)
 
 A source is a Python file in the "percent" format: a line ``# %% [markdown]`` starts a markdown cell
 (its lines are ``# text`` comments), a line ``# %%`` starts a code cell. The committed notebooks are
@@ -61,7 +62,8 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, fast: bool, timeout: int = 180
     old = os.environ.get("PITI_FAST")
     os.environ["PITI_FAST"] = "1" if fast else "0"
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
+                       resources={"metadata": {"path": str(cwd)}}).execute()
     finally:
         if old is None:
             os.environ.pop("PITI_FAST", None)
@@ -70,11 +72,25 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, fast: bool, timeout: int = 180
     return nb
 
 
+def keep_outputs(nb: nbformat.NotebookNode, old: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``nb`` with the outputs of ``old``'s code cells, which must have exactly the same code."""
+    new_code = [c for c in nb.cells if c.cell_type == "code"]
+    old_code = [c for c in old.cells if c.cell_type == "code"]
+    if [c.source for c in new_code] != [c.source for c in old_code]:
+        raise ValueError("the code cells changed: execute the notebook instead of --text-only")
+    for new, prev in zip(new_code, old_code):
+        new.outputs, new.execution_count = prev.outputs, prev.execution_count
+    nb.metadata = old.metadata
+    return nb
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="prefixes of the notebooks to build (default: all)")
     parser.add_argument("--fast", action="store_true", help="execute with PITI_FAST=1")
     parser.add_argument("--no-execute", action="store_true", help="write the cells without running them")
+    parser.add_argument("--text-only", action="store_true",
+                        help="take the markdown from the sources and keep the committed outputs (code unchanged)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the .ipynb files (default: notebooks/)")
     args = parser.parse_args(argv)
     sources = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
@@ -86,10 +102,12 @@ def main(argv=None) -> int:
     for src in sources:
         nb = build_notebook(parse_source(src.read_text()))
         start = time.perf_counter()
-        if not args.no_execute:
+        path = args.out / f"{src.stem}.ipynb"
+        if args.text_only:
+            nb = keep_outputs(nb, nbformat.read(path, as_version=4))
+        elif not args.no_execute:
             execute(nb, HERE, args.fast)
         seconds = time.perf_counter() - start
-        path = args.out / f"{src.stem}.ipynb"
         nbformat.write(nb, path)
         print(f"{path.name}: {seconds:.0f} s{' (fast)' if args.fast else ''}, {path.stat().st_size / 1e6:.2f} MB",
               flush=True)

@@ -28,7 +28,8 @@ from piti.train.loop import Trainer
 plotting.setup()
 FAST = plotting.fast_mode()
 torch.manual_seed(0)
-workdir = Path(tempfile.mkdtemp(prefix="piti-nb02-"))
+scratch = tempfile.TemporaryDirectory(prefix="piti-nb02-")  # the live runs' model files; removed at the end
+workdir = Path(scratch.name)
 
 # %% [markdown]
 # **The task encoder's inputs.** Each task gives the encoder an image of its own kind, encoded as the
@@ -156,3 +157,9 @@ rows = [[plotting.condition_pictures("mask", c)["colour map"] for c in conds],
         [fixed(c, seed=i, **settings).images[0] for i, c in enumerate(conds)],
         [joint(c, seed=i, **settings).images[0] for i, c in enumerate(conds)]]
 plotting.image_grid(rows, row_labels=["label map", "decoder fixed (live 1b)", "joint (shipped)"], size=1.7);
+
+# %% [markdown]
+# The live runs' files were written to a temporary folder; it goes now.
+
+# %%
+scratch.cleanup()

@@ -32,7 +32,8 @@ from piti.evaluation.segmenter import HELDOUT_STREAM
 
 plotting.setup()
 FAST = plotting.fast_mode()
-work = Path(tempfile.mkdtemp(prefix="piti-nb05-"))
+scratch = tempfile.TemporaryDirectory(prefix="piti-nb05-")  # evaluation folders; removed at the end
+work = Path(scratch.name)
 
 # %% [markdown]
 # **The small-sample bias of FID.** Two disjoint sets of *real* held-out scenes have an FID-T far above 0
@@ -150,3 +151,9 @@ home = str(Path.home())
 display(Markdown(plotting.markdown_table([[name, "present" if ok else "missing", f"`{str(path).replace(home, '~')}`"]
                                           for name, path, ok in describe_weights()],
                                          ["weights", "here", "path (found, or where it is expected)"])))
+
+# %% [markdown]
+# The evaluation folders were written to a temporary folder; it goes now.
+
+# %%
+scratch.cleanup()
