@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this much wall time")
+    p.add_argument("--max-cpu-minutes", type=float, default=20.0, help="stop after this much CPU time (default 20)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--eval-num", type=int, default=100, help="held-out scenes per evaluation (default 100)")
     p.add_argument(
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         lr=args.lr,
         seed=args.seed,
         log_every=max(1, args.steps // 15),
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        max_cpu_seconds=60 * args.max_cpu_minutes,
     )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     final = sum(losses[-10:]) / len(losses[-10:])

@@ -103,13 +103,14 @@ def train_depth_estimator(
     lr: float = 1e-2,
     seed: int = 0,
     log_every: int = 0,
-    max_seconds: float | None = None,
+    max_cpu_seconds: float | None = None,
 ) -> list[float]:
     """Train ``model`` in place on fresh scenes; returns the loss of every step.
 
     Each step: ``batch_size`` new scenes, two 64-px examples each, the segmenter's augmentations, one AdamW
     step on the L1 error of log depth over the pixels with a depth; 5% warm-up, cosine decay to zero. With
-    ``max_seconds``, training stops after that much wall time (the schedule is not stretched)."""
+    ``max_cpu_seconds``, training stops after that much CPU time of this process (the schedule is not
+    stretched)."""
     if steps < 1 or batch_size < 1:
         raise ConfigError(f"train_depth_estimator needs steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
     device = next(model.parameters()).device
@@ -124,7 +125,7 @@ def train_depth_estimator(
         ),
     )
     model.train()
-    losses, counter, start = [], 0, time.perf_counter()
+    losses, counter, start, cpu0 = [], 0, time.perf_counter(), time.process_time()
     for step in range(steps):
         x, depth = _training_batch(rng, counter, batch_size, seed)
         counter += batch_size
@@ -143,8 +144,8 @@ def train_depth_estimator(
                 f"step {step + 1}/{steps}  loss {np.mean(losses[-log_every:]):.4f}  {time.perf_counter() - start:.0f}s",
                 flush=True,
             )
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            print(f"stopping at step {step + 1}: {max_seconds:.0f} s of wall time reached", flush=True)
+        if max_cpu_seconds is not None and time.process_time() - cpu0 > max_cpu_seconds:
+            print(f"stopping at step {step + 1}: {max_cpu_seconds:.0f} s of CPU time reached", flush=True)
             break
     model.eval()
     return losses

@@ -83,12 +83,28 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
+class _ScipyLinalgForCleanFid:
+    """``scipy.linalg`` as clean-fid 0.1.35 calls it: ``sqrtm(A, disp=False)`` returning ``(root, error)``.
+    SciPy deprecated ``disp`` (1.17 returns a bare array for a 1x1 matrix, which clean-fid would unpack as
+    a tuple) and removes it in 1.18; this gives clean-fid the return it expects on every SciPy version."""
+
+    def __getattr__(self, name):
+        return getattr(linalg, name)
+
+    @staticmethod
+    def sqrtm(a, disp=True):
+        root = linalg.sqrtm(a)
+        return root if disp else (root, 0.0)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians
     (Dowson & Landau 1982; FID's formula, Heusel et al. 2017), computed by clean-fid
-    (``cleanfid.fid.frechet_distance``: when the product is singular it adds 1e-6 to both diagonals inside the
-    square root). Shapes are checked first; the value is clipped at 0 against round-off."""
-    from cleanfid.fid import frechet_distance as cleanfid_frechet
+    (``cleanfid.fid.frechet_distance``: when the square root is not finite it adds 1e-6 to both diagonals
+    inside it). Shapes are checked first; the value is clipped at 0 against round-off."""
+    from unittest import mock
+
+    import cleanfid.fid
 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -97,16 +113,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise ConfigError(
             f"frechet_distance: shapes do not agree: mu {mu1.shape} {mu2.shape}, sigma {sigma1.shape} {sigma2.shape}"
         )
-    if d == 1:  # scipy's sqrtm(disp=False) returns a bare 1x1 array, which clean-fid would unpack as a tuple:
-        # add a second dimension, equal in both Gaussians (mean 0, variance 1), which adds exactly 0
-        mu1, mu2 = np.append(mu1, 0.0), np.append(mu2, 0.0)
-        sigma1, sigma2 = np.diag([sigma1[0, 0], 1.0]), np.diag([sigma2[0, 0], 1.0])
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        # clean-fid prints when it regularises a singular product, and passes scipy's deprecated `disp`
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with (
+        contextlib.redirect_stdout(io.StringIO()),  # clean-fid prints when it regularises
+        warnings.catch_warnings(),
+        mock.patch.object(cleanfid.fid, "linalg", _ScipyLinalgForCleanFid()),
+    ):
         warnings.simplefilter("ignore", linalg.LinAlgWarning)  # a singular product: clean-fid's own handling
         try:
-            value = cleanfid_frechet(mu1, sigma1, mu2, sigma2)
+            value = cleanfid.fid.frechet_distance(mu1, sigma1, mu2, sigma2)
         except ValueError as e:  # "Imaginary component ..."
             raise ConfigError(f"frechet_distance: {e}; are the covariances positive semi-definite?") from None
     return float(max(float(np.real(value)), 0.0))
