@@ -520,7 +520,8 @@ def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
     start, seed = scene_range(ctx)
     data = heldout_examples(arm.task, ctx.budget.trace_scenes, start, cfg.image_size, cfg.cond_size)
     traces = [guidance_trace(pipe, cond, guidance=settings["guidance"], guidance_mode=settings["guidance_mode"],
-                             steps=settings["steps"], sampler=settings["sampler"], seed=seed + i,
+                             guidance_sigma=settings["guidance_sigma"], steps=settings["steps"],
+                             sampler=settings["sampler"], seed=seed + i,
                              noise_scale=settings["noise_scale"])[1] for i, cond in enumerate(data["cond"])]
     mean = {k: np.mean([t[k] for t in traces], axis=0).tolist() for k in traces[0]}
     return {"trace": mean, "scenes": len(traces), "settings": settings}
@@ -799,6 +800,9 @@ def plot_all(out: Path, results: dict) -> list[Path]:
             axes[0].plot(t["t"], ratio, f"C{i}", label=name.removeprefix("trace-"))
             mean_gap = np.array(t["plain_mean"] if "plain" in name else t["normalized_mean"]) - np.array(t["cond_mean"])
             axes[1].plot(t["t"], mean_gap, f"C{i}", label=name.removeprefix("trace-"))
+            if "normalized" in name and "normalized_analytic_std" in t:  # the paper's analytic sigma, same trajectory
+                analytic = np.array(t["normalized_analytic_std"]) / np.array(t["cond_std"])
+                axes[0].plot(t["t"], analytic, f"C{i}--", label=name.removeprefix("trace-") + " (analytic sigma)")
         axes[0].set_ylabel("std(guided eps) / std(conditional eps)")
         axes[1].set_ylabel("mean(guided eps) - mean(conditional eps)")
         for ax in axes:
