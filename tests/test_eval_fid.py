@@ -149,24 +149,42 @@ class _StandInInception(nn.Module):
         return self.layers((x - 128) / 128)
 
 
-def test_inception_path_end_to_end_with_a_stand_in(tmp_path, monkeypatch, scenes):
-    """The user's path with real weights: the file found in $PITI_WEIGHTS_DIR, loaded as TorchScript, fed by
-    clean-fid's resize, scored by clean-fid's Fréchet distance (2048-D)."""
+@pytest.fixture
+def inception_stand_in(tmp_path, monkeypatch):
+    """The stand-in TorchScript Inception in $PITI_WEIGHTS_DIR, one of the places the real file is looked for."""
     torch.manual_seed(0)
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
     torch.jit.save(torch.jit.script(_StandInInception()), str(weights_dir / "inception-2015-12-05.pt"))
     monkeypatch.setenv("PITI_WEIGHTS_DIR", str(weights_dir))
+    return weights_dir / "inception-2015-12-05.pt"
+
+
+def test_inception_features_with_a_stand_in(inception_stand_in, scenes):
+    """Found where the real file goes, loaded as TorchScript into clean-fid's wrapper, fed by clean-fid's
+    resize (clean: PIL bicubic to 299 outside; legacy_tensorflow: inside the network): 2048-D features."""
+    root, images, real = scenes
+    files = sorted(real.iterdir())[:3]
+    for mode in ("clean", "legacy_tensorflow"):
+        ext = fid.build_extractor("inception", mode)
+        assert ext.weights == str(inception_stand_in) and ext.mode == mode
+        feats = fid.folder_features(files, ext)
+        assert feats.shape == (3, 2048) and np.isfinite(feats).all() and feats.std(0).max() > 0
+    inception_stand_in.write_bytes(b"<html>error page</html>")  # not TorchScript: a clear error
+    with pytest.raises(Exception, match="not clean-fid's TorchScript Inception"):
+        fid.build_extractor("inception")
+
+
+@pytest.mark.slow  # the 2048-D matrix square root takes 10-20 s on one core (minutes on a busy machine)
+def test_inception_fid_end_to_end_with_a_stand_in(inception_stand_in, tmp_path, scenes):
+    """The whole command a user with the real weights runs, down to clean-fid's 2048-D Fréchet distance."""
     root, images, real = scenes
     fake = write_folder(tmp_path / "fake", noisy(images, 24)[:4])
     out = tmp_path / "fid.json"
     assert fid_cli("--real", real, "--fake", fake, "--features", "inception", "--out", out) == 0
     r = json.loads(out.read_text())
     assert r["metric"] == "FID-I" and r["mode"] == "clean" and r["fid"] > 0
-    assert r["weights"] == str(weights_dir / "inception-2015-12-05.pt") and (r["num_real"], r["num_fake"]) == (8, 4)
-    # a file that is not TorchScript is a clear error
-    (weights_dir / "inception-2015-12-05.pt").write_bytes(b"<html>error page</html>")
-    assert fid_cli("--real", real, "--fake", fake, "--features", "inception") == 1
+    assert r["weights"] == str(inception_stand_in) and (r["num_real"], r["num_fake"]) == (8, 4)
 
 
 # ------------------------------------------------------------------------------------------ CLIP
