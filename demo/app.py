@@ -134,20 +134,27 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
         return [num, seed, guidance, mode, sampler, steps, upsample]
 
     def outputs_panel(task):
+        gallery = gr.Gallery(label="Samples", columns=2, height=460, format="png", elem_id=f"{task}-gallery")
         with gr.Row():
-            gallery = gr.Gallery(label="Samples", columns=2, height=440, format="png", scale=2,
-                                 elem_id=f"{task}-gallery")
-            with gr.Column(scale=1):
-                condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=180,
-                                     elem_id=f"{task}-condition")
-                settings = gr.JSON(label="Settings used (copy to reproduce)", height=240)
+            condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=220,
+                                 elem_id=f"{task}-condition")
+            settings = gr.JSON(label="Settings used (copy to reproduce)", height=220)
         return [gallery, condition, settings]
 
     def run(task, condition, controls, notes=(), **kwargs):
         images, cond, record = ds.translate(store.get(task), condition, **controls, notes=notes, **kwargs)
-        for note in record["notes"]:
+        for note in notes:  # the canvas's; the pipeline's notes (resizing, inversion) are in the settings record
             gr.Info(note)
         return images, cond, record
+
+    def editor(label, colors, brush_size):
+        return gr.ImageEditor(label=label, type="pil", image_mode="RGBA", format="png", sources=("upload",),
+                              canvas_size=(256, 256), height=400, layers=False, transforms=(),
+                              brush=gr.Brush(colors=colors, color_mode="fixed", default_size=brush_size),
+                              value=ds.blank_canvas(256))
+
+    def generate_button():
+        return gr.Button("Generate", variant="primary", elem_classes="generate")
 
     with gr.Blocks(title="PITI: image-to-image translation") as demo:
         gr.Markdown("# PITI: pretraining is all you need for image-to-image translation\n"
@@ -156,29 +163,27 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                        "the examples come from that world." if scene_size == 128 else ""))
         with gr.Tabs():
             if "mask" in store.tasks:
-                with gr.Tab(ds.TASK_TITLES["mask"]):
-                    with gr.Row():
-                        with gr.Column(scale=3):
-                            canvas = gr.ImageEditor(
-                                label="Label map: paint with the class colours (black = unlabelled), or upload one",
-                                type="pil", image_mode="RGBA", format="png", sources=("upload",),
-                                canvas_size=(256, 256), height=420, layers=False, transforms=(),
-                                brush=gr.Brush(colors=ds.brush_colors(palette), color_mode="fixed", default_size=8),
-                                value=ds.blank_canvas(256))
-                            gr.Markdown("Browsers antialias brush strokes: colours close to a class colour are "
-                                        "snapped to that class (the notes in the settings say how many pixels).")
-                            snap = gr.Checkbox(False, label="Snap every colour to the nearest class (for colour maps "
-                                                            "saved with other colours, e.g. as JPEG)")
-                            gr.Examples([[str(s.colormap)] for s in scenes], inputs=[canvas],
-                                        label="Scenes from the synthetic world")
-                            new_mask = gr.Button("New random scene")
-                        with gr.Column(scale=1, min_width=200):
+                with gr.Tab(ds.TASK_TITLES["mask"]), gr.Row():
+                    with gr.Column(scale=5):
+                        with gr.Row():
+                            canvas = editor("Label map: paint with the class colours (black = unlabelled), or upload "
+                                            "one", ds.brush_colors(palette), 8)
                             legend = ds.palette_legend(palette)
                             gr.Image(legend, label=f"Legend ({palette} palette)", type="pil", format="png",
-                                     interactive=False, height=legend.height + 60, buttons=["download"])
-                    mask_controls = settings_panel("mask")
-                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
-                    mask_out = outputs_panel("mask")
+                                     interactive=False, height=min(legend.height + 60, 400), buttons=["download"],
+                                     scale=0, min_width=legend.width + 20)
+                        snap = gr.Checkbox(False, label="Snap every colour to the nearest class (for colour maps saved "
+                                                        "with other colours, e.g. as JPEG)",
+                                           info="Brush strokes are antialiased: colours close to a class colour are "
+                                                "always snapped to it (the notes say how many pixels).")
+                        with gr.Row():
+                            gr.Examples([[str(s.colormap)] for s in scenes], inputs=[canvas],
+                                        label="Scenes from the synthetic world")
+                            new_mask = gr.Button("New random scene", scale=0)
+                        mask_controls = settings_panel("mask")
+                        go = generate_button()
+                    with gr.Column(scale=4):
+                        mask_out = outputs_panel("mask")
 
                     @user_errors
                     def mask_fn(canvas, snap, num_samples, seed, guidance, guidance_mode, sampler, steps, upsample,
@@ -193,28 +198,26 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                                    None, canvas, **private)
 
             if "sketch" in store.tasks:
-                with gr.Tab(ds.TASK_TITLES["sketch"]):
-                    src = gr.Radio(["sketch", "photo"], value="sketch", label="Translate from",
-                                      info="a sketch (drawn or uploaded), or a photo whose edges are extracted")
-                    with gr.Row():
-                        with gr.Column():
-                            pad = gr.ImageEditor(
-                                label="Sketch: white lines on black or dark lines on white (draw or upload)",
-                                type="pil", image_mode="RGBA", format="png", sources=("upload",),
-                                canvas_size=(256, 256), height=420, layers=False, transforms=(),
-                                brush=gr.Brush(colors=["#ffffff", "#000000"], color_mode="fixed", default_size=2),
-                                value=ds.blank_canvas(256))
-                            gr.Examples([[str(s.sketch)] for s in scenes], inputs=[pad], label="Sketches")
-                        with gr.Column():
-                            photo = gr.Image(label="Photo", type="pil", image_mode="RGB", sources=("upload",),
-                                             height=260)
-                            edges = gr.Image(label="Its edges, as the model will see them (distance to the lines)",
-                                             type="pil", format="png", height=160, interactive=False)
-                            gr.Examples([[str(s.photo)] for s in scenes], inputs=[photo], label="Photos")
-                    new_sketch = gr.Button("New random scene")
-                    sketch_controls = settings_panel("sketch")
-                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
-                    sketch_out = outputs_panel("sketch")
+                with gr.Tab(ds.TASK_TITLES["sketch"]), gr.Row():
+                    with gr.Column(scale=5):
+                        src = gr.Radio(["sketch", "photo"], value="sketch", label="Translate from",
+                                       info="a sketch (drawn or uploaded), or a photo whose edges are extracted")
+                        with gr.Row():
+                            with gr.Column():
+                                pad = editor("Sketch: white lines on black or dark lines on white (draw or upload)",
+                                             ["#ffffff", "#000000"], 2)
+                                gr.Examples([[str(s.sketch)] for s in scenes], inputs=[pad], label="Sketches")
+                            with gr.Column():
+                                photo = gr.Image(label="Photo", type="pil", image_mode="RGB", sources=("upload",),
+                                                 height=220)
+                                edges = gr.Image(label="Its edges as the model will see them (distance to the lines)",
+                                                 type="pil", format="png", height=160, interactive=False)
+                                gr.Examples([[str(s.photo)] for s in scenes], inputs=[photo], label="Photos")
+                        new_sketch = gr.Button("New random scene")
+                        sketch_controls = settings_panel("sketch")
+                        go = generate_button()
+                    with gr.Column(scale=4):
+                        sketch_out = outputs_panel("sketch")
 
                     @user_errors
                     def edges_fn(image):
@@ -243,19 +246,20 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                     new_sketch.click(random_sketch, None, [pad, photo], **private)
 
             if "depth" in store.tasks:
-                with gr.Tab(ds.TASK_TITLES["depth"]):
-                    with gr.Row():
-                        with gr.Column():
+                with gr.Tab(ds.TASK_TITLES["depth"]), gr.Row():
+                    with gr.Column(scale=5):
+                        with gr.Row():
                             depth = gr.File(label="Depth map: 16-bit PNG in metres x 256 (0 = no depth) or .npy "
                                                   "in metres", file_types=[".png", ".npy"], type="filepath")
-                            gr.Examples([[str(s.depth)] for s in scenes], inputs=[depth], label="Depth maps")
-                            new_depth = gr.Button("New random scene")
-                        with gr.Column():
                             depth_view = gr.Image(label="As the model will see it: normals | depth", type="pil",
                                                   format="png", height=200, interactive=False)
-                    depth_controls = settings_panel("depth")
-                    go = gr.Button("Generate", variant="primary", elem_classes="generate")
-                    depth_out = outputs_panel("depth")
+                        with gr.Row():
+                            gr.Examples([[str(s.depth)] for s in scenes], inputs=[depth], label="Depth maps")
+                            new_depth = gr.Button("New random scene", scale=0)
+                        depth_controls = settings_panel("depth")
+                        go = generate_button()
+                    with gr.Column(scale=4):
+                        depth_out = outputs_panel("depth")
 
                     @user_errors
                     def depth_view_fn(path):

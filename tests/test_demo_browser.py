@@ -51,7 +51,7 @@ def test_paint_generate_and_see_the_samples(tmp_path):
     samples = int(os.environ.get("PITI_DEMO_SAMPLES", "1"))
     with AppProcess() as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
         page.goto(url)
         page.locator("button.generate").first.wait_for(timeout=60_000)
         # an example scene (128 px) into the canvas (256 px): the editor zooms to fit it once it is loaded
@@ -59,7 +59,7 @@ def test_paint_generate_and_see_the_samples(tmp_path):
         page.locator("img[src*='scene-7-0-mask.png']").first.click()
         page.wait_for_function(f"() => ({ZOOM})() !== {zoom!r}", timeout=30_000)
         page.wait_for_timeout(1000)
-        # a stroke of the 'house' class (the 8th colour of the brush) across the middle
+        # a stroke of the 'house' class (the 8th colour of the brush) across the sand
         page.get_by_role("button", name="Brush", exact=True).first.click()
         swatches = page.locator("menu.swatch button.color")
         for _ in range(3):  # the colour menu may open with the brush, or on its own button
@@ -69,12 +69,12 @@ def test_paint_generate_and_see_the_samples(tmp_path):
             except PlaywrightTimeout:
                 page.get_by_role("button", name="Color", exact=True).first.click()
         page.wait_for_timeout(500)
-        box = page.locator("canvas").first.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 40, cy + 30)
+        box = page.locator("canvas").first.bounding_box()  # the stroke goes below the open colour menu
+        x, y = box["x"] + box["width"] / 2, box["y"] + 0.75 * box["height"]
+        page.mouse.move(x - 40, y)
         page.mouse.down()
-        page.mouse.move(cx + 40, cy + 30, steps=10)
-        page.mouse.move(cx + 40, cy + 60, steps=5)
+        page.mouse.move(x + 40, y, steps=10)
+        page.mouse.move(x + 40, y - 30, steps=5)
         page.mouse.up()
         if samples > 1:
             page.get_by_label("number input for Number of samples").first.fill(str(samples))
@@ -83,9 +83,10 @@ def test_paint_generate_and_see_the_samples(tmp_path):
         page.wait_for_function(
             f"() => [...document.querySelectorAll('#mask-gallery img')].filter(i => i.naturalWidth > 0).length"
             f" >= {samples}", timeout=180_000)
+        page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(500)
         shot = tmp_path / "demo.png"
-        page.screenshot(path=str(shot), full_page=False)
+        page.screenshot(path=str(shot), full_page=True)
         widths = page.eval_on_selector_all("#mask-gallery img", "imgs => imgs.map(i => i.naturalWidth)")
         condition = page.request.get(page.locator("#mask-condition img").first.get_attribute("src")).body()
         browser.close()
@@ -95,6 +96,7 @@ def test_paint_generate_and_see_the_samples(tmp_path):
     count = {name: int((seen == SYNTH_PALETTE[i]).all(1).sum()) for i, name in enumerate(SYNTH_CLASSES)}
     assert count["house"] > 20 and count["sky"] > 1000 and count["sand"] > 1000 and count["tree"] > 100
     assert shot.stat().st_size > 10_000
-    if os.environ.get("PITI_DEMO_SCREENSHOT"):
-        Path(os.environ["PITI_DEMO_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, os.environ["PITI_DEMO_SCREENSHOT"])
+    if os.environ.get("PITI_DEMO_SCREENSHOT"):  # a copy in 256 colours, small enough for a README
+        out = Path(os.environ["PITI_DEMO_SCREENSHOT"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(shot).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
