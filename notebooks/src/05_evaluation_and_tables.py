@@ -36,10 +36,10 @@ scratch = tempfile.TemporaryDirectory(prefix="piti-nb05-")  # evaluation folders
 work = Path(scratch.name)
 
 # %% [markdown]
-# **The small-sample bias of FID.** Two disjoint sets of *real* held-out scenes have an FID-T far above 0
-# when the sets are small, and it falls as they grow: the covariance estimates are noisy. A measured FID is
-# meaningful only next to others with the same number of images (the paper uses thousands; the toy checks
-# here use tens).
+# **The small-sample bias of FID.** Two disjoint sets of *real* held-out scenes are far apart in FID-T
+# when each holds a handful of images, and much closer with tens of images: with few images the mean and
+# covariance estimates are noisy, and the noise counts as distance. A measured FID is meaningful only next
+# to others with the same number of images (the paper uses thousands; the toy checks here use tens).
 
 # %%
 segmenter = load_segmenter()
