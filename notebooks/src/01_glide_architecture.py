@@ -108,9 +108,9 @@ if glide_path:
 # %% [markdown]
 # **Text-to-image samples** from held-out captions (world seed 7), plain classifier-free guidance w = 3
 # (the empty caption is the null condition, as in pretraining), ancestral DDPM. The captions name the kind
-# of scene and the objects; the model gets the kind of scene, and rarely the counts. As
-# `checkpoints/toy/README.md` measures, this toy GLIDE hardly follows its own captions; the real GLIDE's
-# text path is what PITI's premise rests on.
+# of scene and the objects in it; compare each sample with the real scene above it. As
+# `checkpoints/toy/README.md` measures, this toy GLIDE follows its own captions only weakly; the real
+# GLIDE's text path is what PITI's premise rests on.
 
 # %%
 n = plotting.pick(4, 2)
