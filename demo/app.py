@@ -133,11 +133,13 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
         demo.load(load_defaults, None, recommended, **private)
         return [num, seed, guidance, mode, sampler, steps, upsample]
 
+    parts = {"mask": "", "sketch": " (lines | their distance map)", "depth": " (normals | depth)"}
+
     def outputs_panel(task):
         gallery = gr.Gallery(label="Samples", columns=2, height=460, format="png", elem_id=f"{task}-gallery")
         with gr.Row():
-            condition = gr.Image(label="The condition as the model saw it", type="pil", format="png", height=220,
-                                 elem_id=f"{task}-condition")
+            condition = gr.Image(label="The condition as the model saw it" + parts[task], type="pil", format="png",
+                                 height=220, elem_id=f"{task}-condition")
             settings = gr.JSON(label="Settings used (copy to reproduce)", height=220)
         return [gallery, condition, settings]
 
@@ -207,10 +209,11 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                                 pad = editor("Sketch: white lines on black or dark lines on white (draw or upload)",
                                              ["#ffffff", "#000000"], 2)
                                 gr.Examples([[str(s.sketch)] for s in scenes], inputs=[pad], label="Sketches")
+                                pad.input(lambda: "sketch", None, src, queue=False, **private)
                             with gr.Column():
                                 photo = gr.Image(label="Photo", type="pil", image_mode="RGB", sources=("upload",),
                                                  height=220)
-                                edges = gr.Image(label="Its edges as the model will see them (distance to the lines)",
+                                edges = gr.Image(label="Its edges as the model will see them" + parts["sketch"],
                                                  type="pil", format="png", height=160, interactive=False)
                                 gr.Examples([[str(s.photo)] for s in scenes], inputs=[photo], label="Photos")
                         new_sketch = gr.Button("New random scene")
@@ -220,10 +223,11 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         sketch_out = outputs_panel("sketch")
 
                     @user_errors
-                    def edges_fn(image):
+                    def edges_fn(image):  # a photo given (uploaded or an example) is what to translate
                         if image is None:
-                            return None
-                        return ds.preview_condition(store.get("sketch"), image, from_photo=True, source="photo")
+                            return None, "sketch"
+                        preview = ds.preview_condition(store.get("sketch"), image, from_photo=True, source="photo")
+                        return preview, "photo"
 
                     @user_errors
                     def sketch_fn(source, sketch, photo, num_samples, seed, guidance, guidance_mode, sampler, steps,
@@ -237,13 +241,11 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         return run("sketch", ds.editor_image(sketch, "sketch pad"), controls, source="sketch pad")
 
                     def random_sketch():
-                        files = ds.random_scene_files(random_dir, scene_size, palette)
-                        return files.sketch.as_posix(), files.photo.as_posix()
+                        return ds.random_scene_files(random_dir, scene_size, palette).sketch.as_posix(), "sketch"
 
-                    photo.change(edges_fn, photo, edges, **private)
-                    photo.upload(lambda: "photo", None, src, **private, queue=False)
+                    photo.change(edges_fn, photo, [edges, src], **private)
                     go.click(sketch_fn, [src, pad, photo] + sketch_controls, sketch_out, api_name="sketch")
-                    new_sketch.click(random_sketch, None, [pad, photo], **private)
+                    new_sketch.click(random_sketch, None, [pad, src], **private)
 
             if "depth" in store.tasks:
                 with gr.Tab(ds.TASK_TITLES["depth"]), gr.Row():

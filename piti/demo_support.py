@@ -250,11 +250,12 @@ def random_seed() -> int:
 
 def condition_picture(task: str, condition: torch.Tensor) -> Image.Image:
     """The model's condition tensor ((1, C, S, S) or (C, S, S) in [-1, 1]) as a picture: the colour map
-    (mask), the distance map of the lines (sketch), or the normal and depth visualisations side by side."""
+    (mask), the lines (white on black) beside their distance map, which is the encoding the model takes
+    (sketch), or the normal and depth visualisations side by side (depth)."""
     c = condition[0] if condition.dim() == 4 else condition
     pic = ((c.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if task == "sketch":
-        return Image.fromarray(pic[..., 0])
+    if task == "sketch":  # distance 0 (value -1) is a line
+        return Image.fromarray(np.concatenate([np.where(pic[..., 0] == 0, 255, 0).astype(np.uint8), pic[..., 0]], 1))
     if task == "depth":
         return Image.fromarray(np.concatenate([pic[..., :3], pic[..., 3:]], axis=1))
     return Image.fromarray(pic)

@@ -53,7 +53,7 @@ def check_result(result, task: str, count: int = 1):
     images = [Image.open(item["image"]) for item in gallery]
     assert all(im.size == (128, 128) for im in images)  # the toy upsampler's size
     assert np.asarray(images[0]).std() > 1  # a picture, not a flat colour
-    assert Image.open(condition).size == ((256, 128) if task == "depth" else (128, 128))
+    assert Image.open(condition).size == ((128, 128) if task == "mask" else (256, 128))  # two pictures side by side
     assert record["settings"]["task"] == task and record["settings"]["steps"] == "3"
     return record
 

@@ -176,7 +176,7 @@ def test_translate_returns_images_condition_and_settings(pipes, task):
                                         guidance_mode="normalized", sampler="ddim", steps=3, upsample=True,
                                         notes=["from the canvas"], progress=False, upsample_steps=2)
     assert len(images) == 2 and images[0].size == (64, 64)
-    assert cond.size == ((64, 32) if task == "depth" else (32, 32))  # normals | depth side by side
+    assert cond.size == ((32, 32) if task == "mask" else (64, 32))  # normals | depth, lines | distance map
     assert cond.mode == {"mask": "RGB", "sketch": "L", "depth": "RGB"}[task]
     s = record["settings"]
     used = (s["seed"], s["guidance"], s["guidance_mode"], s["sampler"], s["steps"])
@@ -210,7 +210,9 @@ def test_condition_picture_and_preview_match_what_the_model_sees(pipes):
     edges = ds.preview_condition(pipes["sketch"], Image.open(ds.write_scene(
         Path(pipes["sketch"].sources["base"]).parent / "scene", (7, 1), 64, "synth").photo), from_photo=True)
     arr = np.asarray(edges)
-    assert edges.size == (32, 32) and arr.min() == 0 and arr.max() > 0  # distance 0 on the lines
+    lines, distance = arr[:, :32], arr[:, 32:]
+    assert edges.size == (64, 32) and lines.max() == 255 and np.array_equal(lines == 255, distance == 0)
+    assert distance.max() > 0
     preview = ds.preview_condition(pipes["depth"], depth_metres())
     assert preview.size == (64, 32)
 
@@ -287,7 +289,9 @@ def test_hub_files_and_unknown_tasks():
 
 def test_condition_picture_of_a_3d_tensor():
     t = torch.zeros(1, 4, 4)
-    assert np.asarray(ds.condition_picture("sketch", t)).max() == 128
+    t[0, 1, 2] = -1  # a line pixel
+    pic = np.asarray(ds.condition_picture("sketch", t))
+    assert pic.shape == (4, 8) and pic[1, 2] == 255 and pic[:, :4].sum() == 255 and pic[1, 6] == 0 and pic[0, 4] == 128
 
 
 def test_app_process_reports_an_app_that_exits(tmp_path):
