@@ -206,3 +206,14 @@ def test_an_arm_with_the_same_model_and_settings_takes_the_result(quick_run, cap
     assert "training " not in capsys.readouterr().out
     r = json.loads((out / "arms/pretraining/mask-pretrained.json").read_text())
     assert r["same_as"] == "finetune/two-stage" and r["arm"] == "mask-pretrained"
+
+
+def test_training_lock_keeps_two_lanes_off_one_run(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    lock = rp._lock(run)
+    assert lock is not None and lock.read_text() == str(os.getpid())
+    assert rp._lock(run) is None  # held by a live process (this one)
+    lock.write_text("999999999")  # a process that does not exist: a stale lock is taken over
+    assert rp._lock(run) == lock and lock.read_text() == str(os.getpid())

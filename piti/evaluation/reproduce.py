@@ -311,11 +311,18 @@ def train_arm(arm: Arm, budget: Budget, precision: str, device: str, deadline: f
             resume = str(find_state(out_dir))
         except Exception:  # no checkpoint yet: a fresh run
             resume = None
+        lock = _lock(out_dir)
+        if lock is None:
+            log(f"  {key} is being trained by another process; this arm is left for later")
+            return None
         log(f"  training {key} ({run.section}, {run.steps} steps, {precision}{', resumed' if resume else ''})")
         spent = _seconds_so_far(out_dir)
         start = time.perf_counter()
-        trainer = Trainer(config, resume)
-        model = trainer.train()
+        try:
+            trainer = Trainer(config, resume)
+            model = trainer.train()
+        finally:
+            lock.unlink(missing_ok=True)
         spent += time.perf_counter() - start
         (out_dir / "reproduce_seconds.json").write_text(json.dumps({"seconds": spent}))
         if trainer.step < run.steps:
@@ -324,6 +331,28 @@ def train_arm(arm: Arm, budget: Budget, precision: str, device: str, deadline: f
                                     "precision": precision, "config": config.to_dict()}, indent=1))
         init_file, total = model, total + spent
     return init_file, total
+
+
+def _lock(out_dir: Path) -> Path | None:
+    """Take ``out_dir``'s training lock (a file holding the process id); None while a live process holds it."""
+    import os
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / "reproduce.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return None  # its owner is alive
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # a stale lock of a process that died
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    return None
 
 
 def _seconds_so_far(out_dir: Path) -> float:
