@@ -167,13 +167,19 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
             if "mask" in store.tasks:
                 with gr.Tab(ds.TASK_TITLES["mask"]), gr.Row():
                     with gr.Column(scale=5):
+                        beside = len(ds.palette_classes(palette)[1]) <= ds.LEGEND_BESIDE
+                        legend = ds.palette_legend(palette, columns=1 if beside else 4)
                         with gr.Row():
                             canvas = editor("Label map: paint with the class colours (black = unlabelled), or upload "
                                             "one", ds.brush_colors(palette), 8)
-                            legend = ds.palette_legend(palette)
-                            gr.Image(legend, label=f"Legend ({palette} palette)", type="pil", format="png",
-                                     interactive=False, height=min(legend.height + 60, 400), buttons=["download"],
-                                     scale=0, min_width=legend.width + 20)
+                            if beside:
+                                gr.Image(legend, label=f"Legend ({palette} palette)", type="pil", format="png",
+                                         interactive=False, height=min(legend.height + 60, 400), buttons=["download"],
+                                         scale=0, min_width=legend.width + 20)
+                        if not beside:
+                            with gr.Accordion(f"Legend ({palette} palette)", open=True):
+                                gr.Image(legend, show_label=False, type="pil", format="png", interactive=False,
+                                         buttons=["download", "fullscreen"])
                         snap = gr.Checkbox(False, label="Snap every colour to the nearest class (for colour maps saved "
                                                         "with other colours, e.g. as JPEG)",
                                            info="Brush strokes are antialiased: colours close to a class colour are "

@@ -38,6 +38,7 @@ SNAP_DISTANCE = 16.0
 # are snapped too when they cover at most this fraction of the canvas; more is a picture in other colours.
 STRAY_FRACTION = 0.02
 MAX_SAMPLES = 4
+LEGEND_BESIDE = 24  # a palette of up to this many classes has its legend beside the canvas, a longer one below
 GUIDANCE_UI_MAX = 20.0  # the guidance slider's top (the setting itself allows up to 100)
 STEPS_UI_MAX = 1000
 # The synthetic world's classes by their names in the other palettes (ADE20K has no snow class).
@@ -65,12 +66,11 @@ def brush_colors(palette: str) -> list[str]:
     return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colors] + ["#000000"]
 
 
-def palette_legend(palette: str, rows: int = 24, swatch: int = 16, column_width: int = 190) -> Image.Image:
-    """A picture naming each colour of ``palette``: a swatch and the class name per line, ``rows`` per column,
-    black (unlabelled) last."""
+def palette_legend(palette: str, columns: int = 1, swatch: int = 16, column_width: int = 170) -> Image.Image:
+    """A picture naming each colour of ``palette``: a swatch and the class name per line, in ``columns``
+    columns, black (unlabelled) last."""
     colors, names = palette_classes(palette)
     entries = [(tuple(int(v) for v in c), n) for c, n in zip(colors, names)] + [((0, 0, 0), "unlabelled")]
-    columns = math.ceil(len(entries) / rows)
     rows = math.ceil(len(entries) / columns)
     line = swatch + 6
     image = Image.new("RGB", (columns * column_width + 8, rows * line + 8), "white")

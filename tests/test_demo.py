@@ -118,14 +118,21 @@ def test_two_concurrent_requests_both_succeed(app, scene):
     assert seeds == [0, 1]
 
 
-def test_one_task_on_given_checkpoints_with_host_and_port_flags():
+def test_one_task_on_given_checkpoints_in_another_palette(tmp_path, scene):
+    """As with official checkpoints: --task, --base, --upsampler, --palette (and --host, --port)."""
     from piti.pipeline import toy_checkpoint_paths
 
-    base, up = toy_checkpoint_paths("depth")
-    args = ["--task", "depth", "--base", str(base), "--upsampler", str(up), "--host", "127.0.0.1"]
+    base, up = toy_checkpoint_paths("mask")
+    args = ["--task", "mask", "--base", str(base), "--upsampler", str(up), "--palette", "coco-stuff",
+            "--host", "127.0.0.1"]
+    coco = ds.write_scene(tmp_path, (7, 0), 128, "coco-stuff")  # the example scene in COCO-Stuff's colours
     with ds.AppProcess(args, port_flag=True) as url:  # --port wins over GRADIO_SERVER_PORT
         c = gradio_client.Client(url, verbose=False)
-        assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/depth"}
+        assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/mask"}
+        record = check_result(c.predict(editor(coco.colormap), False, *CHEAP.values(), api_name="/mask"), "mask")
+        assert record["settings"]["palette"] == "coco-stuff"
+        with pytest.raises(gradio_client.exceptions.AppError, match="not in the 'coco-stuff' palette"):
+            c.predict(editor(scene.colormap), False, *CHEAP.values(), api_name="/mask")  # synthetic-world colours
 
 
 def test_bad_command_lines_are_refused():
