@@ -17,6 +17,7 @@ import atexit
 import functools
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -108,7 +109,8 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
     random_dir = example_dir / "random"
 
     specs = ds.control_specs()
-    private = dict(api_visibility="private")
+    # helper events: hidden from the API, and not waiting behind a generation (only generations are serialised)
+    private = dict(api_visibility="private", concurrency_limit=None)
 
     def settings_panel(task):
         with gr.Accordion("Settings", open=True):
@@ -296,6 +298,7 @@ def main(argv=None) -> int:
     store, palette, scene_size = make_store(args)
     workdir = Path(tempfile.mkdtemp(prefix="piti-demo-"))  # example scenes, drawn at start-up
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a terminated app cleans up too
     demo = build(store, palette, scene_size, workdir)
     demo.queue(default_concurrency_limit=1)  # one generation at a time; the others wait in the queue
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(workdir)])

@@ -165,3 +165,17 @@ def test_space_requirements_are_the_project_dependencies():
     required = {ln for ln in lines if ln}
     assert required and required <= declared, required - declared
     assert {"torch>=2.2", "gradio>=6", "huggingface_hub>=0.30"} <= required
+
+
+def test_the_progress_follows_the_sampler_steps(client, scene):
+    import time
+
+    slow = dict(CHEAP, sampler="ddpm", steps=30)
+    job = client.submit(editor(scene.colormap), False, *slow.values(), api_name="/mask")
+    seen = set()
+    while not job.done():
+        for p in job.status().progress_data or []:
+            seen.add((p.length, p.unit))
+        time.sleep(0.05)
+    assert len(job.result()[0]) == 1 and job.result()[2]["settings"]["steps"] == "30"
+    assert (30, "steps") in seen  # the base sampler's tqdm bar, as gradio's progress
