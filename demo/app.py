@@ -128,6 +128,7 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
         dice.click(ds.random_seed, None, seed, queue=False, **private)
         recommended = [guidance, mode, sampler, steps, upsample]
 
+        @user_errors
         def load_defaults():  # on page load: the task's pipeline is loaded once, on first use
             values = ds.control_values(store.get(task))
             return [values[k] for k in ("guidance", "guidance_mode", "sampler", "steps", "upsample")]

@@ -179,3 +179,25 @@ def test_the_progress_follows_the_sampler_steps(client, scene):
         time.sleep(0.05)
     assert len(job.result()[0]) == 1 and job.result()[2]["settings"]["steps"] == "30"
     assert (30, "steps") in seen  # the base sampler's tqdm bar, as gradio's progress
+
+
+def test_official_checkpoints_from_the_hub_cache_offline(tmp_path):
+    """--hub tfwang/PITI with HF_HUB_OFFLINE=1: the mask files are in the cache (the toy models under the
+    official names), the sketch files are not, and the sketch tab says so."""
+    from test_demo_support import hub_cache
+
+    from piti.pipeline import toy_checkpoint_paths
+
+    base, up = toy_checkpoint_paths("mask")
+    cache = hub_cache(tmp_path / "hub", "tfwang/PITI", {"base_mask.pt": base, "upsample_mask.pt": up})
+    coco = ds.write_scene(tmp_path / "coco", (7, 1), 128, "coco-stuff")  # official checkpoints: COCO-Stuff
+    sketch = ds.write_scene(tmp_path / "synth", (7, 1), 128, "synth").sketch
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}
+    with ds.AppProcess(["--hub", "tfwang/PITI"], env=env) as url:
+        c = gradio_client.Client(url, verbose=False)
+        assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/mask", "/sketch"}
+        record = check_result(c.predict(editor(coco.colormap), False, *CHEAP.values(), api_name="/mask"), "mask")
+        assert record["settings"]["base_checkpoint"].startswith(str(cache))
+        with pytest.raises(gradio_client.exceptions.AppError, match="base.pt of the Hugging Face model repo "
+                           "tfwang/PITI is not in the Hugging Face cache"):
+            c.predict("sketch", editor(sketch), None, *CHEAP.values(), api_name="/sketch")
