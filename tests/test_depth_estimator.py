@@ -17,8 +17,8 @@ TINY = de.DepthEstimatorConfig(widths=(6, 12, 16), feature_dim=8)
 # Floors of the shipped judges on held-out real scenes 100..119 at 64 px, rendered at 256 as the datasets
 # make them (their cards: docs/segmenter.md, docs/evaluation.md), with room for the few scenes judged here.
 SEGMENTER_MIN_MIOU = 0.8  # measured 0.872 on scenes 0..99
-DEPTH_MAX_ABSREL = 0.25
-DEPTH_MAX_RMSE = 20.0  # metres
+DEPTH_MAX_ABSREL = 0.2  # measured 0.104 on these scenes, 0.106 on 0..99; 0.69 against the wrong depth maps
+DEPTH_MAX_RMSE = 20.0  # metres; measured 13.4 here, 14.0 on 0..99
 
 
 def test_a_tiny_depth_estimator_learns(monkeypatch):
