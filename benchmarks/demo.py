@@ -29,12 +29,24 @@ from piti.pipeline import PITIPipeline
 
 def request(task: str, scene: ds.ExampleScene, values: dict) -> tuple:
     """The positional arguments of ``task``'s API endpoint for ``scene``."""
-    controls = (1, 0, values["guidance"], values["guidance_mode"], values["sampler"], values["steps"],
-                values["upsample"])
-    editor = {"background": handle_file(str(scene.colormap if task == "mask" else scene.sketch)), "layers": [],
-              "composite": None, "id": None}
-    return {"mask": (editor, False), "sketch": ("sketch", editor, None),
-            "depth": (handle_file(str(scene.depth)),)}[task] + controls
+    controls = (
+        1,
+        0,
+        values["guidance"],
+        values["guidance_mode"],
+        values["sampler"],
+        values["steps"],
+        values["upsample"],
+    )
+    editor = {
+        "background": handle_file(str(scene.colormap if task == "mask" else scene.sketch)),
+        "layers": [],
+        "composite": None,
+        "id": None,
+    }
+    return {"mask": (editor, False), "sketch": ("sketch", editor, None), "depth": (handle_file(str(scene.depth)),)}[
+        task
+    ] + controls
 
 
 def main(argv=None) -> int:
@@ -60,14 +72,18 @@ def main(argv=None) -> int:
                 times.append(time.perf_counter() - t)
             rows.append((task, v, times[0], statistics.median(times[1:]) if args.warm else float("nan")))
 
-    print(f"# demo/app.py on the embedded toy models: {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f} at "
-          f"start; app up in {started:.1f} s")
-    print("| tab | settings | first request (s) | warm, median of %d (s) |" % args.warm)
+    print(
+        f"# demo/app.py on the embedded toy models: {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average {load:.1f} at "
+        f"start; app up in {started:.1f} s"
+    )
+    print(f"| tab | settings | first request (s) | warm, median of {args.warm} (s) |")
     print("| --- | --- | ---: | ---: |")
     for task, v, first, warm in rows:
-        settings = f"{v['sampler']} {v['steps']} steps, w={v['guidance']:g} {v['guidance_mode']}, " \
-                   f"upsampler {'on' if v['upsample'] else 'off'}, 1 sample"
+        settings = (
+            f"{v['sampler']} {v['steps']} steps, w={v['guidance']:g} {v['guidance_mode']}, "
+            f"upsampler {'on' if v['upsample'] else 'off'}, 1 sample"
+        )
         print(f"| {task} | {settings} | {first:.2f} | {warm:.2f} |")
     return 0
 

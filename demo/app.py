@@ -40,15 +40,25 @@ EXAMPLES = 3
 def parse_args(argv=None):
     env = os.environ.get  # a Space runs `python app.py`: its variables PITI_TASK, PITI_HUB, ... stand for flags
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=TASKS, default=env("PITI_TASK"),
-                   help="serve this task only (required with --base)")
-    p.add_argument("--base", default=None, metavar="CKPT",
-                   help="base checkpoint (official .pt or project .safetensors)")
+    p.add_argument(
+        "--task", choices=TASKS, default=env("PITI_TASK"), help="serve this task only (required with --base)"
+    )
+    p.add_argument(
+        "--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)"
+    )
     p.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
-    p.add_argument("--hub", default=env("PITI_HUB"), metavar="REPO",
-                   help="fetch the official checkpoints from this Hugging Face model repo (tfwang/PITI: mask, sketch)")
-    p.add_argument("--palette", choices=tuple(PALETTES), default=env("PITI_PALETTE"),
-                   help="mask colours (default: synth for the embedded models, coco-stuff for official ones)")
+    p.add_argument(
+        "--hub",
+        default=env("PITI_HUB"),
+        metavar="REPO",
+        help="fetch the official checkpoints from this Hugging Face model repo (tfwang/PITI: mask, sketch)",
+    )
+    p.add_argument(
+        "--palette",
+        choices=tuple(PALETTES),
+        default=env("PITI_PALETTE"),
+        help="mask colours (default: synth for the embedded models, coco-stuff for official ones)",
+    )
     p.add_argument("--device", default=env("PITI_DEVICE", "cpu"), help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
@@ -80,18 +90,23 @@ def make_store(args) -> tuple[ds.ModelStore, str, int]:
         tasks = [args.task] if args.task else list(TASKS)
 
         def loader(task):
-            return PITIPipeline.from_checkpoints(args.base, args.upsampler, task=task, device=args.device,
-                                                 palette=palette)
+            return PITIPipeline.from_checkpoints(
+                args.base, args.upsampler, task=task, device=args.device, palette=palette
+            )
+
     return ds.ModelStore(loader, tasks), palette, 256 if official else 128
 
 
 # The pipeline's advice names API keywords and CLI flags; in the page, the controls that do the same.
-UI_HINTS = {"pass snap=True (CLI: --snap)": "tick 'Snap every colour'",
-            "Use sketch_from_photo=True (CLI: --sketch-from-photo)": "Choose 'photo' under 'Translate from'"}
+UI_HINTS = {
+    "pass snap=True (CLI: --snap)": "tick 'Snap every colour'",
+    "Use sketch_from_photo=True (CLI: --sketch-from-photo)": "Choose 'photo' under 'Translate from'",
+}
 
 
 def user_errors(fn):
     """Show the pipeline's message for a user's mistake (PitiError) in the page, not a stack trace."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -101,6 +116,7 @@ def user_errors(fn):
             for api, ui in UI_HINTS.items():
                 message = message.replace(api, ui)
             raise gr.Error(message, print_exception=False) from None
+
     return wrapper
 
 
@@ -141,8 +157,13 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
     def outputs_panel(task):
         gallery = gr.Gallery(label="Samples", columns=2, height=460, format="png", elem_id=f"{task}-gallery")
         with gr.Row():
-            condition = gr.Image(label="The condition as the model saw it" + parts[task], type="pil", format="png",
-                                 height=220, elem_id=f"{task}-condition")
+            condition = gr.Image(
+                label="The condition as the model saw it" + parts[task],
+                type="pil",
+                format="png",
+                height=220,
+                elem_id=f"{task}-condition",
+            )
             settings = gr.JSON(label="Settings used (copy to reproduce)", height=220)
         return [gallery, condition, settings]
 
@@ -153,19 +174,34 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
         return images, cond, record
 
     def editor(label, colors, brush_size):
-        return gr.ImageEditor(label=label, type="pil", image_mode="RGBA", format="png", sources=("upload",),
-                              canvas_size=(256, 256), height=400, layers=False, transforms=(),
-                              brush=gr.Brush(colors=colors, color_mode="fixed", default_size=brush_size),
-                              value=ds.blank_canvas(256))
+        return gr.ImageEditor(
+            label=label,
+            type="pil",
+            image_mode="RGBA",
+            format="png",
+            sources=("upload",),
+            canvas_size=(256, 256),
+            height=400,
+            layers=False,
+            transforms=(),
+            brush=gr.Brush(colors=colors, color_mode="fixed", default_size=brush_size),
+            value=ds.blank_canvas(256),
+        )
 
     def generate_button():
         return gr.Button("Generate", variant="primary", elem_classes="generate")
 
     with gr.Blocks(title="PITI: image-to-image translation") as demo:
-        gr.Markdown("# PITI: pretraining is all you need for image-to-image translation\n"
-                    "Translate a label map, a sketch or a depth map into photos. "
-                    + ("The embedded toy models were trained on the project's synthetic world (128 px): "
-                       "the examples come from that world." if scene_size == 128 else ""))
+        gr.Markdown(
+            "# PITI: pretraining is all you need for image-to-image translation\n"
+            "Translate a label map, a sketch or a depth map into photos. "
+            + (
+                "The embedded toy models were trained on the project's synthetic world (128 px): "
+                "the examples come from that world."
+                if scene_size == 128
+                else ""
+            )
+        )
         with gr.Tabs():
             if "mask" in store.tasks:
                 with gr.Tab(ds.TASK_TITLES["mask"]), gr.Row():
@@ -173,23 +209,46 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         beside = len(ds.palette_classes(palette)[1]) <= ds.LEGEND_BESIDE
                         legend = ds.palette_legend(palette, columns=1 if beside else 4)
                         with gr.Row():
-                            canvas = editor("Label map: paint with the class colours (black = unlabelled), or upload "
-                                            "one", ds.brush_colors(palette), 8)
+                            canvas = editor(
+                                "Label map: paint with the class colours (black = unlabelled), or upload one",
+                                ds.brush_colors(palette),
+                                8,
+                            )
                             if beside:
-                                gr.Image(legend, label=f"Legend ({palette} palette)", type="pil", format="png",
-                                         interactive=False, height=min(legend.height + 60, 400), buttons=["download"],
-                                         scale=0, min_width=legend.width + 20)
+                                gr.Image(
+                                    legend,
+                                    label=f"Legend ({palette} palette)",
+                                    type="pil",
+                                    format="png",
+                                    interactive=False,
+                                    height=min(legend.height + 60, 400),
+                                    buttons=["download"],
+                                    scale=0,
+                                    min_width=legend.width + 20,
+                                )
                         if not beside:
                             with gr.Accordion(f"Legend ({palette} palette)", open=True):
-                                gr.Image(legend, show_label=False, type="pil", format="png", interactive=False,
-                                         buttons=["download", "fullscreen"])
-                        snap = gr.Checkbox(False, label="Snap every colour to the nearest class (for colour maps saved "
-                                                        "with other colours, e.g. as JPEG)",
-                                           info="Brush strokes are antialiased: colours close to a class colour are "
-                                                "always snapped to it (the notes say how many pixels).")
+                                gr.Image(
+                                    legend,
+                                    show_label=False,
+                                    type="pil",
+                                    format="png",
+                                    interactive=False,
+                                    buttons=["download", "fullscreen"],
+                                )
+                        snap = gr.Checkbox(
+                            False,
+                            label="Snap every colour to the nearest class (for colour maps saved "
+                            "with other colours, e.g. as JPEG)",
+                            info="Brush strokes are antialiased: colours close to a class colour are "
+                            "always snapped to it (the notes say how many pixels).",
+                        )
                         with gr.Row():
-                            gr.Examples([[str(s.colormap)] for s in scenes], inputs=[canvas],
-                                        label="Scenes from the synthetic world")
+                            gr.Examples(
+                                [[str(s.colormap)] for s in scenes],
+                                inputs=[canvas],
+                                label="Scenes from the synthetic world",
+                            )
                             new_mask = gr.Button("New random scene", scale=0)
                         mask_controls = settings_panel("mask")
                         go = generate_button()
@@ -197,33 +256,67 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         mask_out = outputs_panel("mask")
 
                     @user_errors
-                    def mask_fn(canvas, snap, num_samples, seed, guidance, guidance_mode, sampler, steps, upsample,
-                                progress=gr.Progress(track_tqdm=True)):
-                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
-                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                    def mask_fn(
+                        canvas,
+                        snap,
+                        num_samples,
+                        seed,
+                        guidance,
+                        guidance_mode,
+                        sampler,
+                        steps,
+                        upsample,
+                        progress=gr.Progress(track_tqdm=True),
+                    ):
+                        controls = dict(
+                            num_samples=num_samples,
+                            seed=seed,
+                            guidance=guidance,
+                            sampler=sampler,
+                            guidance_mode=guidance_mode,
+                            steps=steps,
+                            upsample=upsample,
+                        )
                         colormap, notes = ds.canvas_to_colormap(canvas, palette)
                         return run("mask", colormap, controls, notes, snap=bool(snap), source="canvas")
 
                     go.click(mask_fn, [canvas, snap] + mask_controls, mask_out, api_name="mask")
-                    new_mask.click(lambda: ds.random_scene_files(random_dir, scene_size, palette).colormap.as_posix(),
-                                   None, canvas, **private)
+                    new_mask.click(
+                        lambda: ds.random_scene_files(random_dir, scene_size, palette).colormap.as_posix(),
+                        None,
+                        canvas,
+                        **private,
+                    )
 
             if "sketch" in store.tasks:
                 with gr.Tab(ds.TASK_TITLES["sketch"]), gr.Row():
                     with gr.Column(scale=5):
-                        src = gr.Radio(["sketch", "photo"], value="sketch", label="Translate from",
-                                       info="a sketch (drawn or uploaded), or a photo whose edges are extracted")
+                        src = gr.Radio(
+                            ["sketch", "photo"],
+                            value="sketch",
+                            label="Translate from",
+                            info="a sketch (drawn or uploaded), or a photo whose edges are extracted",
+                        )
                         with gr.Row():
                             with gr.Column():
-                                pad = editor("Sketch: white lines on black or dark lines on white (draw or upload)",
-                                             ["#ffffff", "#000000"], 2)
+                                pad = editor(
+                                    "Sketch: white lines on black or dark lines on white (draw or upload)",
+                                    ["#ffffff", "#000000"],
+                                    2,
+                                )
                                 gr.Examples([[str(s.sketch)] for s in scenes], inputs=[pad], label="Sketches")
                                 pad.input(lambda: "sketch", None, src, queue=False, **private)
                             with gr.Column():
-                                photo = gr.Image(label="Photo", type="pil", image_mode="RGB", sources=("upload",),
-                                                 height=220)
-                                edges = gr.Image(label="Its edges as the model will see them" + parts["sketch"],
-                                                 type="pil", format="png", height=160, interactive=False)
+                                photo = gr.Image(
+                                    label="Photo", type="pil", image_mode="RGB", sources=("upload",), height=220
+                                )
+                                edges = gr.Image(
+                                    label="Its edges as the model will see them" + parts["sketch"],
+                                    type="pil",
+                                    format="png",
+                                    height=160,
+                                    interactive=False,
+                                )
                                 gr.Examples([[str(s.photo)] for s in scenes], inputs=[photo], label="Photos")
                         new_sketch = gr.Button("New random scene")
                         sketch_controls = settings_panel("sketch")
@@ -239,10 +332,28 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         return preview, "photo"
 
                     @user_errors
-                    def sketch_fn(source, sketch, photo, num_samples, seed, guidance, guidance_mode, sampler, steps,
-                                  upsample, progress=gr.Progress(track_tqdm=True)):
-                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
-                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                    def sketch_fn(
+                        source,
+                        sketch,
+                        photo,
+                        num_samples,
+                        seed,
+                        guidance,
+                        guidance_mode,
+                        sampler,
+                        steps,
+                        upsample,
+                        progress=gr.Progress(track_tqdm=True),
+                    ):
+                        controls = dict(
+                            num_samples=num_samples,
+                            seed=seed,
+                            guidance=guidance,
+                            sampler=sampler,
+                            guidance_mode=guidance_mode,
+                            steps=steps,
+                            upsample=upsample,
+                        )
                         if source == "photo":
                             if photo is None:
                                 raise ConditionError("no photo: upload one or pick an example (or use the sketch)")
@@ -260,10 +371,18 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                 with gr.Tab(ds.TASK_TITLES["depth"]), gr.Row():
                     with gr.Column(scale=5):
                         with gr.Row():
-                            depth = gr.File(label="Depth map: 16-bit PNG in metres x 256 (0 = no depth) or .npy "
-                                                  "in metres", file_types=[".png", ".npy"], type="filepath")
-                            depth_view = gr.Image(label="As the model will see it: normals | depth", type="pil",
-                                                  format="png", height=200, interactive=False)
+                            depth = gr.File(
+                                label="Depth map: 16-bit PNG in metres x 256 (0 = no depth) or .npy in metres",
+                                file_types=[".png", ".npy"],
+                                type="filepath",
+                            )
+                            depth_view = gr.Image(
+                                label="As the model will see it: normals | depth",
+                                type="pil",
+                                format="png",
+                                height=200,
+                                interactive=False,
+                            )
                         with gr.Row():
                             gr.Examples([[str(s.depth)] for s in scenes], inputs=[depth], label="Depth maps")
                             new_depth = gr.Button("New random scene", scale=0)
@@ -280,17 +399,37 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         return ds.preview_condition(store.get("depth"), condition, source=name)
 
                     @user_errors
-                    def depth_fn(depth_map, num_samples, seed, guidance, guidance_mode, sampler, steps, upsample,
-                                 progress=gr.Progress(track_tqdm=True)):
-                        controls = dict(num_samples=num_samples, seed=seed, guidance=guidance, sampler=sampler,
-                                        guidance_mode=guidance_mode, steps=steps, upsample=upsample)
+                    def depth_fn(
+                        depth_map,
+                        num_samples,
+                        seed,
+                        guidance,
+                        guidance_mode,
+                        sampler,
+                        steps,
+                        upsample,
+                        progress=gr.Progress(track_tqdm=True),
+                    ):
+                        controls = dict(
+                            num_samples=num_samples,
+                            seed=seed,
+                            guidance=guidance,
+                            sampler=sampler,
+                            guidance_mode=guidance_mode,
+                            steps=steps,
+                            upsample=upsample,
+                        )
                         condition, name = ds.open_upload(depth_map)
                         return run("depth", condition, controls, source=name)
 
                     depth.change(depth_view_fn, depth, depth_view, **private)
                     go.click(depth_fn, [depth] + depth_controls, depth_out, api_name="depth")
-                    new_depth.click(lambda: ds.random_scene_files(random_dir, scene_size, palette).depth.as_posix(),
-                                    None, depth, **private)
+                    new_depth.click(
+                        lambda: ds.random_scene_files(random_dir, scene_size, palette).depth.as_posix(),
+                        None,
+                        depth,
+                        **private,
+                    )
     return demo
 
 

@@ -63,7 +63,7 @@ def palette_classes(palette: str) -> tuple[np.ndarray, tuple]:
 def brush_colors(palette: str) -> list[str]:
     """The colours of the mask brush as ``#rrggbb``: every class of ``palette``, then black (unlabelled)."""
     colors, _ = palette_classes(palette)
-    return ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in colors] + ["#000000"]
+    return ["#" + "".join(f"{int(v):02x}" for v in c) for c in colors] + ["#000000"]
 
 
 def palette_legend(palette: str, columns: int = 1, swatch: int = 16, column_width: int = 170) -> Image.Image:
@@ -83,8 +83,9 @@ def palette_legend(palette: str, columns: int = 1, swatch: int = 16, column_widt
     return image
 
 
-def snap_colors(rgb: np.ndarray, palette: str, distance: float = SNAP_DISTANCE,
-                stray_fraction: float = STRAY_FRACTION) -> tuple[np.ndarray, int]:
+def snap_colors(
+    rgb: np.ndarray, palette: str, distance: float = SNAP_DISTANCE, stray_fraction: float = STRAY_FRACTION
+) -> tuple[np.ndarray, int]:
     """Snap near-palette colours of an (H, W, 3) uint8 picture to their class colour (black included).
 
     A colour within ``distance`` of a class colour becomes it; the colours farther from every class become
@@ -127,8 +128,11 @@ def editor_image(value, what: str = "canvas") -> Image.Image:
     layers = [_as_pil(layer).convert("RGBA") for layer in value.get("layers") or [] if layer is not None]
     if value.get("background") is None and not layers:
         raise empty
-    base = _as_pil(value["background"]).convert("RGBA") if value.get("background") is not None else \
-        Image.new("RGBA", layers[0].size, (0, 0, 0, 0))
+    base = (
+        _as_pil(value["background"]).convert("RGBA")
+        if value.get("background") is not None
+        else Image.new("RGBA", layers[0].size, (0, 0, 0, 0))
+    )
     for layer in layers:
         base = Image.alpha_composite(base, layer.resize(base.size, Image.NEAREST))
     return base
@@ -163,8 +167,10 @@ def canvas_to_colormap(value, palette: str) -> tuple[Image.Image, list[str]]:
     snapped, changed = snap_colors(rgb, palette)
     notes = []
     if changed:
-        notes.append(f"canvas: {changed} pixels ({changed / rgb[..., 0].size:.1%}) of colours near a class colour "
-                     "(antialiased brush edges) were snapped to that class")
+        notes.append(
+            f"canvas: {changed} pixels ({changed / rgb[..., 0].size:.1%}) of colours near a class colour "
+            "(antialiased brush edges) were snapped to that class"
+        )
     return Image.fromarray(snapped), notes
 
 
@@ -215,9 +221,13 @@ def write_scene(folder, seed, size: int, palette: str) -> ExampleScene:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = "scene-" + "-".join(str(int(s)) for s in np.atleast_1d(seed))
-    files = ExampleScene(seed=tuple(np.atleast_1d(seed).tolist()), colormap=folder / f"{stem}-mask.png",
-                         sketch=folder / f"{stem}-sketch.png", depth=folder / f"{stem}-depth.png",
-                         photo=folder / f"{stem}-photo.png")
+    files = ExampleScene(
+        seed=tuple(np.atleast_1d(seed).tolist()),
+        colormap=folder / f"{stem}-mask.png",
+        sketch=folder / f"{stem}-sketch.png",
+        depth=folder / f"{stem}-depth.png",
+        photo=folder / f"{stem}-photo.png",
+    )
     Image.fromarray(scene_colormap(scene.labels, palette)).save(files.colormap)
     Image.fromarray(scene.sketch).save(files.sketch)
     Image.fromarray(np.round(scene.depth * DEPTH_PNG_SCALE).astype(np.uint16)).save(files.depth)
@@ -264,8 +274,9 @@ def condition_picture(task: str, condition: torch.Tensor) -> Image.Image:
 def preview_condition(pipe, condition, **kwargs) -> Image.Image:
     """``condition`` as the base model of ``pipe`` will see it (:func:`piti.data.conditions.condition_tensor`
     with the keywords ``snap``, ``from_photo``, ``source``)."""
-    tensor, _ = condition_tensor(pipe.task, condition, pipe.base_model.config.cond_size, pipe.defaults.palette,
-                                 **kwargs)
+    tensor, _ = condition_tensor(
+        pipe.task, condition, pipe.base_model.config.cond_size, pipe.defaults.palette, **kwargs
+    )
     return condition_picture(pipe.task, tensor)
 
 
@@ -277,8 +288,11 @@ def control_specs() -> dict:
     specs = setting_specs()
     return {
         "num_samples": dict(minimum=1, maximum=MAX_SAMPLES),
-        "guidance": dict(minimum=max(specs["guidance"].low, 0.0), maximum=min(specs["guidance"].high, GUIDANCE_UI_MAX),
-                         info=specs["guidance"].help),
+        "guidance": dict(
+            minimum=max(specs["guidance"].low, 0.0),
+            maximum=min(specs["guidance"].high, GUIDANCE_UI_MAX),
+            info=specs["guidance"].help,
+        ),
         "guidance_mode": dict(choices=list(specs["guidance_mode"].choices), info=specs["guidance_mode"].help),
         "sampler": dict(choices=list(specs["sampler"].choices), info=specs["sampler"].help),
         "steps": dict(minimum=2, maximum=STEPS_UI_MAX),
@@ -290,12 +304,30 @@ def control_values(pipe) -> dict:
     shows as its number of steps)."""
     d = pipe.defaults
     digits = "".join(ch for ch in d.steps if ch.isdigit())
-    return {"guidance": d.guidance, "guidance_mode": d.guidance_mode, "sampler": d.sampler,
-            "steps": int(digits or 20), "upsample": pipe.upsampler_model is not None}
+    return {
+        "guidance": d.guidance,
+        "guidance_mode": d.guidance_mode,
+        "sampler": d.sampler,
+        "steps": int(digits or 20),
+        "upsample": pipe.upsampler_model is not None,
+    }
 
 
-def translate(pipe, condition, *, num_samples: int, seed: int, guidance: float, guidance_mode: str,
-              sampler: str, steps: int, upsample: bool, notes=(), progress: bool = True, **kwargs):
+def translate(
+    pipe,
+    condition,
+    *,
+    num_samples: int,
+    seed: int,
+    guidance: float,
+    guidance_mode: str,
+    sampler: str,
+    steps: int,
+    upsample: bool,
+    notes=(),
+    progress: bool = True,
+    **kwargs,
+):
     """One demo request: ``pipe`` on ``condition`` with the controls' values.
 
     Returns ``(images, condition picture, record)``; the record holds every setting used, the notes on the
@@ -303,10 +335,18 @@ def translate(pipe, condition, *, num_samples: int, seed: int, guidance: float, 
     """
     if not 1 <= int(num_samples) <= MAX_SAMPLES:
         raise ConfigError(f"number of samples must be 1 to {MAX_SAMPLES}, got {num_samples}")
-    out = pipe(condition, num_samples=int(num_samples), seed=int(seed),
-               upsample=bool(upsample) and pipe.upsampler_model is not None, progress=progress,
-               guidance=float(guidance), guidance_mode=guidance_mode, sampler=sampler, steps=str(int(steps)),
-               **kwargs)
+    out = pipe(
+        condition,
+        num_samples=int(num_samples),
+        seed=int(seed),
+        upsample=bool(upsample) and pipe.upsampler_model is not None,
+        progress=progress,
+        guidance=float(guidance),
+        guidance_mode=guidance_mode,
+        sampler=sampler,
+        steps=str(int(steps)),
+        **kwargs,
+    )
     record = {"settings": out.settings, "notes": list(notes) + out.notes}
     return out.images, condition_picture(pipe.task, out.condition), record
 
@@ -354,20 +394,39 @@ class AppProcess:
     names another port. ``env`` adds variables; the app's output is kept in a file (:meth:`output`).
     """
 
-    def __init__(self, args=(), *, app=APP_PATH, env: dict | None = None, port_flag: bool = False,
-                 timeout: float = 120.0, threads: int = 1):
+    def __init__(
+        self,
+        args=(),
+        *,
+        app=APP_PATH,
+        env: dict | None = None,
+        port_flag: bool = False,
+        timeout: float = 120.0,
+        threads: int = 1,
+    ):
         self.port = free_port()
         self.app, self.timeout = Path(app), timeout
         self.args = [*args, "--port", str(self.port)] if port_flag else list(args)
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), GRADIO_ANALYTICS_ENABLED="False",
-                        GRADIO_SERVER_PORT=str(free_port() if port_flag else self.port), **(env or {}))
+        self.env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(threads),
+            GRADIO_ANALYTICS_ENABLED="False",
+            GRADIO_SERVER_PORT=str(free_port() if port_flag else self.port),
+            **(env or {}),
+        )
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc = None
 
     def __enter__(self) -> str:
         self.log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would fill with progress bars and block
-        self.proc = subprocess.Popen([sys.executable, str(self.app), *self.args], cwd=self.app.parent, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.app), *self.args],
+            cwd=self.app.parent,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -29,8 +29,10 @@ def hub_files(task: str, files: dict | None = None) -> tuple[str, str]:
     """The (base, upsampler) file names of ``task`` in the repo (``files`` overrides :data:`HUB_FILES`)."""
     table = {**HUB_FILES, **(files or {})}
     if task not in table:
-        raise ConfigError(f"no {task!r} checkpoints are known in the Hub repo; known tasks: {', '.join(table)} "
-                          "(pass files={task: (base, upsampler)} for a repo that has them)")
+        raise ConfigError(
+            f"no {task!r} checkpoints are known in the Hub repo; known tasks: {', '.join(table)} "
+            "(pass files={task: (base, upsampler)} for a repo that has them)"
+        )
     return table[task]
 
 
@@ -39,8 +41,10 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, cache_
     try:
         from huggingface_hub import constants, hf_hub_download
     except ImportError:
-        raise ConfigError("fetching checkpoints from the Hub needs huggingface_hub: pip install -e \".[demo]\" "
-                          "(or pass the files' paths with --base/--upsampler)") from None
+        raise ConfigError(
+            'fetching checkpoints from the Hub needs huggingface_hub: pip install -e ".[demo]" '
+            "(or pass the files' paths with --base/--upsampler)"
+        ) from None
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -68,8 +72,17 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, cache_
         raise MissingWeightsError(f"{where} could not be downloaded: {e}") from None
 
 
-def from_pretrained(repo_id: str = HUB_REPO, task: str = "mask", *, files: dict | None = None,
-                    revision: str | None = None, cache_dir=None, token=None, upsample: bool = True, **kwargs):
+def from_pretrained(
+    repo_id: str = HUB_REPO,
+    task: str = "mask",
+    *,
+    files: dict | None = None,
+    revision: str | None = None,
+    cache_dir=None,
+    token=None,
+    upsample: bool = True,
+    **kwargs,
+):
     """A :class:`~piti.pipeline.PITIPipeline` on the checkpoints of ``task`` in the Hub repo ``repo_id``.
 
     ``upsample=False`` fetches the base model only. Other keywords go to

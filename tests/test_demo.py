@@ -60,7 +60,10 @@ def check_result(result, task: str, count: int = 1):
 
 def test_only_the_three_tasks_are_public(client):
     assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {
-        "/mask", "/sketch", "/depth"}
+        "/mask",
+        "/sketch",
+        "/depth",
+    }
 
 
 def test_mask_tab_translates_an_example(client, scene):
@@ -78,8 +81,11 @@ def test_sketch_tab_translates_a_sketch_and_a_photo(client, scene):
 
 def test_depth_tab_translates_an_example(client, scene):
     cheap = dict(CHEAP, num_samples=2)
-    check_result(client.predict(gradio_client.handle_file(str(scene.depth)), *cheap.values(), api_name="/depth"),
-                 "depth", count=2)
+    check_result(
+        client.predict(gradio_client.handle_file(str(scene.depth)), *cheap.values(), api_name="/depth"),
+        "depth",
+        count=2,
+    )
 
 
 def test_bad_inputs_give_the_message_and_the_app_keeps_serving(client, scene, tmp_path):
@@ -100,19 +106,23 @@ def test_bad_inputs_give_the_message_and_the_app_keeps_serving(client, scene, tm
     with pytest.raises(AppError, match="looks like a photo.*Choose 'photo'"):
         client.predict("sketch", editor(scene.photo), None, *CHEAP.values(), api_name="/sketch")
     # the next good request works
-    check_result(client.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(), api_name="/depth"),
-                 "depth")
+    check_result(
+        client.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(), api_name="/depth"), "depth"
+    )
     # a white canvas snapped on request is a canvas of snow
-    record = check_result(client.predict(editor(tmp_path / "white.png"), True, *CHEAP.values(), api_name="/mask"),
-                          "mask")
+    record = check_result(
+        client.predict(editor(tmp_path / "white.png"), True, *CHEAP.values(), api_name="/mask"), "mask"
+    )
     assert record["settings"]["snap"] is True
 
 
 def test_two_concurrent_requests_both_succeed(app, scene):
     clients = [gradio_client.Client(app, verbose=False) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(c.predict, editor(scene.colormap), False, *dict(CHEAP, seed=i).values(), api_name="/mask")
-                for i, c in enumerate(clients)]
+        jobs = [
+            pool.submit(c.predict, editor(scene.colormap), False, *dict(CHEAP, seed=i).values(), api_name="/mask")
+            for i, c in enumerate(clients)
+        ]
         results = [job.result(timeout=240) for job in jobs]
     seeds = [check_result(r, "mask")["settings"]["seed"] for r in results]
     assert seeds == [0, 1]
@@ -123,8 +133,18 @@ def test_one_task_on_given_checkpoints_in_another_palette(tmp_path, scene):
     from piti.pipeline import toy_checkpoint_paths
 
     base, up = toy_checkpoint_paths("mask")
-    args = ["--task", "mask", "--base", str(base), "--upsampler", str(up), "--palette", "coco-stuff",
-            "--host", "127.0.0.1"]
+    args = [
+        "--task",
+        "mask",
+        "--base",
+        str(base),
+        "--upsampler",
+        str(up),
+        "--palette",
+        "coco-stuff",
+        "--host",
+        "127.0.0.1",
+    ]
     coco = ds.write_scene(tmp_path, (7, 0), 128, "coco-stuff")  # the example scene in COCO-Stuff's colours
     with ds.AppProcess(args, port_flag=True) as url:  # --port wins over GRADIO_SERVER_PORT
         c = gradio_client.Client(url, verbose=False)
@@ -151,8 +171,9 @@ def test_a_space_layout_serves_the_package_beside_the_app(tmp_path, scene):
         shutil.copy(f, space / "checkpoints" / "toy" / f.name)
     with ds.AppProcess(app=space / "app.py", env={"PITI_TASK": "depth"}) as url:
         c = gradio_client.Client(url, verbose=False)
-        record = check_result(c.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(),
-                                        api_name="/depth"), "depth")
+        record = check_result(
+            c.predict(gradio_client.handle_file(str(scene.depth)), *CHEAP.values(), api_name="/depth"), "depth"
+        )
     assert record["settings"]["base_checkpoint"].startswith(str(space))  # the package and models beside app.py
 
 
@@ -198,6 +219,8 @@ def test_official_checkpoints_from_the_hub_cache_offline(tmp_path):
         assert set(c.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/mask", "/sketch"}
         record = check_result(c.predict(editor(coco.colormap), False, *CHEAP.values(), api_name="/mask"), "mask")
         assert record["settings"]["base_checkpoint"].startswith(str(cache))
-        with pytest.raises(gradio_client.exceptions.AppError, match="base.pt of the Hugging Face model repo "
-                           "tfwang/PITI is not in the Hugging Face cache"):
+        with pytest.raises(
+            gradio_client.exceptions.AppError,
+            match="base.pt of the Hugging Face model repo tfwang/PITI is not in the Hugging Face cache",
+        ):
             c.predict("sketch", editor(sketch), None, *CHEAP.values(), api_name="/sketch")

@@ -23,8 +23,7 @@ from piti.demo_support import AppProcess
 
 REQUIRED = os.environ.get("PITI_REQUIRE_BROWSER") == "1"
 # the image editor's zoom label, e.g. "140%"
-ZOOM = ("() => [...document.querySelectorAll('span, div')].map(e => e.textContent.trim())"
-        ".find(t => /^[0-9]+%$/.test(t))")
+ZOOM = "() => [...document.querySelectorAll('span, div')].map(e => e.textContent.trim()).find(t => /^[0-9]+%$/.test(t))"
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -82,7 +81,9 @@ def test_paint_generate_and_see_the_samples(tmp_path):
         page.locator("button.generate").first.click()
         page.wait_for_function(
             f"() => [...document.querySelectorAll('#mask-gallery img')].filter(i => i.naturalWidth > 0).length"
-            f" >= {samples}", timeout=180_000)
+            f" >= {samples}",
+            timeout=180_000,
+        )
         page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(500)
         shot = tmp_path / "demo.png"

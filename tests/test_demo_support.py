@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import depth_metres, sketch_picture, synth_mask, tiny_checkpoints
 from PIL import Image
 
 from piti import demo_support as ds
@@ -20,6 +19,8 @@ from piti.errors import ConditionError, ConfigError
 from piti.pipeline import PITIPipeline
 from piti.settings import setting_specs
 
+from conftest import depth_metres, sketch_picture, synth_mask, tiny_checkpoints
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 SKY, GRASS, HOUSE = (int(v) for v in (0, 3, 7))
 
@@ -27,8 +28,10 @@ SKY, GRASS, HOUSE = (int(v) for v in (0, 3, 7))
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    return {task: tiny_checkpoints(task, folder, sampling={"palette": "synth", "guidance": 2.5})
-            for task in ("mask", "sketch", "depth")}
+    return {
+        task: tiny_checkpoints(task, folder, sampling={"palette": "synth", "guidance": 2.5})
+        for task in ("mask", "sketch", "depth")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def pipes(ckpts):
 def test_brush_colors_are_the_classes_then_black():
     colors = ds.brush_colors("synth")
     assert len(colors) == len(SYNTH_PALETTE) + 1 and colors[-1] == "#000000"
-    assert colors[0] == "#%02x%02x%02x" % tuple(SYNTH_PALETTE[0])
+    assert colors[0] == "#" + "".join(f"{v:02x}" for v in SYNTH_PALETTE[0])
     assert len(ds.brush_colors("coco-stuff")) == len(PALETTES["coco-stuff"][0]) + 1
 
 
@@ -173,9 +176,20 @@ def test_controls_come_from_the_settings_and_the_checkpoint(pipes):
 @pytest.mark.parametrize("task", ["mask", "sketch", "depth"])
 def test_translate_returns_images_condition_and_settings(pipes, task):
     condition = {"mask": synth_mask, "sketch": sketch_picture, "depth": depth_metres}[task]()
-    images, cond, record = ds.translate(pipes[task], condition, num_samples=2, seed=3, guidance=1.5,
-                                        guidance_mode="normalized", sampler="ddim", steps=3, upsample=True,
-                                        notes=["from the canvas"], progress=False, upsample_steps=2)
+    images, cond, record = ds.translate(
+        pipes[task],
+        condition,
+        num_samples=2,
+        seed=3,
+        guidance=1.5,
+        guidance_mode="normalized",
+        sampler="ddim",
+        steps=3,
+        upsample=True,
+        notes=["from the canvas"],
+        progress=False,
+        upsample_steps=2,
+    )
     assert len(images) == 2 and images[0].size == (64, 64)
     assert cond.size == ((32, 32) if task == "mask" else (64, 32))  # normals | depth, lines | distance map
     assert cond.mode == {"mask": "RGB", "sketch": "L", "depth": "RGB"}[task]
@@ -185,31 +199,75 @@ def test_translate_returns_images_condition_and_settings(pipes, task):
     assert record["notes"][0] == "from the canvas"
     json.dumps(record)
     # the same request again gives the same pixels
-    again, _, _ = ds.translate(pipes[task], condition, num_samples=2, seed=3, guidance=1.5, guidance_mode="normalized",
-                               sampler="ddim", steps=3, upsample=True, progress=False, upsample_steps=2)
+    again, _, _ = ds.translate(
+        pipes[task],
+        condition,
+        num_samples=2,
+        seed=3,
+        guidance=1.5,
+        guidance_mode="normalized",
+        sampler="ddim",
+        steps=3,
+        upsample=True,
+        progress=False,
+        upsample_steps=2,
+    )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
 
 
 def test_translate_without_upsampler_and_bad_requests(pipes):
-    images, _, record = ds.translate(pipes["mask"], synth_mask(), num_samples=1, seed=0, guidance=1.0,
-                                     guidance_mode="plain", sampler="ddpm", steps=3, upsample=False, progress=False)
+    images, _, record = ds.translate(
+        pipes["mask"],
+        synth_mask(),
+        num_samples=1,
+        seed=0,
+        guidance=1.0,
+        guidance_mode="plain",
+        sampler="ddpm",
+        steps=3,
+        upsample=False,
+        progress=False,
+    )
     assert images[0].size == (32, 32) and record["settings"]["upsample"] is False
     with pytest.raises(ConfigError, match="1 to 4"):
-        ds.translate(pipes["mask"], synth_mask(), num_samples=5, seed=0, guidance=1.0, guidance_mode="plain",
-                     sampler="ddpm", steps=3, upsample=False)
+        ds.translate(
+            pipes["mask"],
+            synth_mask(),
+            num_samples=5,
+            seed=0,
+            guidance=1.0,
+            guidance_mode="plain",
+            sampler="ddpm",
+            steps=3,
+            upsample=False,
+        )
     with pytest.raises(ConditionError, match="not in the 'synth' palette"):
-        ds.translate(pipes["mask"], Image.new("RGB", (8, 8), "white"), num_samples=1, seed=0, guidance=1.0,
-                     guidance_mode="plain", sampler="ddpm", steps=3, upsample=False, progress=False)
+        ds.translate(
+            pipes["mask"],
+            Image.new("RGB", (8, 8), "white"),
+            num_samples=1,
+            seed=0,
+            guidance=1.0,
+            guidance_mode="plain",
+            sampler="ddpm",
+            steps=3,
+            upsample=False,
+            progress=False,
+        )
 
 
 def test_condition_picture_and_preview_match_what_the_model_sees(pipes):
     from piti.data.conditions import condition_tensor
 
     tensor, _ = condition_tensor("mask", synth_mask(), 32, "synth")
-    assert np.array_equal(np.asarray(ds.condition_picture("mask", tensor)),
-                          np.asarray(synth_mask().resize((32, 32), Image.NEAREST)))
-    edges = ds.preview_condition(pipes["sketch"], Image.open(ds.write_scene(
-        Path(pipes["sketch"].sources["base"]).parent / "scene", (7, 1), 64, "synth").photo), from_photo=True)
+    assert np.array_equal(
+        np.asarray(ds.condition_picture("mask", tensor)), np.asarray(synth_mask().resize((32, 32), Image.NEAREST))
+    )
+    edges = ds.preview_condition(
+        pipes["sketch"],
+        Image.open(ds.write_scene(Path(pipes["sketch"].sources["base"]).parent / "scene", (7, 1), 64, "synth").photo),
+        from_photo=True,
+    )
     arr = np.asarray(edges)
     lines, distance = arr[:, :32], arr[:, 32:]
     assert edges.size == (64, 32) and lines.max() == 255 and np.array_equal(lines == 255, distance == 0)
@@ -259,16 +317,18 @@ else:
 
 def run_offline(cache: Path, repo: str, task: str) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(cache.parent / "hf-home"))
-    proc = subprocess.run([sys.executable, "-c", HUB_SCRIPT, repo, task], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, repo, task], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_from_pretrained_reads_the_official_file_names_from_the_hub_cache(tmp_path, ckpts):
     # project safetensors stored under the official names: the loader detects the format from the content
-    cache = hub_cache(tmp_path / "hub", "tfwang/PITI", {"base_mask.pt": ckpts["mask"][0],
-                                                         "upsample_mask.pt": ckpts["mask"][1]})
+    cache = hub_cache(
+        tmp_path / "hub", "tfwang/PITI", {"base_mask.pt": ckpts["mask"][0], "upsample_mask.pt": ckpts["mask"][1]}
+    )
     out = run_offline(cache, "tfwang/PITI", "mask")
     assert out["task"] == "mask" and out["palette"] == "synth"
     assert out["sources"]["base"].endswith("base_mask.pt") and out["sources"]["upsampler"].endswith("upsample_mask.pt")
