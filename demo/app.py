@@ -80,12 +80,12 @@ def make_store(args) -> tuple[ds.ModelStore, str, int]:
     official = bool(args.base or args.hub)
     palette = args.palette or ("coco-stuff" if official else "synth")
     if args.hub:
-        from piti.hub import HUB_FILES, from_pretrained
+        from piti.hub import HUB_FILES
 
         tasks = [args.task] if args.task else list(HUB_FILES)
 
         def loader(task):
-            return from_pretrained(args.hub, task=task, device=args.device, palette=palette)
+            return PITIPipeline.from_pretrained(args.hub, task=task, device=args.device, palette=palette)
     else:
         tasks = [args.task] if args.task else list(TASKS)
 

@@ -1,11 +1,11 @@
 """Official PITI checkpoints from the Hugging Face Hub.
 
 The authors publish their COCO checkpoints in the model repo ``tfwang/PITI`` (mask and sketch; no depth
-model was released). :func:`from_pretrained` fetches a task's base model and upsampler through
-``huggingface_hub.hf_hub_download`` (which caches them, and reads only the cache when ``HF_HUB_OFFLINE=1``)
-and builds the pipeline:
+model was released). :func:`checkpoint_paths` fetches a task's base model and upsampler through
+``huggingface_hub.hf_hub_download`` (which caches them, and reads only the cache when ``HF_HUB_OFFLINE=1``);
+:meth:`piti.pipeline.PITIPipeline.from_pretrained` builds the pipeline on them:
 
-    pipe = from_pretrained("tfwang/PITI", task="mask")          # about 2.8 GB on the first call
+    pipe = PITIPipeline.from_pretrained("tfwang/PITI", task="mask")   # about 2.8 GB on the first call
     out = pipe(Image.open("labels.png"), num_samples=4)
 
 Other repos holding the same kind of files name them with ``files={"mask": ("base.pt", "up.pt")}``.
@@ -72,7 +72,7 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, cache_
         raise MissingWeightsError(f"{where} could not be downloaded: {e}") from None
 
 
-def from_pretrained(
+def checkpoint_paths(
     repo_id: str = HUB_REPO,
     task: str = "mask",
     *,
@@ -81,18 +81,10 @@ def from_pretrained(
     cache_dir=None,
     token=None,
     upsample: bool = True,
-    **kwargs,
-):
-    """A :class:`~piti.pipeline.PITIPipeline` on the checkpoints of ``task`` in the Hub repo ``repo_id``.
-
-    ``upsample=False`` fetches the base model only. Other keywords go to
-    :meth:`~piti.pipeline.PITIPipeline.from_checkpoints` (``device``, ``precision``, ``profile``, settings
-    such as ``palette``).
-    """
-    from piti.pipeline import PITIPipeline
-
+) -> tuple[Path, Path | None]:
+    """The local paths of ``task``'s base model and upsampler from the Hub repo ``repo_id`` (cached;
+    ``upsample=False`` fetches the base model only and gives None for the upsampler)."""
     base_name, up_name = hub_files(task, files)
     fetch = dict(revision=revision, cache_dir=cache_dir, token=token)
     base = download(repo_id, base_name, **fetch)
-    upsampler = download(repo_id, up_name, **fetch) if upsample else None
-    return PITIPipeline.from_checkpoints(base, upsampler, task=task, **kwargs)
+    return base, download(repo_id, up_name, **fetch) if upsample else None

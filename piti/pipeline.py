@@ -222,11 +222,27 @@ class PITIPipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, repo_id: str = "tfwang/PITI", task: str = "mask", **kwargs) -> PITIPipeline:
-        """The official checkpoints of ``task`` from the Hugging Face Hub (:func:`piti.hub.from_pretrained`)."""
-        from piti.hub import from_pretrained
+    def from_pretrained(
+        cls,
+        repo_id: str = "tfwang/PITI",
+        task: str = "mask",
+        *,
+        files: dict | None = None,
+        revision: str | None = None,
+        cache_dir=None,
+        token=None,
+        upsample: bool = True,
+        **kwargs,
+    ) -> PITIPipeline:
+        """The official checkpoints of ``task`` from the Hugging Face Hub repo ``repo_id``, fetched (and cached)
+        by :func:`piti.hub.checkpoint_paths`; ``upsample=False`` fetches the base model only. Other keywords go
+        to :meth:`from_checkpoints` (``device``, ``precision``, ``profile``, settings such as ``palette``)."""
+        from piti.hub import checkpoint_paths
 
-        return from_pretrained(repo_id, task=task, **kwargs)
+        base, upsampler = checkpoint_paths(
+            repo_id, task, files=files, revision=revision, cache_dir=cache_dir, token=token, upsample=upsample
+        )
+        return cls.from_checkpoints(base, upsampler, task=task, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
     def diffusion(self, model, steps, start: float = 1.0):
