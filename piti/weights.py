@@ -21,9 +21,9 @@ import logging
 import os
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -74,25 +74,43 @@ class WeightSpec:
 
 # File names are those the usual tools cache them under (tests check them against torchvision).
 WEIGHTS: dict[str, WeightSpec] = {
-    "vgg19": WeightSpec("vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-                        _torch_hub_checkpoints, "perceptual loss of the upsampler (torchvision VGG19)"),
-    "vgg16": WeightSpec("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-                        _torch_hub_checkpoints, "LPIPS backbone, net='vgg' (torchvision VGG16)"),
-    "alexnet": WeightSpec("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                          _torch_hub_checkpoints, "LPIPS backbone, net='alex' (torchvision AlexNet)"),
+    "vgg19": WeightSpec(
+        "vgg19-dcbb9e9d.pth",
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        _torch_hub_checkpoints,
+        "perceptual loss of the upsampler (torchvision VGG19)",
+    ),
+    "vgg16": WeightSpec(
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        _torch_hub_checkpoints,
+        "LPIPS backbone, net='vgg' (torchvision VGG16)",
+    ),
+    "alexnet": WeightSpec(
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        _torch_hub_checkpoints,
+        "LPIPS backbone, net='alex' (torchvision AlexNet)",
+    ),
     "inception": WeightSpec(
         "inception-2015-12-05.pt",
         "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
-        _cleanfid_dir, "FID (clean-fid's TorchScript Inception-v3)"),
+        _cleanfid_dir,
+        "FID (clean-fid's TorchScript Inception-v3)",
+    ),
     "inception-pytorch": WeightSpec(
         "pt_inception-2015-12-05-6726825d.pth",
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-        _torch_hub_checkpoints, "FID in clean-fid's legacy_pytorch mode (pytorch-fid's Inception-v3)"),
+        _torch_hub_checkpoints,
+        "FID in clean-fid's legacy_pytorch mode (pytorch-fid's Inception-v3)",
+    ),
     "clip": WeightSpec(
         "ViT-B-32.pt",
         "https://openaipublic.azureedge.net/clip/models/"
         "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-        _clip_dir, "FID-C (CLIP ViT-B/32 image features, clean-fid's clip_vit_b_32 protocol)"),
+        _clip_dir,
+        "FID-C (CLIP ViT-B/32 image features, clean-fid's clip_vit_b_32 protocol)",
+    ),
 }
 
 
@@ -118,10 +136,12 @@ def _candidates(name: str, path: str | os.PathLike | None) -> list[Path]:
 def _missing_message(name: str, looked: list[Path]) -> str:
     spec = _spec(name)
     where = "\n".join(f"  - {p}" for p in looked)
-    return (f"missing {name} weights ({spec.purpose}).\n"
-            f"Place the file {spec.filename} in {spec.default_dir()} (or in ${ENV_VAR}, or pass its path).\n"
-            f"Looked at:\n{where}\n"
-            f"Official download (not fetched automatically): {spec.url}")
+    return (
+        f"missing {name} weights ({spec.purpose}).\n"
+        f"Place the file {spec.filename} in {spec.default_dir()} (or in ${ENV_VAR}, or pass its path).\n"
+        f"Looked at:\n{where}\n"
+        f"Official download (not fetched automatically): {spec.url}"
+    )
 
 
 def find_weights(name: str, path: str | os.PathLike | None = None) -> Path:
@@ -164,8 +184,10 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], file: str) -> 
     missing = [k for k in own if k not in state]
     bad = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or bad:
-        raise CheckpointError(f"{file} does not fit the network: missing keys {missing[:5]}, "
-                              f"wrong shapes {[(k, tuple(state[k].shape)) for k in bad[:5]]}")
+        raise CheckpointError(
+            f"{file} does not fit the network: missing keys {missing[:5]}, "
+            f"wrong shapes {[(k, tuple(state[k].shape)) for k in bad[:5]]}"
+        )
     module.load_state_dict({k: state[k] for k in own})
 
 
@@ -175,11 +197,15 @@ def _file_or_random(name: str, path, allow_random: bool) -> str | None:
         return str(find_weights(name, path))
     except MissingWeightsError as e:
         if not allow_random:
-            raise MissingWeightsError(f"{e}\nFor a smoke run only, allow a randomly initialised network "
-                                      f"(allow_random=True).") from None
-        log.warning("!" * 78 + "\n!!! RANDOM %s WEIGHTS: %s is missing, so the network is randomly "
-                    "initialised.\n!!! Results are NOT meaningful; this is recorded as piti_random_weights.\n"
-                    + "!" * 78, name, WEIGHTS[name].filename)
+            raise MissingWeightsError(
+                f"{e}\nFor a smoke run only, allow a randomly initialised network (allow_random=True)."
+            ) from None
+        log.warning(
+            "!" * 78 + "\n!!! RANDOM %s WEIGHTS: %s is missing, so the network is randomly "
+            "initialised.\n!!! Results are NOT meaningful; this is recorded as piti_random_weights.\n" + "!" * 78,
+            name,
+            WEIGHTS[name].filename,
+        )
         return None
 
 
@@ -188,8 +214,9 @@ def _mark(module: nn.Module, random_weights: bool) -> nn.Module:
     return module.requires_grad_(False).eval()
 
 
-def vgg19_features(n_layers: int = 8, path: str | os.PathLike | None = None,
-                   allow_random: bool = False) -> nn.Sequential:
+def vgg19_features(
+    n_layers: int = 8, path: str | os.PathLike | None = None, allow_random: bool = False
+) -> nn.Sequential:
     """torchvision's VGG19 ``features[:n_layers]``, frozen, in eval mode.
 
     ``n_layers=8`` ends at conv2_2 before its ReLU (the official perceptual loss). Loads
@@ -202,7 +229,7 @@ def vgg19_features(n_layers: int = 8, path: str | os.PathLike | None = None,
     if file is not None:
         state = load_state_dict("vgg19", file)
         # torchvision keys are "features.<i>.weight"; the slice's own keys are "<i>.weight".
-        _load_into(net, {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, file)
+        _load_into(net, {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}, file)
     return _mark(net, file is None)
 
 
