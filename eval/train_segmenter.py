@@ -3,7 +3,7 @@
     python eval/train_segmenter.py                      # the shipped file: checkpoints/toy/segmenter.safetensors
     python eval/train_segmenter.py --steps 20 --out /tmp/seg.safetensors   # a quick try
 
-The segmenter is the judge of the toy-scale alignment check (issue 6): it is run on images
+The segmenter is the judge of the toy-scale alignment check: it is run on images
 generated from held-out label maps, and its mIoU there is compared with its mIoU on real
 scenes, printed here. Real scenes are judged at 64 and 128 px, both as the datasets make
 them (rendered at 256 and reduced with bicubic) and rendered natively at that size; 256-px
