@@ -726,6 +726,27 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+def eps_table(results: dict) -> str:
+    """The guidance traces in numbers: std of each guided epsilon over the conditional one's, mean and max over
+    the steps, and the largest shift of its mean (per-sample statistics averaged over the scenes)."""
+    rows = []
+    for name, r in sorted(results.items()):
+        if "trace" not in r:
+            continue
+        t = r["trace"]
+        for series in ("plain", "normalized", "normalized_analytic", "uncond"):
+            if f"{series}_std" in t:
+                ratio = np.array(t[f"{series}_std"]) / np.array(t["cond_std"])
+                shift = np.abs(np.array(t[f"{series}_mean"]) - np.array(t["cond_mean"])).max()
+                rows.append([name.removeprefix("trace-"), series, ratio.mean(), ratio.max(), float(shift)])
+    if not rows:
+        return ""
+    return ("\nEpsilon statistics along the sampling (traces; the run is guided by the mode in its name, the other "
+            "epsilons are computed alongside from the same eps_c and eps_u):\n\n"
+            + markdown_table(["trace", "epsilon", "std / std(eps_c), mean", "max", "max |mean - mean(eps_c)|"], rows)
+            + "\n")
+
+
 def fewest_steps(results: dict, tolerance: float = 0.02) -> dict:
     """Per base sampler: the fewest steps whose FID-T is within ``tolerance`` of the sampler's best and whose
     mIoU ratio is within ``tolerance`` of its best."""
@@ -771,6 +792,8 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
                                     "fewest steps (both)"],
                                    [[s, b["best_fid_t"], b["fewest_steps_fid_t"], b["best_miou_ratio"],
                                      b["fewest_steps_both"]] for s, b in best.items()]) + "\n"
+        if experiment == "guidance":
+            text += eps_table(rs)
         (out / f"{experiment}.md").write_text(text)
         parts.append(text)
     spread = spread_rows(out)
