@@ -122,7 +122,7 @@ def test_bad_files_give_checkpoint_errors(hub):
 
 def test_describe_weights_reports_presence(hub):
     rows = {name: (path, present) for name, path, present in weights.describe_weights()}
-    assert set(rows) == {"vgg19", "vgg16", "alexnet", "inception", "clip"}
+    assert set(rows) == {"vgg19", "vgg16", "alexnet", "inception", "inception-pytorch", "clip"}
     assert rows["vgg19"] == (hub / "vgg19-dcbb9e9d.pth", False)
     _fake_vgg19_file(hub)
     rows = {name: (path, present) for name, path, present in weights.describe_weights()}
