@@ -150,6 +150,10 @@ def test_quick_writes_results_tables_plots(quick_run):
     for plot in ("guidance_curves.png", "guidance_eps_stats.png", "steps_curves.png"):
         assert (out / "plots" / plot).stat().st_size > 1000
     assert (out / "grids/finetune/two-stage.png").is_file()
+    from PIL import Image
+
+    # the side-by-side grid: condition, the three arms, real; as many rows as scenes
+    assert Image.open(out / "grids/finetune-mask.png").size == (5 * 130 + 2, 14 + QUICK.scenes * 130 + 2)
     floor = json.loads((out / "arms/floor/real-64.json").read_text())
     assert floor["size"] == 64 and floor["fid_t"] >= 0 and "| real set |" in (out / "floor.md").read_text()
     assert "--quick" in (out / "commands.txt").read_text()

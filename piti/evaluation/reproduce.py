@@ -807,7 +807,37 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
         parts.append("## pending\n\n" + "\n".join(f"- {k}" for k in pending) + "\n")
     (out / "summary.md").write_text("# Toy-scale reproduction: tables\n\n" + "\n".join(parts))
     plot_all(out, results)
+    for experiment in ("finetune", "pretraining", "upsampler"):
+        for task in TASKS:
+            rs = results.get(experiment, {})
+            names = [a.name for a in experiment_arms(experiment, BUDGETS["full"])
+                     if a.task == task and rs.get(a.name, {}).get("grid")]
+            if len(names) > 1:
+                comparison_grid(out, [rs[n] for n in names], out / "grids" / f"{experiment}-{task}.png")
     return {"results": results, "pending": pending}
+
+
+def _grid_tiles(path: Path, column: int) -> np.ndarray:
+    """The pictures of one column of a grid written by :func:`piti.evaluation.images.save_grid` (3 columns,
+    2-px padding, 14-px header): uint8 (rows, S, S, 3)."""
+    from PIL import Image
+
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    size, pad, head = (grid.shape[1] - 2) // 3 - 2, 2, 14
+    rows = (grid.shape[0] - head - pad) // (size + pad)
+    x = pad + column * (size + pad)
+    return np.stack([grid[head + pad + i * (size + pad):][:size, x:x + size] for i in range(rows)])
+
+
+def comparison_grid(out: Path, results: list[dict], path: Path) -> None:
+    """One grid of several arms' samples of the same scenes: condition, each arm's generated images, real."""
+    from piti.evaluation.images import save_grid
+
+    first = out / results[0]["grid"]
+    columns = {"condition": _grid_tiles(first, 0)}
+    columns.update({r["arm"]: _grid_tiles(out / r["grid"], 1) for r in results})
+    columns["real"] = _grid_tiles(first, 2)
+    save_grid(path, columns, min(len(c) for c in columns.values()))
 
 
 # ---------------------------------------------------------------------------------------------- plots
