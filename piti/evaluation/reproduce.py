@@ -10,7 +10,8 @@ training arms the same recipe, data, seed and total step budget):
 * ``upsampler`` (Table 3b): no degradation / degradations / + perceptual / + adversarial, judged at 128 px;
 * ``guidance``: plain against normalized classifier-free guidance across w, and the per-step statistics of
   the guided epsilon against the conditional one;
-* ``steps``: DDPM, DDIM and DPM-Solver++ across base steps, and upsampler steps.
+* ``steps``: DDPM, DDIM and DPM-Solver++ across base steps, and upsampler steps;
+* ``floor``: FID-T of real scenes against other real scenes (what a perfect model would score).
 
 An arm is an optional chain of training runs (sections of ``configs/toy.yaml`` with overrides; each run is a
 run folder under ``runs/reproduce-toy/train`` that the trainer resumes) and one evaluation on held-out
