@@ -37,6 +37,7 @@ def parse_args(argv):
     p.add_argument("--lanes", type=int, default=1, help="number of lanes the arms are split into (default 1)")
     p.add_argument("--scenes", type=int, help="held-out scenes per evaluation (default: the mode's)")
     p.add_argument("--train-steps", type=int, help="steps of every base-model training arm (default: the mode's)")
+    p.add_argument("--train-seed", type=int, help="seed of every training run (default 0); results ARM@trainT.json")
     p.add_argument("--upsampler-steps", type=int, help="steps of every upsampler training arm (default: the mode's)")
     p.add_argument("--arms", nargs="+", help="run only these arms (names, or EXPERIMENT/NAME)")
     p.add_argument("--precision", default="auto", help="sampling precision: auto, fp32, bf16 (default auto)")
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     out = args.out or rp.RESULTS_DIR.parent / ("toy-quick" if args.quick else "toy")
     budget = rp.BUDGETS["quick" if args.quick else "full"]
     for name, value in (("scenes", args.scenes), ("train_steps", args.train_steps),
-                        ("upsampler_steps", args.upsampler_steps)):
+                        ("upsampler_steps", args.upsampler_steps),
+                        ("train_seed", args.train_seed)):
         if value is not None:
             budget = dataclasses.replace(budget, **{name: value})
     if args.threads:
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
         mine = rp.lane_arms(arms, args.lane, args.lanes, budget)
         if args.list:
             for arm in mine:
-                print(f"{'done   ' if rp.result_path(out, arm, args.seed).is_file() else 'pending'} {arm.key}")
+                done = rp.result_path(out, arm, args.seed, budget.train_seed).is_file()
+                print(f"{'done   ' if done else 'pending'} {arm.key}")
             return 0
         out.mkdir(parents=True, exist_ok=True)
         status = None

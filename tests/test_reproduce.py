@@ -221,3 +221,15 @@ def test_training_lock_keeps_two_lanes_off_one_run(tmp_path):
     assert rp._lock(run) is None  # held by a live process (this one)
     lock.write_text("999999999")  # a process that does not exist: a stale lock is taken over
     assert rp._lock(run) == lock and lock.read_text() == str(os.getpid())
+
+
+def test_train_seed_makes_other_runs_and_files():
+    import dataclasses
+
+    seeded = dataclasses.replace(FULL, train_seed=1)
+    for arm in rp.experiment_arms("finetune", FULL):
+        assert not set(rp.run_keys(arm, FULL)) & set(rp.run_keys(arm, seeded))
+    arm = rp.experiment_arms("finetune", FULL)[0]
+    assert rp.result_path(Path("o"), arm, 0, 1).name == "fixed-decoder@train1.json"
+    assert rp.result_path(Path("o"), arm, 1, 0).name == "fixed-decoder@seed1.json"
+    assert rp.result_path(Path("o"), arm).name == "fixed-decoder.json"

@@ -89,6 +89,7 @@ class Budget:
     batch_size: int              # training batch (the recipe's is 8)
     upsampler_batch_size: int    # upsampler training batch (the recipe's is 4)
     eval_steps: str | None = None  # base steps of every evaluation but the steps sweep (None: the recipe's 25)
+    train_seed: int = 0          # seed of every training run (data order, noise, timesteps); results ARM@trainT.json
 
 
 BUDGETS = {
@@ -116,9 +117,10 @@ class Run:
     init: str
     overrides: tuple = ()  # (key, value) pairs on top of the section
 
-    def key(self, task: str, batch: int) -> str:
+    def key(self, task: str, batch: int, seed: int = 0) -> str:
         """The run folder's name: readable, plus a hash of everything that defines the run."""
-        spec = json.dumps([self.section, self.steps, self.init, sorted(self.overrides), task, batch])
+        spec = json.dumps([self.section, self.steps, self.init, sorted(self.overrides), task, batch]
+                          + ([seed] if seed else []))
         return f"{task}-{self.section}-{self.steps}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
@@ -228,7 +230,7 @@ def run_keys(arm: Arm, budget: Budget) -> list[str]:
     batch = budget.upsampler_batch_size if arm.upsampler_arm else budget.batch_size
     for run in arm.runs:
         r = replace(run, init=previous) if run.init == "previous" else run
-        previous = r.key(arm.task, batch)
+        previous = r.key(arm.task, batch, budget.train_seed)
         keys.append(previous)
     return keys
 
@@ -259,7 +261,7 @@ def _run_config(run: Run, arm: Arm, init, out_dir: Path, budget: Budget, precisi
     from piti.train.config import load_recipe
 
     overrides = {"task": arm.task, "iterations": run.steps, "out_dir": str(out_dir), "precision": precision,
-                 "device": device, "num_workers": 0, "sample_interval": 0, "seed": 0,
+                 "device": device, "num_workers": 0, "sample_interval": 0, "seed": budget.train_seed,
                  "batch_size": budget.upsampler_batch_size if arm.upsampler_arm else budget.batch_size,
                  "save_interval": max(1, min(50, run.steps)), "log_interval": max(1, min(10, run.steps)),
                  "keep_checkpoints": 1, "warmup_steps": min(100, run.steps // 4)}
@@ -468,8 +470,10 @@ class Context:
         return self._segmenter
 
 
-def result_path(out: Path, arm: Arm, seed: int = 0) -> Path:
-    return out / "arms" / arm.experiment / (f"{arm.name}.json" if not seed else f"{arm.name}@seed{seed}.json")
+def result_path(out: Path, arm: Arm, seed: int = 0, train_seed: int = 0) -> Path:
+    """``out``/arms/EXPERIMENT/ARM[@seedS][@trainT].json."""
+    tags = (f"@seed{seed}" if seed else "") + (f"@train{train_seed}" if train_seed else "")
+    return out / "arms" / arm.experiment / f"{arm.name}{tags}.json"
 
 
 def scene_range(ctx: Context) -> tuple[int, int]:
@@ -520,7 +524,8 @@ def evaluate_arm(arm: Arm, ctx: Context, trained: Path | None) -> dict:
         from piti.evaluation.images import condition_picture, save_grid
 
         rows = min(GRID_ROWS, ctx.budget.scenes)
-        grid = ctx.out / "grids" / arm.experiment / result_path(ctx.out, arm, ctx.seed).with_suffix(".png").name
+        name = result_path(ctx.out, arm, ctx.seed, ctx.budget.train_seed).with_suffix(".png").name
+        grid = ctx.out / "grids" / arm.experiment / name
         grid.parent.mkdir(parents=True, exist_ok=True)
         conds = np.stack([condition_picture(arm.task, c) for c in data["cond"][:rows]])
         save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]}, rows)
@@ -576,7 +581,7 @@ def _twin(ctx: Context, key: str) -> dict | None:
 def run_arm(arm: Arm, ctx: Context) -> dict | None:
     """Train and evaluate one arm and write its JSON (an arm whose evaluation another arm already made takes its
     result); None when the deadline came first."""
-    path = result_path(ctx.out, arm, ctx.seed)
+    path = result_path(ctx.out, arm, ctx.seed, ctx.budget.train_seed)
     key = eval_key(arm, ctx)
     twin = _twin(ctx, key)
     if twin is not None:
@@ -624,7 +629,7 @@ def run(arms: list[Arm], ctx: Context) -> dict:
     """Run every arm not done yet, in order; returns {"done": [...], "skipped": [...], "stopped": [...]}."""
     status = {"done": [], "skipped": [], "stopped": []}
     for arm in arms:
-        if result_path(ctx.out, arm, ctx.seed).is_file():
+        if result_path(ctx.out, arm, ctx.seed, ctx.budget.train_seed).is_file():
             status["skipped"].append(arm.key)
             continue
         if ctx.deadline is not None and time.time() > ctx.deadline:
@@ -654,26 +659,25 @@ def load_results(out: Path, seeds: bool = False) -> dict:
     files, keyed ``(arm, seed)``."""
     results: dict = {}
     for f in sorted((out / "arms").glob("*/*.json")):
-        name, _, seed = f.stem.partition("@seed")
-        if seeds or not seed:
-            results.setdefault(f.parent.name, {})[(name, int(seed or 0)) if seeds else name] = json.loads(f.read_text())
+        name, *tags = f.stem.split("@")
+        if seeds or not tags:
+            key = (name, "@".join(tags) or "seed0") if seeds else name
+            results.setdefault(f.parent.name, {})[key] = json.loads(f.read_text())
     return results
 
 
 def spread_rows(out: Path) -> list[list]:
-    """Arms evaluated with more than one sampling seed (disjoint scenes): FID-T and controllability per seed,
-    and the spread (max - min) of each."""
+    """Arms repeated on other scenes and sampling seeds (``@seedS``) or with another training seed (``@trainT``):
+    FID-T and controllability of the first run and of the repeat, and their differences."""
     rows = []
     for experiment, rs in load_results(out, seeds=True).items():
-        names = sorted({name for name, seed in rs if seed})
-        for name in names:
-            runs = sorted((seed, r) for (n, seed), r in rs.items() if n == name and "fid_t" in r)
-            fid = [r["fid_t"] for _, r in runs]
-            ctl = [r.get("controllability") for _, r in runs]
-            ctl = [c for c in ctl if c is not None]
-            rows.append([f"{experiment}/{name}", ", ".join(str(sd) for sd, _ in runs),
-                         ", ".join(f"{v:.3f}" for v in fid), max(fid) - min(fid),
-                         ", ".join(f"{v:.3f}" for v in ctl), (max(ctl) - min(ctl)) if ctl else None])
+        for (name, tag), r in sorted(rs.items()):
+            first = rs.get((name, "seed0"))
+            if tag == "seed0" or first is None or "fid_t" not in r:
+                continue
+            c0, c1 = first.get("controllability"), r.get("controllability")
+            rows.append([f"{experiment}/{name}", tag, first["fid_t"], r["fid_t"], r["fid_t"] - first["fid_t"], c0, c1,
+                         c1 - c0 if c0 is not None and c1 is not None else None])
     return rows
 
 
@@ -799,8 +803,10 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
         parts.append(text)
     spread = spread_rows(out)
     if spread:
-        text = "## spread: the same arms on other scenes and sampling seeds\n\n" + markdown_table(
-            ["arm", "seeds", "FID-T", "FID-T range", "controllability", "controllability range"], spread) + "\n"
+        header = ["arm", "repeat", "FID-T", "FID-T repeat", "difference", "controllability", "controllability repeat",
+                  "difference"]
+        text = ("## spread: the same arms on other scenes and sampling seeds (seedS), or trained with another seed "
+                "(trainT)\n\n" + markdown_table(header, spread) + "\n")
         (out / "spread.md").write_text(text)
         parts.append(text)
     pending = [a.key for a in arms or [] if not result_path(out, a).is_file()]
