@@ -709,13 +709,14 @@ def table_rows(experiment: str, results: dict) -> tuple[list[str], list[list]]:
                          r["size"], r["fid_t"], r["miou_ratio"], r["seconds_per_image"]])
         rows.sort(key=lambda x: (x[2] is not None, x[0], x[1], x[2] or 0))
     else:
-        header = ["arm", "task", "paper FID", "FID-T", "controllability", "metric", "sharpness ratio",
+        header = ["arm", "task", "paper FID", "FID-T", "controllability", "metric", "mIoU ratio", "sharpness ratio",
                   "train steps", "train s", "eval s"]
         order = [a.name for a in experiment_arms(experiment, BUDGETS["full"])]
         for name in sorted(results, key=lambda n: order.index(n) if n in order else len(order)):
             r = results[name]
             rows.append([name, r["task"], f"{paper[name]:.1f}" if name in paper else None, r["fid_t"],
-                         r.get("controllability"), r.get("controllability_metric"), r.get("sharpness_ratio"),
+                         r.get("controllability"), r.get("controllability_metric"), r.get("miou_ratio"),
+                         r.get("sharpness_ratio"),
                          sum(x["steps"] for x in r["runs"]), r["train_seconds"], r["eval_seconds"]])
     return header, rows
 
