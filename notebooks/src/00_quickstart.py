@@ -48,14 +48,15 @@ plotting.palette_legend(SYNTH_CLASSES, SYNTH_PALETTE);
 # counts in fast mode.
 
 # %%
-steps = plotting.pick({}, dict(steps="8", upsample_steps="3"))
+steps = plotting.pick({}, dict(steps="4", upsample_steps="2"))
+n = plotting.pick(2, 1)  # samples per condition
 outputs = {}
 for task, condition in conditions.items():
     pipe = PITIPipeline.from_checkpoints(task=task, precision="fp32")
-    outputs[task] = pipe(condition, num_samples=2, seed=0, progress=False, **steps)
+    outputs[task] = pipe(condition, num_samples=n, seed=0, progress=False, **steps)
 rows = [[scene.image] + out.base_images + out.images for out in outputs.values()]
-plotting.image_grid(rows, ["real", "base 64 px", "base 64 px", "upsampled 128 px", "upsampled 128 px"],
-                    row_labels=list(outputs), size=1.8);
+plotting.image_grid(rows, ["real"] + ["base 64 px"] * n + ["upsampled 128 px"] * n, row_labels=list(outputs),
+                    size=1.8);
 
 # %% [markdown]
 # **4. The settings** each translation used, as recorded in `out.settings` (a JSON-ready dict, the same
@@ -75,8 +76,8 @@ print({task: {k: round(v, 1) for k, v in out.settings["timings"].items()} for ta
 
 # %%
 pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")
-no_guidance = pipe(scene.colors, num_samples=2, seed=0, progress=False, upsample=False, guidance=0.0, **steps)
-guided = pipe(scene.colors, num_samples=2, seed=0, progress=False, upsample=False, **steps)
+no_guidance = pipe(scene.colors, num_samples=n, seed=0, progress=False, upsample=False, guidance=0.0, **steps)
+guided = pipe(scene.colors, num_samples=n, seed=0, progress=False, upsample=False, **steps)
 w = guided.settings["guidance"]
 plotting.image_grid([scene.colors] + no_guidance.images + guided.images,
-                    ["label map", "w = 0", "w = 0", f"w = {w:g}", f"w = {w:g}"], size=1.8);
+                    ["label map"] + ["w = 0"] * n + [f"w = {w:g}"] * n, size=1.8);
