@@ -97,10 +97,10 @@ BUDGETS = {
     "quick": Budget(scenes=2, trace_scenes=1, guidance_ws=(0.0, 5.0), trace_ws=(5.0,), step_counts=(5,),
                     upsample_step_counts=(2,), train_steps=2, upsampler_steps=2, batch_size=2,
                     upsampler_batch_size=2, eval_steps="5"),
-    # the committed run: sized for a few hours of a 2-core CPU (README of eval/results/toy)
+    # about 7 hours of one thread, 3.5 hours of the 2-core machine in two lanes (eval/results/toy/README.md)
     "full": Budget(scenes=32, trace_scenes=4, guidance_ws=(0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0), trace_ws=(5.0, 10.0),
-                   step_counts=(5, 10, 15, 25, 50), upsample_step_counts=(2, 5, 10, 20), train_steps=400,
-                   upsampler_steps=200, batch_size=8, upsampler_batch_size=4),
+                   step_counts=(5, 10, 15, 25, 50), upsample_step_counts=(2, 5, 10, 20), train_steps=1000,
+                   upsampler_steps=400, batch_size=8, upsampler_batch_size=4),
 }
 
 
@@ -666,6 +666,27 @@ def load_results(out: Path, seeds: bool = False) -> dict:
     return results
 
 
+def compute_rows(out: Path) -> list[list]:
+    """Per experiment (and in all): arm files, training and evaluation seconds; an arm that took another arm's
+    result (``same_as``) counts nothing, a training run shared by two arms counts once."""
+    rows, seen, total = [], set(), [0, 0.0, 0.0]
+    for experiment, rs in load_results(out, seeds=True).items():
+        train = evaluate = 0.0
+        for r in rs.values():
+            if r.get("same_as"):
+                continue
+            evaluate += r.get("eval_seconds", 0.0)
+            folders = tuple(r.get("run_folders", ()))
+            if folders and folders not in seen:
+                seen.add(folders)
+                train += r.get("train_seconds", 0.0)
+        rows.append([experiment, len(rs), train, evaluate, (train + evaluate) / 3600])
+        total = [total[0] + len(rs), total[1] + train, total[2] + evaluate]
+    if rows:
+        rows.append(["all", total[0], total[1], total[2], (total[1] + total[2]) / 3600])
+    return rows
+
+
 def spread_rows(out: Path) -> list[list]:
     """Arms repeated on other scenes and sampling seeds (``@seedS``) or with another training seed (``@trainT``):
     FID-T and controllability of the first run and of the repeat, and their differences."""
@@ -801,6 +822,13 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
         if experiment == "guidance":
             text += eps_table(rs)
         (out / f"{experiment}.md").write_text(text)
+        parts.append(text)
+    compute = compute_rows(out)
+    if compute:
+        text = ("## compute: wall seconds of the runs in this folder, one thread each (training counted once per run "
+                "folder)\n\n" + markdown_table(["experiment", "arms", "training s", "evaluation s", "hours"], compute)
+                + "\n")
+        (out / "compute.md").write_text(text)
         parts.append(text)
     spread = spread_rows(out)
     if spread:
