@@ -73,8 +73,8 @@ if glide_path:
 # are bit-identical to GLIDE's, while the encoder's gradients are non-zero.
 
 # %%
-steps = plotting.pick(40, 4)
-common = dict(device="cpu", num_workers=0, warmup_steps=5, batch_size=plotting.pick(8, 4), sample_interval=0)
+steps = plotting.pick(40, 2)
+common = dict(device="cpu", num_workers=0, warmup_steps=5, batch_size=plotting.pick(8, 2), sample_interval=0)
 # without the toy GLIDE file, stage 1 starts from the shipped model's weights instead (its decoder is not GLIDE's)
 init = str(glide_path or toy_checkpoint_paths("mask")[0])
 stage1 = Trainer(load_recipe(plotting.recipe_path(), "encoder", dict(common, init=init, out_dir=str(workdir / "s1"))))
@@ -98,7 +98,7 @@ batch = next(stage1b.data_iterator())
 _, kwargs = stage1b.stage.inputs(batch, torch.Generator().manual_seed(3), np.random.default_rng(3), uncond_p=0.5)
 plotting.image_grid([list(kwargs["ref"])], [["null" if bool((r == 1).all()) else "condition" for r in kwargs["ref"]]],
                     size=1.3)
-log1b = plotting.train_steps(stage1b, plotting.pick(20, 3))
+log1b = plotting.train_steps(stage1b, plotting.pick(20, 2))
 print("uncond_p of the recipe:", stage1b.config.uncond_p)
 
 # %% [markdown]
@@ -147,9 +147,9 @@ plotting.plot_training_logs(logs, {"stage 2 (joint), by task": ["joint-mask", "j
 # 2.5 CPU hours); the live model says only how the frozen decoder starts.
 
 # %%
-n = plotting.pick(4, 2)
+n = plotting.pick(4, 1)
 conds = [SynthDataset(length=n, task="mask", seed=7, image_size=64, cond_size=128)[i]["cond"] for i in range(n)]
-settings = dict(guidance=5.0, guidance_mode="normalized", sampler="ddpm", steps=plotting.pick("25", "8"),
+settings = dict(guidance=5.0, guidance_mode="normalized", sampler="ddpm", steps=plotting.pick("25", "4"),
                 noise_scale=0.7, upsample=False, progress=False)
 fixed = PITIPipeline.from_checkpoints(base=workdir / "s1b.safetensors", precision="fp32")
 joint = PITIPipeline.from_checkpoints(base=toy_checkpoint_paths("mask")[0], precision="fp32")
