@@ -29,7 +29,7 @@ from piti.evaluation.alignment import judge, sample_heldout
 
 plotting.setup()
 FAST = plotting.fast_mode()
-STEPS = plotting.pick("25", "6")
+STEPS = plotting.pick("25", "4")
 pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")
 conds = [SynthDataset(length=4, task="mask", seed=7, image_size=64, cond_size=128)[i]["cond"] for i in range(4)]
 print({k: v for k, v in pipe(conds[0], steps="2", upsample=False, progress=False).settings.items()
