@@ -29,8 +29,13 @@ from piti.evaluation import reproduce as rp
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experiments", nargs="+", choices=rp.EXPERIMENTS, default=list(rp.EXPERIMENTS),
-                   help="experiments to run (default all, in this order)")
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=rp.EXPERIMENTS,
+        default=list(rp.EXPERIMENTS),
+        help="experiments to run (default all, in this order)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
     p.add_argument("--out", type=Path, help="results folder (default eval/results/toy, or eval/results/toy-quick)")
     p.add_argument("--lane", type=int, default=0, help="this process's lane (default 0)")
@@ -41,20 +46,31 @@ def parse_args(argv):
     p.add_argument("--upsampler-steps", type=int, help="steps of every upsampler training arm (default: the mode's)")
     p.add_argument("--arms", nargs="+", help="run only these arms (names, or EXPERIMENT/NAME)")
     p.add_argument("--precision", default="auto", help="sampling precision: auto, fp32, bf16 (default auto)")
-    p.add_argument("--train-precision", default="auto",
-                   help="training precision: auto (bf16 where the CPU computes it natively), fp32, bf16, fp16")
-    p.add_argument("--seed", type=int, default=0,
-                   help="0: held-out scenes 0..N-1 sampled with seeds 0..N-1; S: the next disjoint block of scenes, "
-                        "seeds S*1000 + i (results ARM@seedS.json: the spread of a comparison)")
-    p.add_argument("--runs", type=Path, default=rp.RUNS_DIR,
-                   help="folder of the training runs (default runs/reproduce-toy)")
+    p.add_argument(
+        "--train-precision",
+        default="auto",
+        help="training precision: auto (bf16 where the CPU computes it natively), fp32, bf16, fp16",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="0: held-out scenes 0..N-1 sampled with seeds 0..N-1; S: the next disjoint block of scenes, "
+        "seeds S*1000 + i (results ARM@seedS.json: the spread of a comparison)",
+    )
+    p.add_argument(
+        "--runs", type=Path, default=rp.RUNS_DIR, help="folder of the training runs (default runs/reproduce-toy)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--hours", type=float, default=0.0, help="stop starting work after this many hours (0 = no limit)")
     p.add_argument("--summarize", action="store_true", help="only write the tables and plots of existing results")
     p.add_argument("--list", action="store_true", help="print this lane's arms and whether each is done")
-    p.add_argument("--time-steps", action="store_true",
-                   help="measure the seconds of a training step (encoder, joint, upsampler) in fp32 and bf16, and exit")
+    p.add_argument(
+        "--time-steps",
+        action="store_true",
+        help="measure the seconds of a training step (encoder, joint, upsampler) in fp32 and bf16, and exit",
+    )
     return p.parse_args(argv)
 
 
@@ -63,9 +79,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or rp.RESULTS_DIR.parent / ("toy-quick" if args.quick else "toy")
     budget = rp.BUDGETS["quick" if args.quick else "full"]
-    for name, value in (("scenes", args.scenes), ("train_steps", args.train_steps),
-                        ("upsampler_steps", args.upsampler_steps),
-                        ("train_seed", args.train_seed)):
+    for name, value in (
+        ("scenes", args.scenes),
+        ("train_steps", args.train_steps),
+        ("upsampler_steps", args.upsampler_steps),
+        ("train_seed", args.train_seed),
+    ):
         if value is not None:
             budget = dataclasses.replace(budget, **{name: value})
     if args.threads:
@@ -93,12 +112,21 @@ def main(argv=None) -> int:
         if not args.summarize:
             command = "python eval/reproduce_toy.py " + " ".join(shlex.quote(a) for a in argv)
             with open(out / "commands.txt", "a") as f:
-                f.write(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  threads={torch.get_num_threads()}  "
-                        f"{command}\n")
-            ctx = rp.Context(budget=budget, out=out, precision=args.precision, train_precision=args.train_precision,
-                             device=args.device, command=command, seed=args.seed, runs_dir=args.runs,
-                             deadline=time.time() + 3600 * args.hours if args.hours else None,
-                             log=lambda m: print(m, flush=True))
+                f.write(
+                    f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  threads={torch.get_num_threads()}  {command}\n"
+                )
+            ctx = rp.Context(
+                budget=budget,
+                out=out,
+                precision=args.precision,
+                train_precision=args.train_precision,
+                device=args.device,
+                command=command,
+                seed=args.seed,
+                runs_dir=args.runs,
+                deadline=time.time() + 3600 * args.hours if args.hours else None,
+                log=lambda m: print(m, flush=True),
+            )
             print(f"lane {args.lane}/{args.lanes}: {len(mine)} arms", flush=True)
             status = rp.run(mine, ctx)
         summary = rp.summarize(out, rp.all_arms(rp.EXPERIMENTS, budget))
@@ -106,8 +134,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if status is not None:
-        print(f"done {len(status['done'])}, skipped (already done) {len(status['skipped'])}, "
-              f"stopped by the time limit {len(status['stopped'])}")
+        print(
+            f"done {len(status['done'])}, skipped (already done) {len(status['skipped'])}, "
+            f"stopped by the time limit {len(status['stopped'])}"
+        )
     print(f"tables in {out}/summary.md; {len(summary['pending'])} arms pending in all")
     return 0
 

@@ -104,8 +104,10 @@ def test_fewest_steps_within_tolerance():
     def result(sampler, k, fid, ratio):
         return {"upsample": False, "settings": {"sampler": sampler, "steps": str(k)}, "fid_t": fid, "miou_ratio": ratio}
 
-    results = {f"ddpm-{k}": result("ddpm", k, fid, r) for k, fid, r in
-               [(5, 3.0, 0.5), (10, 1.015, 0.60), (25, 1.0, 0.70), (50, 1.01, 0.71)]}
+    results = {
+        f"ddpm-{k}": result("ddpm", k, fid, r)
+        for k, fid, r in [(5, 3.0, 0.5), (10, 1.015, 0.60), (25, 1.0, 0.70), (50, 1.01, 0.71)]
+    }
     best = rp.fewest_steps(results)["ddpm"]
     assert best["fewest_steps_fid_t"] == 10  # 1.015 <= 1.02 * 1.0
     assert best["fewest_steps_both"] == 25  # 0.60 < 0.98 * 0.71
@@ -183,9 +185,23 @@ def test_quick_rerun_of_an_arm_reuses_its_finished_training(quick_run, capsys):
 @needs_toy
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_quick_training_arm_in_each_precision(tmp_path, precision):
-    argv = ["--quick", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--threads", "1",
-            "--experiments", "finetune", "--arms", "fixed-decoder", "--precision", precision,
-            "--train-precision", precision]
+    argv = [
+        "--quick",
+        "--out",
+        str(tmp_path / "out"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--threads",
+        "1",
+        "--experiments",
+        "finetune",
+        "--arms",
+        "fixed-decoder",
+        "--precision",
+        precision,
+        "--train-precision",
+        precision,
+    ]
     assert _script().main(argv) == 0
     r = json.loads((tmp_path / "out/arms/finetune/fixed-decoder.json").read_text())
     assert r["settings"]["precision"] == precision and np.isfinite(r["fid_t"])

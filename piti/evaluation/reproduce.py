@@ -39,8 +39,10 @@ RUNS_DIR = REPO / "runs" / "reproduce-toy"
 RECIPE = REPO / "configs" / "toy.yaml"
 # The toy GLIDE pretraining files (base 2,000 steps, upsampler 500) live in git history at this commit.
 PRETRAIN_COMMIT = "acbe9aa"
-PRETRAIN_FILES = {"base": "checkpoints/toy/intermediate/toy-glide-base-pretrain.safetensors",
-                  "upsample": "checkpoints/toy/intermediate/toy-glide-upsample-pretrain.safetensors"}
+PRETRAIN_FILES = {
+    "base": "checkpoints/toy/intermediate/toy-glide-base-pretrain.safetensors",
+    "upsample": "checkpoints/toy/intermediate/toy-glide-upsample-pretrain.safetensors",
+}
 EXPERIMENTS = ("guidance", "steps", "finetune", "pretraining", "upsampler", "floor")
 TASKS = ("mask", "sketch", "depth")
 GRID_ROWS = 6
@@ -62,12 +64,17 @@ def paper_numbers() -> dict:
     up = list(t3["upsampler"]["values"].values())
     return {
         "finetune": {"source": f"{t3['title']} ({t3['source']})", "fid": dict(t3["finetune"]["values"])},
-        "upsampler": {"source": f"{t3['title']}, rows in the paper's order ({t3['upsampler']['note']})",
-                      "fid": dict(zip(UPSAMPLER_ARMS, up))},
-        "pretraining": {"source": f"FID of 'PITI' and 'Ours (from scratch)', COCO mask, COCO sketch and DIODE "
-                                  f"({page['source']})",
-                        "fid": {**{f"{t}-pretrained": page["values"][c] for t, c in PRETRAINED_COLUMNS.items()},
-                                **{f"{t}-scratch": v for t, v in SCRATCH_FID.items()}}},
+        "upsampler": {
+            "source": f"{t3['title']}, rows in the paper's order ({t3['upsampler']['note']})",
+            "fid": dict(zip(UPSAMPLER_ARMS, up)),
+        },
+        "pretraining": {
+            "source": f"FID of 'PITI' and 'Ours (from scratch)', COCO mask, COCO sketch and DIODE ({page['source']})",
+            "fid": {
+                **{f"{t}-pretrained": page["values"][c] for t, c in PRETRAINED_COLUMNS.items()},
+                **{f"{t}-scratch": v for t, v in SCRATCH_FID.items()},
+            },
+        },
     }
 
 
@@ -78,29 +85,48 @@ def paper_numbers() -> dict:
 class Budget:
     """The sizes of one mode of the reproduction."""
 
-    scenes: int                  # held-out scenes per evaluation (sampling seed of scene i: seed + i)
-    trace_scenes: int            # scenes sampled per guidance-statistics trace
-    guidance_ws: tuple           # guidance strengths w of the guidance sweep
-    trace_ws: tuple              # w of the epsilon-statistics traces
-    step_counts: tuple           # base steps of the samplers sweep
+    scenes: int  # held-out scenes per evaluation (sampling seed of scene i: seed + i)
+    trace_scenes: int  # scenes sampled per guidance-statistics trace
+    guidance_ws: tuple  # guidance strengths w of the guidance sweep
+    trace_ws: tuple  # w of the epsilon-statistics traces
+    step_counts: tuple  # base steps of the samplers sweep
     upsample_step_counts: tuple  # upsampler steps of the samplers sweep
-    train_steps: int             # steps of every base-model training arm (split between the stages of a chain)
-    upsampler_steps: int         # steps of every upsampler training arm
-    batch_size: int              # training batch (the recipe's is 8)
-    upsampler_batch_size: int    # upsampler training batch (the recipe's is 4)
+    train_steps: int  # steps of every base-model training arm (split between the stages of a chain)
+    upsampler_steps: int  # steps of every upsampler training arm
+    batch_size: int  # training batch (the recipe's is 8)
+    upsampler_batch_size: int  # upsampler training batch (the recipe's is 4)
     eval_steps: str | None = None  # base steps of every evaluation but the steps sweep (None: the recipe's 25)
-    train_seed: int = 0          # seed of every training run (data order, noise, timesteps); results ARM@trainT.json
+    train_seed: int = 0  # seed of every training run (data order, noise, timesteps); results ARM@trainT.json
 
 
 BUDGETS = {
     # plumbing only: a couple of scenes, a few steps, two training steps per arm
-    "quick": Budget(scenes=2, trace_scenes=1, guidance_ws=(0.0, 5.0), trace_ws=(5.0,), step_counts=(5,),
-                    upsample_step_counts=(2,), train_steps=2, upsampler_steps=2, batch_size=2,
-                    upsampler_batch_size=2, eval_steps="5"),
+    "quick": Budget(
+        scenes=2,
+        trace_scenes=1,
+        guidance_ws=(0.0, 5.0),
+        trace_ws=(5.0,),
+        step_counts=(5,),
+        upsample_step_counts=(2,),
+        train_steps=2,
+        upsampler_steps=2,
+        batch_size=2,
+        upsampler_batch_size=2,
+        eval_steps="5",
+    ),
     # about 7 hours of one thread, 3.5 hours of the 2-core machine in two lanes (eval/results/toy/README.md)
-    "full": Budget(scenes=32, trace_scenes=4, guidance_ws=(0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0), trace_ws=(5.0, 10.0),
-                   step_counts=(5, 10, 15, 25, 50), upsample_step_counts=(2, 5, 10, 20), train_steps=1000,
-                   upsampler_steps=400, batch_size=8, upsampler_batch_size=4),
+    "full": Budget(
+        scenes=32,
+        trace_scenes=4,
+        guidance_ws=(0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0),
+        trace_ws=(5.0, 10.0),
+        step_counts=(5, 10, 15, 25, 50),
+        upsample_step_counts=(2, 5, 10, 20),
+        train_steps=1000,
+        upsampler_steps=400,
+        batch_size=8,
+        upsampler_batch_size=4,
+    ),
 }
 
 
@@ -119,8 +145,9 @@ class Run:
 
     def key(self, task: str, batch: int, seed: int = 0) -> str:
         """The run folder's name: readable, plus a hash of everything that defines the run."""
-        spec = json.dumps([self.section, self.steps, self.init, sorted(self.overrides), task, batch]
-                          + ([seed] if seed else []))
+        spec = json.dumps(
+            [self.section, self.steps, self.init, sorted(self.overrides), task, batch] + ([seed] if seed else [])
+        )
         return f"{task}-{self.section}-{self.steps}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
@@ -131,12 +158,12 @@ class Arm:
     experiment: str
     name: str
     task: str = "mask"
-    runs: tuple = ()                       # Run, in order
-    kind: str = "sample"                   # "sample" (held-out scenes, judged) or "trace" (guidance statistics)
+    runs: tuple = ()  # Run, in order
+    kind: str = "sample"  # "sample" (held-out scenes, judged) or "trace" (guidance statistics)
     settings: dict = field(default_factory=dict)  # sampling settings on top of the toy recipe
-    upsample: bool = False                 # judge the upsampled 128-px images (else the 64-px base ones)
-    upsampler_arm: bool = False            # the trained model is an upsampler (paired with the shipped base)
-    grid: bool = False                     # write a sample grid
+    upsample: bool = False  # judge the upsampled 128-px images (else the 64-px base ones)
+    upsampler_arm: bool = False  # the trained model is an upsampler (paired with the shipped base)
+    grid: bool = False  # write a sample grid
 
     @property
     def key(self) -> str:
@@ -181,28 +208,67 @@ def experiment_arms(experiment: str, budget: Budget) -> list[Arm]:
         arms = [Arm("guidance", "none-w0", settings={"guidance": 0.0}, grid=True)]
         for w in budget.guidance_ws:
             if w > 0:
-                arms += [Arm("guidance", f"{mode}-w{_w_name(w)}", settings={"guidance": w, "guidance_mode": mode},
-                             grid=w in (3.0, 10.0)) for mode in ("plain", "normalized")]
-        arms += [Arm("guidance", f"trace-{mode}-w{_w_name(w)}", kind="trace",
-                     settings={"guidance": w, "guidance_mode": mode})
-                 for w in budget.trace_ws for mode in ("plain", "normalized")]
+                arms += [
+                    Arm(
+                        "guidance",
+                        f"{mode}-w{_w_name(w)}",
+                        settings={"guidance": w, "guidance_mode": mode},
+                        grid=w in (3.0, 10.0),
+                    )
+                    for mode in ("plain", "normalized")
+                ]
+        arms += [
+            Arm(
+                "guidance", f"trace-{mode}-w{_w_name(w)}", kind="trace", settings={"guidance": w, "guidance_mode": mode}
+            )
+            for w in budget.trace_ws
+            for mode in ("plain", "normalized")
+        ]
         return arms
     if experiment == "steps":
-        arms = [Arm("steps", f"{sampler}-{k}", settings={"sampler": sampler, "steps": str(k)},
-                    grid=k in (min(budget.step_counts), max(budget.step_counts)))
-                for sampler in ("ddpm", "ddim", "dpmpp") for k in budget.step_counts]
-        arms += [Arm("steps", f"upsampler-ddpm-{k}", settings={"upsample_sampler": "ddpm", "upsample_steps": str(k)},
-                     upsample=True) for k in budget.upsample_step_counts]
+        arms = [
+            Arm(
+                "steps",
+                f"{sampler}-{k}",
+                settings={"sampler": sampler, "steps": str(k)},
+                grid=k in (min(budget.step_counts), max(budget.step_counts)),
+            )
+            for sampler in ("ddpm", "ddim", "dpmpp")
+            for k in budget.step_counts
+        ]
+        arms += [
+            Arm(
+                "steps",
+                f"upsampler-ddpm-{k}",
+                settings={"upsample_sampler": "ddpm", "upsample_steps": str(k)},
+                upsample=True,
+            )
+            for k in budget.upsample_step_counts
+        ]
         return arms
     if experiment == "finetune":
-        return [Arm("finetune", name, runs=base_chain(kind, n), grid=True)
-                for name, kind in (("fixed-decoder", "fixed"), ("one-stage", "one-stage"), ("two-stage", "two-stage"))]
+        return [
+            Arm("finetune", name, runs=base_chain(kind, n), grid=True)
+            for name, kind in (("fixed-decoder", "fixed"), ("one-stage", "one-stage"), ("two-stage", "two-stage"))
+        ]
     if experiment == "pretraining":
-        return [Arm("pretraining", f"{task}-{name}", task=task, runs=base_chain(kind, n), grid=True)
-                for task in TASKS for name, kind in (("pretrained", "two-stage"), ("scratch", "scratch"))]
+        return [
+            Arm("pretraining", f"{task}-{name}", task=task, runs=base_chain(kind, n), grid=True)
+            for task in TASKS
+            for name, kind in (("pretrained", "two-stage"), ("scratch", "scratch"))
+        ]
     if experiment == "upsampler":
-        return [Arm("upsampler", name, runs=(Run("upsampler", budget.upsampler_steps, "glide-upsample", ov),),
-                    upsample=True, upsampler_arm=True, grid=True) for name, ov in UPSAMPLER_ARMS.items()]
+        return [
+            Arm(
+                "upsampler",
+                name,
+                runs=(Run("upsampler", budget.upsampler_steps, "glide-upsample", ov),),
+                upsample=True,
+                upsampler_arm=True,
+                grid=True,
+            )
+            for name, ov in UPSAMPLER_ARMS.items()
+        ]
     if experiment == "floor":  # FID-T between two disjoint sets of real scenes: the value of a perfect model
         return [Arm("floor", "real-64", kind="floor"), Arm("floor", "real-128", kind="floor", upsample=True)]
     raise ConfigError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
@@ -245,13 +311,18 @@ def pretrained_file(kind: str) -> Path:
     if path.is_file():
         return path
     try:
-        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{PRETRAIN_COMMIT}:{PRETRAIN_FILES[kind]}"],
-                              check=True, capture_output=True).stdout
+        blob = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{PRETRAIN_COMMIT}:{PRETRAIN_FILES[kind]}"],
+            check=True,
+            capture_output=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
-        raise MissingWeightsError(f"the toy GLIDE pretraining file is missing: put {PRETRAIN_FILES[kind]} of "
-                                  f"commit {PRETRAIN_COMMIT} at {path} (git show {PRETRAIN_COMMIT}:"
-                                  f"{PRETRAIN_FILES[kind]} > {path}), or train it with `piti train --config "
-                                  "configs/toy.yaml --stage pretrain`") from None
+        raise MissingWeightsError(
+            f"the toy GLIDE pretraining file is missing: put {PRETRAIN_FILES[kind]} of "
+            f"commit {PRETRAIN_COMMIT} at {path} (git show {PRETRAIN_COMMIT}:"
+            f"{PRETRAIN_FILES[kind]} > {path}), or train it with `piti train --config "
+            "configs/toy.yaml --stage pretrain`"
+        ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     return path
@@ -260,11 +331,21 @@ def pretrained_file(kind: str) -> Path:
 def _run_config(run: Run, arm: Arm, init, out_dir: Path, budget: Budget, precision: str, device: str):
     from piti.train.config import load_recipe
 
-    overrides = {"task": arm.task, "iterations": run.steps, "out_dir": str(out_dir), "precision": precision,
-                 "device": device, "num_workers": 0, "sample_interval": 0, "seed": budget.train_seed,
-                 "batch_size": budget.upsampler_batch_size if arm.upsampler_arm else budget.batch_size,
-                 "save_interval": max(1, min(50, run.steps)), "log_interval": max(1, min(10, run.steps)),
-                 "keep_checkpoints": 1, "warmup_steps": min(100, run.steps // 4)}
+    overrides = {
+        "task": arm.task,
+        "iterations": run.steps,
+        "out_dir": str(out_dir),
+        "precision": precision,
+        "device": device,
+        "num_workers": 0,
+        "sample_interval": 0,
+        "seed": budget.train_seed,
+        "batch_size": budget.upsampler_batch_size if arm.upsampler_arm else budget.batch_size,
+        "save_interval": max(1, min(50, run.steps)),
+        "log_interval": max(1, min(10, run.steps)),
+        "keep_checkpoints": 1,
+        "warmup_steps": min(100, run.steps // 4),
+    }
     if arm.upsampler_arm:
         overrides["adv_start"] = min(50, run.steps // 4)
         overrides["perceptual_start"] = min(50, run.steps // 4)
@@ -285,8 +366,9 @@ def _run_config(run: Run, arm: Arm, init, out_dir: Path, budget: Budget, precisi
     return load_recipe(RECIPE, run.section, overrides)
 
 
-def train_arm(arm: Arm, budget: Budget, precision: str, device: str, deadline: float | None, log=print,
-              runs_dir: Path = RUNS_DIR):
+def train_arm(
+    arm: Arm, budget: Budget, precision: str, device: str, deadline: float | None, log=print, runs_dir: Path = RUNS_DIR
+):
     """Train ``arm``'s chain in ``runs_dir``/train (resuming unfinished runs); returns (model file, seconds) or
     None when the deadline (a ``time.time()``) stopped it first."""
     from piti.precision import auto_precision, resolve_device
@@ -330,8 +412,18 @@ def train_arm(arm: Arm, budget: Budget, precision: str, device: str, deadline: f
         (out_dir / "reproduce_seconds.json").write_text(json.dumps({"seconds": spent}))
         if trainer.step < run.steps:
             return None
-        done.write_text(json.dumps({"model": str(model), "seconds": spent, "steps": trainer.step,
-                                    "precision": precision, "config": config.to_dict()}, indent=1))
+        done.write_text(
+            json.dumps(
+                {
+                    "model": str(model),
+                    "seconds": spent,
+                    "steps": trainer.step,
+                    "precision": precision,
+                    "config": config.to_dict(),
+                },
+                indent=1,
+            )
+        )
         init_file, total = model, total + spent
     return init_file, total
 
@@ -363,8 +455,9 @@ def _seconds_so_far(out_dir: Path) -> float:
     return json.loads(f.read_text())["seconds"] if f.is_file() else 0.0
 
 
-def step_seconds(section: str, precision: str, steps: int = 4, task: str = "mask", batch_size: int = 8,
-                 device: str = "cpu") -> float:
+def step_seconds(
+    section: str, precision: str, steps: int = 4, task: str = "mask", batch_size: int = 8, device: str = "cpu"
+) -> float:
     """Mean wall seconds of one training step of ``section`` (after one warm-up step), at ``batch_size``, started
     from the toy GLIDE: what the step budgets of the full mode are sized from."""
     import tempfile
@@ -374,9 +467,21 @@ def step_seconds(section: str, precision: str, steps: int = 4, task: str = "mask
 
     init = pretrained_file("upsample" if section == "upsampler" else "base")
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_recipe(RECIPE, section, {"task": task, "init": str(init), "out_dir": tmp, "precision": precision,
-                                               "device": device, "batch_size": batch_size, "num_workers": 0,
-                                               "iterations": steps + 1, "sample_interval": 0})
+        config = load_recipe(
+            RECIPE,
+            section,
+            {
+                "task": task,
+                "init": str(init),
+                "out_dir": tmp,
+                "precision": precision,
+                "device": device,
+                "batch_size": batch_size,
+                "num_workers": 0,
+                "iterations": steps + 1,
+                "sample_interval": 0,
+            },
+        )
         trainer = Trainer(config)
         data = trainer.data_iterator()
         trainer.train_step(next(data))
@@ -451,11 +556,11 @@ class Context:
 
     budget: Budget
     out: Path
-    precision: str = "auto"        # sampling precision
+    precision: str = "auto"  # sampling precision
     train_precision: str = "auto"  # training precision (auto: bf16 where the CPU computes it natively)
     device: str = "cpu"
-    seed: int = 0                  # scenes seed*scenes.. sampled with seeds seed*1000 + i; files ARM@seedS.json
-    runs_dir: Path = RUNS_DIR      # training run folders go in runs_dir/train
+    seed: int = 0  # scenes seed*scenes.. sampled with seeds seed*1000 + i; files ARM@seedS.json
+    runs_dir: Path = RUNS_DIR  # training run folders go in runs_dir/train
     deadline: float | None = None  # time.time() after which nothing new starts and training stops
     command: str = ""
     log: object = print
@@ -499,8 +604,9 @@ def _pipeline(arm: Arm, ctx: Context, trained: Path | None):
     base, up = toy_checkpoint_paths(arm.task)
     if trained is not None:
         base, up = (base, trained) if arm.upsampler_arm else (trained, up)
-    return PITIPipeline.from_checkpoints(base, up if arm.upsample else None, task=arm.task, device=ctx.device,
-                                         precision=ctx.precision)
+    return PITIPipeline.from_checkpoints(
+        base, up if arm.upsample else None, task=arm.task, device=ctx.device, precision=ctx.precision
+    )
 
 
 def evaluate_arm(arm: Arm, ctx: Context, trained: Path | None) -> dict:
@@ -514,12 +620,22 @@ def evaluate_arm(arm: Arm, ctx: Context, trained: Path | None) -> dict:
     if arm.kind == "trace":
         return trace_arm(arm, pipe, ctx, settings)
     start, seed = scene_range(ctx)
-    data = sample_heldout(pipe, arm.task, ctx.budget.scenes, start=start, seed=seed, upsample=arm.upsample,
-                          settings=settings, depth=arm.task == "depth")
+    data = sample_heldout(
+        pipe,
+        arm.task,
+        ctx.budget.scenes,
+        start=start,
+        seed=seed,
+        upsample=arm.upsample,
+        settings=settings,
+        depth=arm.task == "depth",
+    )
     result = judge_arm(arm.task, data, ctx.segmenter, arm.upsample)
-    result.update(seconds_per_image=float(np.mean(data["seconds"])),
-                  base_seconds_per_image=float(np.mean([t["base_s"] for t in data["timings"]])),
-                  settings={k: v for k, v in data["settings"].items() if k != "timings"})
+    result.update(
+        seconds_per_image=float(np.mean(data["seconds"])),
+        base_seconds_per_image=float(np.mean([t["base_s"] for t in data["timings"]])),
+        settings={k: v for k, v in data["settings"].items() if k != "timings"},
+    )
     if arm.grid:
         from piti.evaluation.images import condition_picture, save_grid
 
@@ -541,8 +657,11 @@ def floor_arm(arm: Arm, ctx: Context) -> dict:
     n, (start, _) = ctx.budget.scenes, scene_range(ctx)
     size = 128 if arm.upsample else 64
     real = heldout_examples(arm.task, 2 * n, start, size, 128)["real"]
-    return {"fid_t": fid_t(real[:n], real[n:], ctx.segmenter), "size": size,
-            "against": f"held-out scenes {start + n}..{start + 2 * n - 1}"}
+    return {
+        "fid_t": fid_t(real[:n], real[n:], ctx.segmenter),
+        "size": size,
+        "against": f"held-out scenes {start + n}..{start + 2 * n - 1}",
+    }
 
 
 def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
@@ -554,10 +673,20 @@ def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
     cfg = pipe.base_model.config
     start, seed = scene_range(ctx)
     data = heldout_examples(arm.task, ctx.budget.trace_scenes, start, cfg.image_size, cfg.cond_size)
-    traces = [guidance_trace(pipe, cond, guidance=settings["guidance"], guidance_mode=settings["guidance_mode"],
-                             guidance_sigma=settings["guidance_sigma"], steps=settings["steps"],
-                             sampler=settings["sampler"], seed=seed + i,
-                             noise_scale=settings["noise_scale"])[1] for i, cond in enumerate(data["cond"])]
+    traces = [
+        guidance_trace(
+            pipe,
+            cond,
+            guidance=settings["guidance"],
+            guidance_mode=settings["guidance_mode"],
+            guidance_sigma=settings["guidance_sigma"],
+            steps=settings["steps"],
+            sampler=settings["sampler"],
+            seed=seed + i,
+            noise_scale=settings["noise_scale"],
+        )[1]
+        for i, cond in enumerate(data["cond"])
+    ]
     mean = {k: np.mean([t[k] for t in traces], axis=0).tolist() for k in traces[0]}
     return {"trace": mean, "scenes": len(traces), "settings": settings}
 
@@ -565,8 +694,18 @@ def trace_arm(arm: Arm, pipe, ctx: Context, settings: dict) -> dict:
 def eval_key(arm: Arm, ctx: Context) -> str:
     """What defines an arm's evaluation: two arms with the same key (e.g. the two-stage mask model of the finetune
     and pretraining experiments) have the same result."""
-    spec = [arm.task, run_keys(arm, ctx.budget), sorted(recipe_settings(ctx.budget, arm.settings).items()), arm.kind,
-            arm.upsample, arm.upsampler_arm, ctx.seed, ctx.budget.scenes, ctx.budget.trace_scenes, ctx.precision]
+    spec = [
+        arm.task,
+        run_keys(arm, ctx.budget),
+        sorted(recipe_settings(ctx.budget, arm.settings).items()),
+        arm.kind,
+        arm.upsample,
+        arm.upsampler_arm,
+        ctx.seed,
+        ctx.budget.scenes,
+        ctx.budget.trace_scenes,
+        ctx.precision,
+    ]
     return hashlib.sha1(json.dumps(spec, default=str).encode()).hexdigest()[:12]
 
 
@@ -599,13 +738,24 @@ def run_arm(arm: Arm, ctx: Context) -> dict | None:
     start = time.perf_counter()
     result = evaluate_arm(arm, ctx, trained)
     first, seed = scene_range(ctx)
-    result.update(experiment=arm.experiment, arm=arm.name, task=arm.task, scenes=ctx.budget.scenes, seed=ctx.seed,
-                  heldout=f"(HELDOUT_STREAM, i), i = {first}..{first + ctx.budget.scenes - 1}",
-                  sampling_seeds=f"{seed} + (i - {first})", upsample=arm.upsample,
-                  runs=[{"section": r.section, "steps": r.steps, "init": r.init, "overrides": dict(r.overrides)}
-                        for r in arm.runs], run_folders=run_keys(arm, ctx.budget),
-                  train_seconds=train_seconds, eval_seconds=time.perf_counter() - start, command=ctx.command,
-                  eval_key=key)
+    result.update(
+        experiment=arm.experiment,
+        arm=arm.name,
+        task=arm.task,
+        scenes=ctx.budget.scenes,
+        seed=ctx.seed,
+        heldout=f"(HELDOUT_STREAM, i), i = {first}..{first + ctx.budget.scenes - 1}",
+        sampling_seeds=f"{seed} + (i - {first})",
+        upsample=arm.upsample,
+        runs=[
+            {"section": r.section, "steps": r.steps, "init": r.init, "overrides": dict(r.overrides)} for r in arm.runs
+        ],
+        run_folders=run_keys(arm, ctx.budget),
+        train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - start,
+        command=ctx.command,
+        eval_key=key,
+    )
     _write_json(path, result)
     return result
 
@@ -639,8 +789,10 @@ def run(arms: list[Arm], ctx: Context) -> dict:
         start = time.perf_counter()
         result = run_arm(arm, ctx)
         (status["done"] if result is not None else status["stopped"]).append(arm.key)
-        ctx.log(f"{arm.key}: {'done' if result is not None else 'stopped by the time limit'} "
-                f"({time.perf_counter() - start:.0f} s){_brief(result)}")
+        ctx.log(
+            f"{arm.key}: {'done' if result is not None else 'stopped by the time limit'} "
+            f"({time.perf_counter() - start:.0f} s){_brief(result)}"
+        )
     return status
 
 
@@ -697,8 +849,18 @@ def spread_rows(out: Path) -> list[list]:
             if tag == "seed0" or first is None or "fid_t" not in r:
                 continue
             c0, c1 = first.get("controllability"), r.get("controllability")
-            rows.append([f"{experiment}/{name}", tag, first["fid_t"], r["fid_t"], r["fid_t"] - first["fid_t"], c0, c1,
-                         c1 - c0 if c0 is not None and c1 is not None else None])
+            rows.append(
+                [
+                    f"{experiment}/{name}",
+                    tag,
+                    first["fid_t"],
+                    r["fid_t"],
+                    r["fid_t"] - first["fid_t"],
+                    c0,
+                    c1,
+                    c1 - c0 if c0 is not None and c1 is not None else None,
+                ]
+            )
     return rows
 
 
@@ -714,31 +876,70 @@ def table_rows(experiment: str, results: dict) -> tuple[list[str], list[list]]:
         header = ["mode", "w", "FID-T", "mIoU gen", "mIoU ratio", "s/image"]
         for r in results.values():
             if "fid_t" in r:
-                rows.append([r["settings"]["guidance_mode"] if r["settings"]["guidance"] else "none",
-                             r["settings"]["guidance"], r["fid_t"], r["miou_generated"], r["miou_ratio"],
-                             r["seconds_per_image"]])
+                rows.append(
+                    [
+                        r["settings"]["guidance_mode"] if r["settings"]["guidance"] else "none",
+                        r["settings"]["guidance"],
+                        r["fid_t"],
+                        r["miou_generated"],
+                        r["miou_ratio"],
+                        r["seconds_per_image"],
+                    ]
+                )
         rows.sort(key=lambda x: (x[0], x[1]))
     elif experiment == "floor":
         header = ["real set", "against", "size", "FID-T"]
-        rows = [[f"held-out scenes 0..{r['scenes'] - 1}", r["against"], r["size"], r["fid_t"]]
-                for r in results.values()]
+        rows = [
+            [f"held-out scenes 0..{r['scenes'] - 1}", r["against"], r["size"], r["fid_t"]] for r in results.values()
+        ]
     elif experiment == "steps":
         header = ["sampler", "steps", "upsampler steps", "size", "FID-T", "mIoU ratio", "s/image"]
         for r in results.values():
             s = r["settings"]
-            rows.append([s["sampler"], int(s["steps"]), int(s["upsample_steps"]) if r["upsample"] else None,
-                         r["size"], r["fid_t"], r["miou_ratio"], r["seconds_per_image"]])
+            rows.append(
+                [
+                    s["sampler"],
+                    int(s["steps"]),
+                    int(s["upsample_steps"]) if r["upsample"] else None,
+                    r["size"],
+                    r["fid_t"],
+                    r["miou_ratio"],
+                    r["seconds_per_image"],
+                ]
+            )
         rows.sort(key=lambda x: (x[2] is not None, x[0], x[1], x[2] or 0))
     else:
-        header = ["arm", "task", "paper FID", "FID-T", "controllability", "metric", "mIoU ratio", "sharpness ratio",
-                  "train steps", "train s", "eval s"]
+        header = [
+            "arm",
+            "task",
+            "paper FID",
+            "FID-T",
+            "controllability",
+            "metric",
+            "mIoU ratio",
+            "sharpness ratio",
+            "train steps",
+            "train s",
+            "eval s",
+        ]
         order = [a.name for a in experiment_arms(experiment, BUDGETS["full"])]
         for name in sorted(results, key=lambda n: order.index(n) if n in order else len(order)):
             r = results[name]
-            rows.append([name, r["task"], f"{paper[name]:.1f}" if name in paper else None, r["fid_t"],
-                         r.get("controllability"), r.get("controllability_metric"), r.get("miou_ratio"),
-                         r.get("sharpness_ratio"),
-                         sum(x["steps"] for x in r["runs"]), r["train_seconds"], r["eval_seconds"]])
+            rows.append(
+                [
+                    name,
+                    r["task"],
+                    f"{paper[name]:.1f}" if name in paper else None,
+                    r["fid_t"],
+                    r.get("controllability"),
+                    r.get("controllability_metric"),
+                    r.get("miou_ratio"),
+                    r.get("sharpness_ratio"),
+                    sum(x["steps"] for x in r["runs"]),
+                    r["train_seconds"],
+                    r["eval_seconds"],
+                ]
+            )
     return header, rows
 
 
@@ -768,10 +969,12 @@ def eps_table(results: dict) -> str:
                 rows.append([name.removeprefix("trace-"), series, ratio.mean(), ratio.max(), float(shift)])
     if not rows:
         return ""
-    return ("\nEpsilon statistics along the sampling (traces; the run is guided by the mode in its name, the other "
-            "epsilons are computed alongside from the same eps_c and eps_u):\n\n"
-            + markdown_table(["trace", "epsilon", "std / std(eps_c), mean", "max", "max |mean - mean(eps_c)|"], rows)
-            + "\n")
+    return (
+        "\nEpsilon statistics along the sampling (traces; the run is guided by the mode in its name, the other "
+        "epsilons are computed alongside from the same eps_c and eps_u):\n\n"
+        + markdown_table(["trace", "epsilon", "std / std(eps_c), mean", "max", "max |mean - mean(eps_c)|"], rows)
+        + "\n"
+    )
 
 
 def fewest_steps(results: dict, tolerance: float = 0.02) -> dict:
@@ -783,11 +986,18 @@ def fewest_steps(results: dict, tolerance: float = 0.02) -> dict:
         if not rs:
             continue
         best_fid, best_ctl = min(r["fid_t"] for r in rs), max(r["miou_ratio"] for r in rs)
-        ok = [int(r["settings"]["steps"]) for r in rs
-              if r["fid_t"] <= best_fid * (1 + tolerance) and r["miou_ratio"] >= best_ctl * (1 - tolerance)]
+        ok = [
+            int(r["settings"]["steps"])
+            for r in rs
+            if r["fid_t"] <= best_fid * (1 + tolerance) and r["miou_ratio"] >= best_ctl * (1 - tolerance)
+        ]
         fid_only = [int(r["settings"]["steps"]) for r in rs if r["fid_t"] <= best_fid * (1 + tolerance)]
-        out[sampler] = {"best_fid_t": best_fid, "best_miou_ratio": best_ctl, "fewest_steps_fid_t": min(fid_only),
-                        "fewest_steps_both": min(ok) if ok else None}
+        out[sampler] = {
+            "best_fid_t": best_fid,
+            "best_miou_ratio": best_ctl,
+            "fewest_steps_fid_t": min(fid_only),
+            "fewest_steps_both": min(ok) if ok else None,
+        }
     return out
 
 
@@ -808,34 +1018,55 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
         text = f"## {experiment}\n\n"
         paper = paper_numbers()
         if experiment in paper:
-            text += f"Paper: {paper[experiment]['source']}. Ours: FID-T (toy segmenter features), not comparable " \
-                    "in value with the paper's FID; compare the order of the arms.\n\n"
+            text += (
+                f"Paper: {paper[experiment]['source']}. Ours: FID-T (toy segmenter features), not comparable "
+                "in value with the paper's FID; compare the order of the arms.\n\n"
+            )
         text += markdown_table(header, rows) + "\n"
         if experiment == "steps":
             best = fewest_steps(rs)
             (out / "steps_fewest.json").write_text(json.dumps(best, indent=1) + "\n")
             text += "\nFewest base steps within 2% of the sampler's best (FID-T, and FID-T and mIoU ratio):\n\n"
-            text += markdown_table(["sampler", "best FID-T", "fewest steps (FID-T)", "best mIoU ratio",
-                                    "fewest steps (both)"],
-                                   [[s, b["best_fid_t"], b["fewest_steps_fid_t"], b["best_miou_ratio"],
-                                     b["fewest_steps_both"]] for s, b in best.items()]) + "\n"
+            text += (
+                markdown_table(
+                    ["sampler", "best FID-T", "fewest steps (FID-T)", "best mIoU ratio", "fewest steps (both)"],
+                    [
+                        [s, b["best_fid_t"], b["fewest_steps_fid_t"], b["best_miou_ratio"], b["fewest_steps_both"]]
+                        for s, b in best.items()
+                    ],
+                )
+                + "\n"
+            )
         if experiment == "guidance":
             text += eps_table(rs)
         (out / f"{experiment}.md").write_text(text)
         parts.append(text)
     compute = compute_rows(out)
     if compute:
-        text = ("## compute: wall seconds of the runs in this folder, one thread each (training counted once per run "
-                "folder)\n\n" + markdown_table(["experiment", "arms", "training s", "evaluation s", "hours"], compute)
-                + "\n")
+        text = (
+            "## compute: wall seconds of the runs in this folder, one thread each (training counted once per run "
+            "folder)\n\n"
+            + markdown_table(["experiment", "arms", "training s", "evaluation s", "hours"], compute)
+            + "\n"
+        )
         (out / "compute.md").write_text(text)
         parts.append(text)
     spread = spread_rows(out)
     if spread:
-        header = ["arm", "repeat", "FID-T", "FID-T repeat", "difference", "controllability", "controllability repeat",
-                  "difference"]
-        text = ("## spread: the same arms on other scenes and sampling seeds (seedS), or trained with another seed "
-                "(trainT)\n\n" + markdown_table(header, spread) + "\n")
+        header = [
+            "arm",
+            "repeat",
+            "FID-T",
+            "FID-T repeat",
+            "difference",
+            "controllability",
+            "controllability repeat",
+            "difference",
+        ]
+        text = (
+            "## spread: the same arms on other scenes and sampling seeds (seedS), or trained with another seed "
+            "(trainT)\n\n" + markdown_table(header, spread) + "\n"
+        )
         (out / "spread.md").write_text(text)
         parts.append(text)
     pending = [a.key for a in arms or [] if not result_path(out, a).is_file()]
@@ -846,8 +1077,11 @@ def summarize(out: Path, arms: list[Arm] | None = None) -> dict:
     for experiment in ("finetune", "pretraining", "upsampler"):
         for task in TASKS:
             rs = results.get(experiment, {})
-            names = [a.name for a in experiment_arms(experiment, BUDGETS["full"])
-                     if a.task == task and rs.get(a.name, {}).get("grid")]
+            names = [
+                a.name
+                for a in experiment_arms(experiment, BUDGETS["full"])
+                if a.task == task and rs.get(a.name, {}).get("grid")
+            ]
             if len(names) > 1:
                 comparison_grid(out, [rs[n] for n in names], out / "grids" / f"{experiment}-{task}.png")
     return {"results": results, "pending": pending}
@@ -862,7 +1096,7 @@ def _grid_tiles(path: Path, column: int) -> np.ndarray:
     size, pad, head = (grid.shape[1] - 2) // 3 - 2, 2, 14
     rows = (grid.shape[0] - head - pad) // (size + pad)
     x = pad + column * (size + pad)
-    return np.stack([grid[head + pad + i * (size + pad):][:size, x:x + size] for i in range(rows)])
+    return np.stack([grid[head + pad + i * (size + pad) :][:size, x : x + size] for i in range(rows)])
 
 
 def comparison_grid(out: Path, results: list[dict], path: Path) -> None:
@@ -894,9 +1128,14 @@ def plot_all(out: Path, results: dict) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         zero = [r for r in g.values() if r["settings"]["guidance"] == 0]
         for mode, style in (("plain", "C3o-"), ("normalized", "C0s-")):
-            pts = sorted([(r["settings"]["guidance"], r["fid_t"], r["miou_ratio"]) for r in g.values()
-                          if r["settings"]["guidance"] > 0 and r["settings"]["guidance_mode"] == mode] +
-                         [(0.0, r["fid_t"], r["miou_ratio"]) for r in zero])
+            pts = sorted(
+                [
+                    (r["settings"]["guidance"], r["fid_t"], r["miou_ratio"])
+                    for r in g.values()
+                    if r["settings"]["guidance"] > 0 and r["settings"]["guidance_mode"] == mode
+                ]
+                + [(0.0, r["fid_t"], r["miou_ratio"]) for r in zero]
+            )
             if pts:
                 w, fid, ratio = zip(*pts)
                 axes[0].plot(w, fid, style, label=mode)
@@ -935,8 +1174,11 @@ def plot_all(out: Path, results: dict) -> list[Path]:
     if s:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
         for sampler, style in (("ddpm", "C3o-"), ("ddim", "C2^-"), ("dpmpp", "C0s-")):
-            pts = sorted((int(r["settings"]["steps"]), r["fid_t"], r["miou_ratio"], r["seconds_per_image"])
-                         for r in s.values() if r["settings"]["sampler"] == sampler)
+            pts = sorted(
+                (int(r["settings"]["steps"]), r["fid_t"], r["miou_ratio"], r["seconds_per_image"])
+                for r in s.values()
+                if r["settings"]["sampler"] == sampler
+            )
             if pts:
                 k, fid, ratio, sec = zip(*pts)
                 for ax, y in zip(axes, (fid, ratio, sec)):
