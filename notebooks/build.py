@@ -48,8 +48,10 @@ def parse_source(text: str) -> list[tuple[str, str]]:
 
 def build_notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
-                for kind, src in cells]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+        for kind, src in cells
+    ]
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"  # stable ids: rebuilding a notebook changes only what changed
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
@@ -64,8 +66,9 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, fast: bool, timeout: int = 180
     old = os.environ.get("PITI_FAST")
     os.environ["PITI_FAST"] = "1" if fast else "0"
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
-                       resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name=KERNEL, record_timing=False, resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:
         if old is None:
             os.environ.pop("PITI_FAST", None)
@@ -91,8 +94,11 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", help="prefixes of the notebooks to build (default: all)")
     parser.add_argument("--fast", action="store_true", help="execute with PITI_FAST=1")
     parser.add_argument("--no-execute", action="store_true", help="write the cells without running them")
-    parser.add_argument("--text-only", action="store_true",
-                        help="take the markdown from the sources and keep the committed outputs (code unchanged)")
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="take the markdown from the sources and keep the committed outputs (code unchanged)",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the .ipynb files (default: notebooks/)")
     args = parser.parse_args(argv)
     sources = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
@@ -111,8 +117,10 @@ def main(argv=None) -> int:
             execute(nb, HERE, args.fast)
         seconds = time.perf_counter() - start
         nbformat.write(nb, path)
-        print(f"{path.name}: {seconds:.0f} s{' (fast)' if args.fast else ''}, {path.stat().st_size / 1e6:.2f} MB",
-              flush=True)
+        print(
+            f"{path.name}: {seconds:.0f} s{' (fast)' if args.fast else ''}, {path.stat().st_size / 1e6:.2f} MB",
+            flush=True,
+        )
     return 0
 
 

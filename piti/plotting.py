@@ -47,12 +47,14 @@ def setup(dpi: int = 80) -> None:
     """Matplotlib settings for small PNG figures (committed notebooks stay small)."""
     import matplotlib
 
-    matplotlib.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "font.size": 9,
-                                "axes.titlesize": 9, "figure.max_open_warning": 0})
+    matplotlib.rcParams.update(
+        {"figure.dpi": dpi, "savefig.dpi": dpi, "font.size": 9, "axes.titlesize": 9, "figure.max_open_warning": 0}
+    )
 
 
 def markdown_table(rows, headers) -> str:
     """A Markdown table (for ``IPython.display.Markdown``); floats with 4 significant digits."""
+
     def cell(v):
         if isinstance(v, float):
             return f"{v:.4g}"
@@ -128,8 +130,9 @@ def image_grid(rows, titles=None, row_labels=None, size: float = 1.6, suptitle: 
     elif titles is not None and titles and not isinstance(titles[0], (list, tuple)):
         titles = [titles] + [[None] * len(titles)] * (len(rows) - 1)  # column titles on the first row
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows + (0.3 if suptitle else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(size * n_cols, size * n_rows + (0.3 if suptitle else 0)), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -189,8 +192,15 @@ def smooth(y, window: int) -> np.ndarray:
     return np.convolve(y, kernel, mode="same") / np.convolve(np.ones_like(y), kernel, mode="same")
 
 
-def plot_curves(curves: dict, xlabel: str = "step", ylabel: str = "loss", title: str | None = None,
-                window: int = 1, logy: bool = False, ax=None):
+def plot_curves(
+    curves: dict,
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    title: str | None = None,
+    window: int = 1,
+    logy: bool = False,
+    ax=None,
+):
     """Line plot of ``curves`` (label -> (x, y)), smoothed over ``window`` points."""
     import matplotlib.pyplot as plt
 
@@ -230,8 +240,15 @@ def plot_training_logs(log_dir, groups: dict, key: str = "loss", window: int = 5
             curves[name] = (log["step"] + offset, log[key])
             if title in chain:
                 offset += log["step"][-1]
-        plot_curves(curves, xlabel="step (runs one after another)" if title in chain else "step", ylabel=key,
-                    title=title, window=window, logy=title in logy, ax=ax)
+        plot_curves(
+            curves,
+            xlabel="step (runs one after another)" if title in chain else "step",
+            ylabel=key,
+            title=title,
+            window=window,
+            logy=title in logy,
+            ax=ax,
+        )
         if missing:
             ax.text(0.02, 0.02, "missing: " + ", ".join(missing), transform=ax.transAxes, fontsize=7)
     fig.tight_layout()
@@ -289,16 +306,29 @@ def part_of(name: str) -> str:
         return "pooled condition -> AdaGN (transformer_proj)"
     if name.startswith("time_embed"):
         return "timestep embedding"
-    for prefix, part in (("input_blocks", "UNet down"), ("middle_block", "UNet middle"),
-                         ("output_blocks", "UNet up"), ("out.", "UNet output")):
+    for prefix, part in (
+        ("input_blocks", "UNet down"),
+        ("middle_block", "UNet middle"),
+        ("output_blocks", "UNet up"),
+        ("out.", "UNet output"),
+    ):
         if name.startswith(prefix):
             return part
     return "other"
 
 
-PARTS = ("text transformer (GLIDE)", "condition encoder (PITI)", "timestep embedding",
-         "pooled condition -> AdaGN (transformer_proj)", "condition keys/values in attention (encoder_kv)",
-         "UNet down", "UNet middle", "UNet up", "UNet output", "other")
+PARTS = (
+    "text transformer (GLIDE)",
+    "condition encoder (PITI)",
+    "timestep embedding",
+    "pooled condition -> AdaGN (transformer_proj)",
+    "condition keys/values in attention (encoder_kv)",
+    "UNet down",
+    "UNet middle",
+    "UNet up",
+    "UNet output",
+    "other",
+)
 
 
 def parameter_breakdown(model) -> dict:
@@ -356,8 +386,9 @@ def trace_shapes(model, *args, depth: int = 1, **kwargs) -> list:
         kind = type(module).__name__
         if type(module).__name__ == "TimestepEmbedSequential":
             kind = " + ".join(type(c).__name__ for c in module)  # what a UNet block holds
-        hooks.append(module.register_forward_hook(
-            lambda m, i, o, name=name, kind=kind: rows.append((name, kind, _shape_of(o)))))
+        hooks.append(
+            module.register_forward_hook(lambda m, i, o, name=name, kind=kind: rows.append((name, kind, _shape_of(o))))
+        )
     try:
         with torch.no_grad():
             model(*args, **kwargs)
@@ -402,15 +433,27 @@ def toy_glide_checkpoint(kind: str = "base") -> Path | None:
 def toy_glide_missing_message(kind: str = "base") -> str:
     """What to do when :func:`toy_glide_checkpoint` finds nothing."""
     name = TOY_GLIDE_FILES[kind]
-    return (f"the toy GLIDE pretraining {name} is not in checkpoints/toy/intermediate/ and this is not a git "
-            f"checkout holding commit {TOY_GLIDE_COMMIT}; `git show {TOY_GLIDE_COMMIT}:checkpoints/toy/intermediate/"
-            f"{name} > checkpoints/toy/intermediate/{name}` in a clone restores it, or `piti train --config "
-            "configs/toy.yaml --stage pretrain` retrains it")
+    return (
+        f"the toy GLIDE pretraining {name} is not in checkpoints/toy/intermediate/ and this is not a git "
+        f"checkout holding commit {TOY_GLIDE_COMMIT}; `git show {TOY_GLIDE_COMMIT}:checkpoints/toy/intermediate/"
+        f"{name} > checkpoints/toy/intermediate/{name}` in a clone restores it, or `piti train --config "
+        "configs/toy.yaml --stage pretrain` retrains it"
+    )
 
 
 @torch.no_grad()
-def text_to_image(model, tokenizer, captions, *, guidance: float = 3.0, steps: str = "25", sampler: str = "ddpm",
-                  seed: int = 0, precision: str = "fp32", noise_scale: float = 1.0) -> torch.Tensor:
+def text_to_image(
+    model,
+    tokenizer,
+    captions,
+    *,
+    guidance: float = 3.0,
+    steps: str = "25",
+    sampler: str = "ddpm",
+    seed: int = 0,
+    precision: str = "fp32",
+    noise_scale: float = 1.0,
+) -> torch.Tensor:
     """Sample a GLIDE base model from ``captions`` with plain classifier-free guidance w (the empty caption is
     the null condition, as in pretraining). Returns images (N, 3, S, S) in [-1, 1]."""
     from piti.diffusion import create_diffusion, guided_denoiser, sample
@@ -443,8 +486,16 @@ def _setting(pipe, name):
 
 
 @torch.no_grad()
-def upsample_images(pipe, cond: torch.Tensor, low_res: torch.Tensor, *, steps: str | None = None,
-                    start: float | None = None, sampler: str = "ddpm", seed: int = 0) -> torch.Tensor:
+def upsample_images(
+    pipe,
+    cond: torch.Tensor,
+    low_res: torch.Tensor,
+    *,
+    steps: str | None = None,
+    start: float | None = None,
+    sampler: str = "ddpm",
+    seed: int = 0,
+) -> torch.Tensor:
     """Run the pipeline's upsampler on given low-resolution images ``low_res`` (N, 3, s, s) in [-1, 1]
     for the condition tensor ``cond`` (C, S, S), as the pipeline runs it after its base model
     (temperature 0.997, optional start from the noised bicubic enlargement). Returns (N, 3, S', S')."""
@@ -475,9 +526,19 @@ GUIDANCE_SERIES = ("cond", "uncond", "plain", "normalized", "normalized_analytic
 
 
 @torch.no_grad()
-def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: str = "normalized",
-                   guidance_sigma: str = "measured", steps: str = "25", sampler: str = "ddpm", num_samples: int = 1,
-                   seed: int = 0, noise_scale: float | None = None):
+def guidance_trace(
+    pipe,
+    cond: torch.Tensor,
+    *,
+    guidance: float,
+    guidance_mode: str = "normalized",
+    guidance_sigma: str = "measured",
+    steps: str = "25",
+    sampler: str = "ddpm",
+    num_samples: int = 1,
+    seed: int = 0,
+    noise_scale: float | None = None,
+):
     """Sample the pipeline's base model with guidance w and record, at every step, the mean and standard
     deviation (per sample over C, H, W, averaged over the batch) of the conditional epsilon, the null one,
     and the guided epsilons computed from them: plain, normalized with measured moments, and normalized
@@ -496,8 +557,10 @@ def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: 
     model, policy = pipe.base_model, pipe.policy
     cfg = model.config
     if tuple(cond.shape) != (cfg.cond_channels, cfg.cond_size, cfg.cond_size):
-        raise ValueError(f"expected a condition tensor ({cfg.cond_channels}, {cfg.cond_size}, {cfg.cond_size}), "
-                         f"got {tuple(cond.shape)}")
+        raise ValueError(
+            f"expected a condition tensor ({cfg.cond_channels}, {cfg.cond_size}, {cfg.cond_size}), "
+            f"got {tuple(cond.shape)}"
+        )
     ref = cond[None].float().to(policy.device)
     emb = {k: v.expand(num_samples, *v.shape[1:]) for k, v in pipe.encode(model, ref).items()}
     null = pipe.encode(model, null_condition(ref))
@@ -508,9 +571,13 @@ def guidance_trace(pipe, cond: torch.Tensor, *, guidance: float, guidance_mode: 
             out = model(policy.input(x), t, cond_emb=c)
         out = out.float()
         eps_c, eps_u = out[:num_samples, :3], out[num_samples:, :3]
-        series = {"cond": eps_c, "uncond": eps_u, "plain": plain_guidance(eps_c, eps_u, guidance),
-                  "normalized": normalized_guidance(eps_c, eps_u, guidance),
-                  "normalized_analytic": normalized_guidance(eps_c, eps_u, guidance, sigma="analytic")}
+        series = {
+            "cond": eps_c,
+            "uncond": eps_u,
+            "plain": plain_guidance(eps_c, eps_u, guidance),
+            "normalized": normalized_guidance(eps_c, eps_u, guidance),
+            "normalized_analytic": normalized_guidance(eps_c, eps_u, guidance, sigma="analytic"),
+        }
         trace["t"].append(float(t[0]))
         for name, eps in series.items():
             flat = eps.flatten(1)
@@ -536,8 +603,13 @@ def plot_guidance_trace(trace: dict, title: str | None = None):
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     t = trace["t"]
-    styles = {"cond": dict(color="k", lw=2), "uncond": dict(color="0.6", ls="--"), "plain": dict(color="C3"),
-              "normalized": dict(color="C0", ls=":", lw=2), "normalized_analytic": dict(color="C2", ls="-.")}
+    styles = {
+        "cond": dict(color="k", lw=2),
+        "uncond": dict(color="0.6", ls="--"),
+        "plain": dict(color="C3"),
+        "normalized": dict(color="C0", ls=":", lw=2),
+        "normalized_analytic": dict(color="C2", ls="-."),
+    }
     for name in GUIDANCE_SERIES:
         axes[0].plot(t, trace[f"{name}_std"] / trace["cond_std"], label=name, **styles[name])
         axes[1].plot(t, trace[f"{name}_mean"], label=name, **styles[name])
@@ -585,6 +657,13 @@ def gradient_report(model) -> list:
     for part in ("encoder", "decoder"):
         params = list(getattr(model, part).parameters())
         grads = [p.grad for p in params if p.grad is not None]
-        rows.append([part, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
-                     sum(g.numel() for g in grads), max((float(g.abs().max()) for g in grads), default=0.0)])
+        rows.append(
+            [
+                part,
+                sum(p.numel() for p in params),
+                sum(p.numel() for p in params if p.requires_grad),
+                sum(g.numel() for g in grads),
+                max((float(g.abs().max()) for g in grads), default=0.0),
+            ]
+        )
     return rows

@@ -26,8 +26,12 @@ def _build_module():
 
 
 def images_of(nb) -> int:
-    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for out in cell.get("outputs", []))
+    return sum(
+        "image/png" in out.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
 
 
 def test_the_six_notebooks_are_there():
@@ -57,7 +61,12 @@ def test_notebook_runs_in_fast_mode(name, tmp_path, monkeypatch):
             cell.outputs, cell.execution_count = [], None
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     build.execute(nb, tmp_path, fast=True, timeout=600)  # raises CellExecutionError on any error
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-              if out.get("output_type") == "error"]
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("output_type") == "error"
+    ]
     assert not errors
     assert images_of(nb) >= 1, f"{name} drew no image"

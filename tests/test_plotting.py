@@ -107,10 +107,18 @@ def test_parameter_breakdown_full_size_on_meta():
 
 
 def test_trace_shapes_lists_blocks_with_their_output_shapes():
-    model = create_model("toy-piti-base-mask", image_size=32, num_channels=32, channel_mult=(1, 2),
-                         attention_resolutions=(16,), cond_size=32, encoder_cnn_channels=(8, 16, 128)).eval()
-    rows = plotting.trace_shapes(model, torch.randn(1, 3, 32, 32), torch.tensor([5.0]), ref=torch.randn(1, 3, 32, 32),
-                                 depth=2)
+    model = create_model(
+        "toy-piti-base-mask",
+        image_size=32,
+        num_channels=32,
+        channel_mult=(1, 2),
+        attention_resolutions=(16,),
+        cond_size=32,
+        encoder_cnn_channels=(8, 16, 128),
+    ).eval()
+    rows = plotting.trace_shapes(
+        model, torch.randn(1, 3, 32, 32), torch.tensor([5.0]), ref=torch.randn(1, 3, 32, 32), depth=2
+    )
     names = [r[0] for r in rows]
     shapes = {r[0]: r[2] for r in rows}
     assert shapes["decoder.out"] == (1, 6, 32, 32) and shapes["decoder"] == (1, 6, 32, 32)
@@ -166,8 +174,17 @@ def test_upsample_images_shapes_and_start(mask_pipe):
 def test_text_to_image_on_a_tiny_glide():
     from piti.data.tokenizer import WordTokenizer
 
-    model = create_model("toy-glide-base", image_size=16, num_channels=32, channel_mult=(1, 2),
-                         attention_resolutions=(8,), xf_width=32, xf_layers=1, xf_heads=2, text_ctx=8)
+    model = create_model(
+        "toy-glide-base",
+        image_size=16,
+        num_channels=32,
+        channel_mult=(1, 2),
+        attention_resolutions=(8,),
+        xf_width=32,
+        xf_layers=1,
+        xf_heads=2,
+        text_ctx=8,
+    )
     tok = WordTokenizer.from_captions(["a boat on the sea", "a house"])
     out = plotting.text_to_image(model, tok, ["a boat", "a house"], guidance=2.0, steps="3")
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
