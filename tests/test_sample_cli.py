@@ -62,33 +62,10 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
     cond = tmp_path / "labels.png"
     synth_mask().save(cond)
     out = tmp_path / "out"
-    assert (
-        main(
-            sample_cmd(
-                ckpts,
-                "mask",
-                cond,
-                out,
-                "--num",
-                "2",
-                "--seed",
-                "7",
-                "--guidance",
-                "1.5",
-                "--guidance-mode",
-                "normalized",
-                "--sampler",
-                "ddim",
-                "--upsample-start",
-                "0.5",
-                "--noise-scale",
-                "0.7",
-                "--upsample-noise-scale",
-                "0.9",
-            )
-        )
-        == 0
-    )
+    same = ["--num", "2", "--seed", "7", "--guidance", "1.5", "--guidance-mode", "normalized", "--sampler", "ddim"]
+    same += ["--upsample-start", "0.5"]
+    noise = ["--noise-scale", "0.7", "--upsample-noise-scale", "0.9"]
+    assert main(sample_cmd(ckpts, "mask", cond, out, *same, *noise)) == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["base-000.png", "base-001.png", "sample-000.png", "sample-001.png", "settings.json"]
     assert Image.open(out / "base-000.png").size == (32, 32) and Image.open(out / "sample-000.png").size == (64, 64)
@@ -109,29 +86,7 @@ def test_cli_writes_pngs_and_settings(ckpts, tmp_path, capsys):
 
     # same seed, same pixels
     again = tmp_path / "again"
-    assert (
-        main(
-            sample_cmd(
-                ckpts,
-                "mask",
-                cond,
-                again,
-                "--num",
-                "2",
-                "--seed",
-                "7",
-                "--guidance",
-                "1.5",
-                "--guidance-mode",
-                "normalized",
-                "--sampler",
-                "ddim",
-                "--upsample-start",
-                "0.5",
-            )
-        )
-        == 0
-    )
+    assert main(sample_cmd(ckpts, "mask", cond, again, *same)) == 0
     for name in ("base-001.png", "sample-001.png"):
         assert (np.asarray(Image.open(out / name)) == np.asarray(Image.open(again / name))).all()
 
