@@ -167,6 +167,18 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
             settings = gr.JSON(label="Settings used (copy to reproduce)", height=220)
         return [gallery, condition, settings]
 
+    def controls_of(num_samples, seed, guidance, guidance_mode, sampler, steps, upsample):
+        """The settings controls every tab shares, by name, for :func:`run`."""
+        return dict(
+            num_samples=num_samples,
+            seed=seed,
+            guidance=guidance,
+            guidance_mode=guidance_mode,
+            sampler=sampler,
+            steps=steps,
+            upsample=upsample,
+        )
+
     def run(task, condition, controls, notes=(), **kwargs):
         images, cond, record = ds.translate(store.get(task), condition, **controls, notes=notes, **kwargs)
         for note in notes:  # the canvas's; the pipeline's notes (resizing, inversion) are in the settings record
@@ -268,15 +280,7 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         upsample,
                         progress=gr.Progress(track_tqdm=True),
                     ):
-                        controls = dict(
-                            num_samples=num_samples,
-                            seed=seed,
-                            guidance=guidance,
-                            sampler=sampler,
-                            guidance_mode=guidance_mode,
-                            steps=steps,
-                            upsample=upsample,
-                        )
+                        controls = controls_of(num_samples, seed, guidance, guidance_mode, sampler, steps, upsample)
                         colormap, notes = ds.canvas_to_colormap(canvas, palette)
                         return run("mask", colormap, controls, notes, snap=bool(snap), source="canvas")
 
@@ -345,15 +349,7 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         upsample,
                         progress=gr.Progress(track_tqdm=True),
                     ):
-                        controls = dict(
-                            num_samples=num_samples,
-                            seed=seed,
-                            guidance=guidance,
-                            sampler=sampler,
-                            guidance_mode=guidance_mode,
-                            steps=steps,
-                            upsample=upsample,
-                        )
+                        controls = controls_of(num_samples, seed, guidance, guidance_mode, sampler, steps, upsample)
                         if source == "photo":
                             if photo is None:
                                 raise ConditionError("no photo: upload one or pick an example (or use the sketch)")
@@ -410,15 +406,7 @@ def build(store: ds.ModelStore, palette: str, scene_size: int, example_dir: Path
                         upsample,
                         progress=gr.Progress(track_tqdm=True),
                     ):
-                        controls = dict(
-                            num_samples=num_samples,
-                            seed=seed,
-                            guidance=guidance,
-                            sampler=sampler,
-                            guidance_mode=guidance_mode,
-                            steps=steps,
-                            upsample=upsample,
-                        )
+                        controls = controls_of(num_samples, seed, guidance, guidance_mode, sampler, steps, upsample)
                         condition, name = ds.open_upload(depth_map)
                         return run("depth", condition, controls, source=name)
 

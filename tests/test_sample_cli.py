@@ -143,32 +143,25 @@ def test_cli_bad_inputs_give_one_line(ckpts, tmp_path, capsys):
     assert "--sketch-from-photo" in one_clean_error(capsys, sample_cmd(ckpts, "sketch", photo, tmp_path / "o"))
     assert "broken.png" in one_clean_error(capsys, sample_cmd(ckpts, "mask", broken, tmp_path / "o"))
     assert "not found" in one_clean_error(capsys, sample_cmd(ckpts, "mask", tmp_path / "nope.png", tmp_path / "o"))
-    # a sketch checkpoint asked to do the mask task
-    argv = [
-        "sample",
-        "--task",
-        "mask",
-        "--cond",
-        str(sketch),
-        "--out",
-        str(tmp_path / "o"),
-        "--base",
-        str(ckpts["sketch"][0]),
-        *FAST,
-    ]
+    # a sketch checkpoint asked to do the mask task, then a missing one
+
+    def with_base(base):
+        return [
+            "sample",
+            "--task",
+            "mask",
+            "--cond",
+            str(sketch),
+            "--out",
+            str(tmp_path / "o"),
+            "--base",
+            str(base),
+            *FAST,
+        ]
+
+    argv = with_base(ckpts["sketch"][0])
     assert "sketch-to-image model" in one_clean_error(capsys, argv)
-    argv = [
-        "sample",
-        "--task",
-        "mask",
-        "--cond",
-        str(sketch),
-        "--out",
-        str(tmp_path / "o"),
-        "--base",
-        str(tmp_path / "missing.safetensors"),
-        *FAST,
-    ]
+    argv = with_base(tmp_path / "missing.safetensors")
     assert "checkpoint file not found" in one_clean_error(capsys, argv)
     fp16 = sample_cmd(ckpts, "mask", black, tmp_path / "o")[:-1] + ["fp16"]  # replaces --precision fp32
     assert "fp16 needs a CUDA GPU" in one_clean_error(capsys, fp16)
