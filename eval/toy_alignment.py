@@ -9,15 +9,21 @@ from the ``(seed, i)`` scenes the diffusion models train on) become conditions e
 data makes them (``SynthDataset``'s own conversion code), one image is sampled per condition with the
 checkpoint's recommended settings (its header, else the pipeline's ``fast`` profile) unless a sampling flag
 (one per field of :class:`piti.settings.SamplingSettings`: ``--guidance``, ``--sampler``, ``--steps``, ...) says
-otherwise, and the shipped
-segmenter judges it (the work is :func:`piti.evaluation.alignment.evaluate_toy_task`):
+otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.evaluate_toy_task`):
 
+* **the task's own controllability**, as a ratio to the same judge on the real images of the same scenes (1 = as
+  faithful as the real images): mIoU of the segmenter (mask), Canny edge F1 against the input sketch within 2 px
+  (sketch), RMSE of the toy depth estimator against the input depth (depth; ratio real / generated);
 * **mIoU** of the segmenter on the generated images against the scene's label map, next to its mIoU on
-  the real images of the same scenes, and their ratio (target: >= 0.7 for mask to image);
+  the real images of the same scenes, and their ratio, for every task (sketch and depth do not name the classes,
+  so this is a looser check for them);
 * **FID-T**: the Fréchet distance between Gaussians fitted to the *segmenter's* penultimate features
   (32-D, pooled) of the generated and of the real images of the same scenes. It is not Inception FID
   and not comparable with any published number (``piti.evaluation.fid``, ``docs/segmenter.md``);
-* the **sampling time** per image (base + upsampler, one image per call, as a user runs it).
+* the **sampling time** per image (base + upsampler, one image per call, as a user runs it);
+* with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
+  settings and at the same settings with the official noise per step (``noise_scale`` 1), their toy feature and
+  pixel diversity and the ratios (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
 
 With an upsampler, the figures are given at its size (the final images) and at the base size (the 64-px
 base samples, against real scenes reduced as the base model's training data). Writes a JSON file
@@ -35,7 +41,8 @@ from pathlib import Path
 import torch
 
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
-from piti.evaluation.alignment import evaluate_toy_task
+from piti.evaluation.alignment import evaluate_toy_diversity, evaluate_toy_task
+from piti.evaluation.diversity import FEATURE_NOTE
 from piti.evaluation.fid import FID_T_NOTE
 from piti.evaluation.scenes import HELDOUT_STREAM
 from piti.evaluation.segmenter import load_segmenter
@@ -45,6 +52,21 @@ from piti.tasks import TASKS
 
 
 def print_table(results: dict) -> None:
+    print(f"\n{'task':<7} {'size':>4} {'own measure':>11} {'generated':>9} {'real':>6} {'ratio':>6}")
+    for task, r in results.items():
+        c = r["control"]
+        print(f"{task:<7} {r['size']:>4} {c['measure']:>11} {c['generated']:9.3f} {c['real']:6.3f} {c['ratio']:6.2f}")
+    if any("diversity" in r for r in results.values()):
+        head = f"{'features':>9} {'official':>9} {'ratio':>6} {'pixel L1':>9} {'official':>9}"
+        print(f"\n{'task':<7} {'variety':>8} {head}")
+        for task, r in results.items():
+            d = r.get("diversity")
+            if d:
+                rec, off = d["recommended"], d["official_noise"]
+                print(
+                    f"{task:<7} {d['samples']:>4} x{d['num']:<3} {rec['features']:9.4f} {off['features']:9.4f} "
+                    f"{d['features_ratio']:6.2f} {rec['pixel_l1']:9.4f} {off['pixel_l1']:9.4f}"
+                )
     print(f"\n{'task':<7} {'size':>4} {'mIoU gen':>9} {'mIoU real':>10} {'ratio':>6} {'FID-T':>8} {'s/image':>8}")
     for task, r in results.items():
         for row in [r] + ([r["at_base_size"]] if "at_base_size" in r else []):
@@ -85,10 +107,14 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=TOY_CHECKPOINT_DIR / "alignment.json", help="JSON results file")
     p.add_argument("--grid-dir", type=Path, help="folder of the PNG grids (default: beside --out)")
     p.add_argument("--grid-rows", type=int, default=8, help="scenes shown per grid (default 8)")
+    p.add_argument("--diversity", type=int, default=0, help="K >= 2: also measure variety, K samples per condition")
+    p.add_argument("--diversity-num", type=int, default=8, help="conditions of the variety check (default 8)")
     add_settings_arguments(p)  # every sampling setting; None = the checkpoint's recommendation
     args = p.parse_args(argv)
     if args.num < 2:
         raise ConfigError(f"--num must be at least 2 (FID-T needs two images per set), got {args.num}")
+    if args.diversity == 1 or args.diversity < 0:
+        raise ConfigError(f"--diversity must be 0 (off) or at least 2 samples per condition, got {args.diversity}")
     if args.upsampler is not None and args.base is None:
         raise ConfigError("--upsampler needs --base")
     if args.base is not None and len(args.tasks) != 1:
@@ -143,6 +169,19 @@ def main(argv=None) -> int:
                 grid=args.grid_dir / f"toy_alignment_{task}.png",
                 grid_rows=args.grid_rows,
             )
+            if args.diversity:
+                print(f"{task}: variety, {args.diversity} samples of {args.diversity_num} conditions ...", flush=True)
+                results[task]["diversity"] = evaluate_toy_diversity(
+                    task,
+                    pipe,
+                    segmenter,
+                    args.diversity_num,
+                    args.diversity,
+                    args.start,
+                    args.seed,
+                    upsample=not args.no_upsample,
+                    settings=settings,
+                )
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -150,6 +189,7 @@ def main(argv=None) -> int:
     report = {
         "command": "python eval/toy_alignment.py " + " ".join(shlex.quote(a) for a in argv),
         "fid_t": FID_T_NOTE,
+        "diversity_note": FEATURE_NOTE if args.diversity else None,
         "segmenter": str(args.segmenter or TOY_CHECKPOINT_DIR / "segmenter.safetensors"),
         "heldout_seeds": f"(HELDOUT_STREAM={HELDOUT_STREAM}, i) for i in {args.start}..{args.start + args.num - 1}",
         "num": args.num,

@@ -115,6 +115,9 @@ class SamplingSettings:
     noise_scale: float = _setting(
         1.0, "DDPM: factor of the noise added at each base step (1 = official)", low=0.0, high=1.5
     )
+    noise_scale_tmax: float = _setting(
+        1.0, "DDPM: noise_scale applies below this fraction of the process, t/T (1 = every step)", low=0.0, high=1.0
+    )
     eta: float = _setting(0.0, "DDIM: eta of the base steps (0 = deterministic)", low=0.0, high=1.0)
     upsample_sampler: str = _setting("dpmpp", "upsampler sampler", choices=tuple(SAMPLERS))
     upsample_steps: str = _setting("10", "upsampler steps: a number, or a respacing such as fast27")

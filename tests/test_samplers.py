@@ -171,3 +171,18 @@ def test_ddpm_noise_scale_narrows_the_samples_and_zero_is_deterministic():
     for bad in (-0.1, 2.0):
         with pytest.raises(ConfigError, match="noise_scale"):
             sample_ddpm(denoise, x_T, diffusion, noise_scale=bad)
+
+
+def test_ddpm_noise_scale_tmax_keeps_the_early_steps_noise():
+    diffusion = create_diffusion("linear", 1000, "50")
+    denoise, x_T = gaussian_denoiser("linear"), noise()
+
+    def run(**kw):
+        return sample_ddpm(denoise, x_T, diffusion, generator=torch.Generator().manual_seed(1), **kw)
+
+    assert torch.equal(run(noise_scale=0.5, noise_scale_tmax=1.0), run(noise_scale=0.5))  # 1: every step
+    assert torch.equal(run(noise_scale=0.5, noise_scale_tmax=0.0), run())  # 0: no step, the official sampler
+    half = run(noise_scale=0.0, noise_scale_tmax=0.5)
+    assert run(noise_scale=0.0).std() < half.std() < run().std()  # between: the early steps keep their noise
+    with pytest.raises(ConfigError, match="noise_scale_tmax"):
+        run(noise_scale_tmax=1.5)

@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from piti.data.datasets import SynthDataset
+from piti.errors import ConfigError
 from piti.evaluation import alignment, diagnostics
 from piti.evaluation.scenes import HELDOUT_STREAM, heldout_examples
 from piti.evaluation.segmenter import Segmenter, SegmenterConfig, load_segmenter, save_segmenter
@@ -125,6 +126,49 @@ def test_evaluate_toy_task_on_depth(ckpts, segmenter_file, tmp_path):
     )
     check_result(r)
     assert r["settings"]["guidance"] == 0.5  # the checkpoint's recommendation
+
+
+@pytest.mark.parametrize("task", ["mask", "sketch", "depth"])
+def test_each_task_is_judged_by_its_own_measure(task):
+    data = heldout_examples(task, 3, 0, 64, 64, depth=task == "depth")
+    seg = load_segmenter()  # the shipped judges (the depth estimator is loaded by toy_control itself)
+    # the real images judged as if generated: as faithful as the real images
+    same = alignment.toy_control(task, {**data, "generated": data["real"]}, seg)
+    assert same["measure"] == alignment.CONTROL_MEASURES[task] and same["ratio"] == pytest.approx(1.0)
+    # other scenes' real images follow these conditions less
+    other = heldout_examples(task, 3, 10, 64, 64)["real"]
+    worse = alignment.toy_control(task, {**data, "generated": other}, seg)
+    assert worse["real"] == same["real"] and worse["ratio"] < 1
+    if task == "sketch":
+        assert same["real"] > 0.9  # the synthetic sketch is the Canny edges of the image itself
+
+
+def test_variety_check_compares_with_the_official_noise(segmenter_file):
+    pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")  # the embedded model: a trained one
+    seg = load_segmenter(segmenter_file)
+    settings = dict(sampler="ddpm", steps="6", noise_scale=1.0)
+    wide = alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 3, upsample=False, settings=settings)
+    assert wide["samples"] == 3 and wide["size"] == 64
+    assert wide["features_ratio"] == pytest.approx(1.0) and wide["pixel_l1_ratio"] == pytest.approx(1.0)
+    narrow = alignment.evaluate_toy_diversity(
+        "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "noise_scale": 0.0}
+    )
+    assert narrow["official_noise"] == wide["official_noise"]  # the reference: the same seeds at noise 1
+    assert narrow["pixel_l1_ratio"] < 1 and narrow["features_ratio"] < 1
+    with pytest.raises(ConfigError, match="at least 2"):
+        alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 1, upsample=False, settings=settings)
+
+
+def test_feature_diversity_is_zero_for_copies_and_grows_with_difference(segmenter_file):
+    from piti.evaluation.diversity import feature_diversity
+
+    seg = load_segmenter(segmenter_file)
+    real = heldout_examples("mask", 3, 0, 64, 64)["real"]
+    assert feature_diversity([np.stack([real[0]] * 3)], seg) == pytest.approx(0.0, abs=1e-6)
+    noisy = np.clip(real[0].astype(int) + np.random.default_rng(0).integers(-20, 21, real[0].shape), 0, 255)
+    near = feature_diversity([np.stack([real[0], noisy.astype(np.uint8)])], seg)
+    far = feature_diversity([real], seg)
+    assert 0 < near < far
 
 
 def test_conditions_are_the_training_datas(segmenter_file):

@@ -65,19 +65,33 @@ def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, g
 
 @torch.no_grad()
 def sample_ddpm(
-    denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None, noise_scale=1.0
+    denoise,
+    x_T,
+    diffusion,
+    *,
+    clip_denoised=True,
+    generator=None,
+    progress=False,
+    callback=None,
+    noise_scale=1.0,
+    noise_scale_tmax=1.0,
 ):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) with the learned or fixed variance.
 
     This is the official GLIDE / PITI sampler (250 respaced steps for the base model,
-    ``fast27`` for the upsampler). ``noise_scale`` multiplies the noise added at every step,
-    x_{t-1} = mu + noise_scale * sigma_t * z (1 = Alg. 2; k-diffusion's ``s_noise``, EDM's S_noise):
-    below 1 it trades diversity for cleaner images when a small model's variance is too wide.
+    ``fast27`` for the upsampler). ``noise_scale`` multiplies the noise added at the steps below
+    ``noise_scale_tmax`` (a fraction of the trained process, t / T; the official noise above it),
+    x_{t-1} = mu + noise_scale * sigma_t * z (1 = Alg. 2; k-diffusion's ``s_noise``, EDM's S_noise with S_tmax):
+    below 1 it trades diversity for cleaner images when a small model's variance is too wide; the
+    early, high-noise steps, where a sample's layout and colours are drawn, can keep their full noise.
     """
     if not 0.0 <= noise_scale <= 1.5:
         raise ConfigError(f"noise_scale must be in [0, 1.5], got {noise_scale}")
+    if not 0.0 <= noise_scale_tmax <= 1.0:
+        raise ConfigError(f"noise_scale_tmax must be in [0, 1], got {noise_scale_tmax}")
     x = x_T
     for i, t in _steps(diffusion, x_T, progress, "ddpm"):
+        t_frac = float(diffusion.timestep_map[t[0]]) / diffusion.original_num_steps
         x, x0_pred = ddpm_step(
             diffusion,
             _denoise(denoise, diffusion, x, t),
@@ -85,7 +99,7 @@ def sample_ddpm(
             t,
             clip_denoised=clip_denoised,
             generator=generator,
-            noise_scale=noise_scale,
+            noise_scale=noise_scale if t_frac < noise_scale_tmax else 1.0,
         )
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})

@@ -11,7 +11,8 @@ generated images keep (for errors, where lower is better, the ratio is real / ge
 * depth: RMSE and AbsRel of a depth estimator's prediction on the image against the input depth.
 
 :func:`evaluate_toy_task` is the toy-scale check (``eval/toy_alignment.py``): it samples held-out synthetic
-scenes with a pipeline and judges them with the toy segmenter (mIoU, FID-T) for every task.
+scenes with a pipeline and judges them by the task's own measure (:func:`toy_control`: mIoU, edge F1 or depth
+RMSE, as a ratio to the real images), and by the toy segmenter for every task (mIoU, FID-T).
 """
 
 from __future__ import annotations
@@ -184,6 +185,47 @@ def sample_heldout(
     return data
 
 
+CONTROL_MEASURES = {"mask": "mIoU", "sketch": "edge F1", "depth": "depth RMSE"}  # each task's own judge
+
+
+def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> dict:
+    """The task's own controllability of :func:`sample_heldout`'s images at their final size: ``measure``, the
+    ``generated`` and ``real`` scores and their ``ratio`` (1 = as faithful as the real images), plus the judge's
+    details. mask: the segmenter's mIoU; sketch: Canny edge F1 against the input sketch; depth: the depth
+    estimator's RMSE (metres; ratio real / generated)."""
+    generated, real = data["generated"], data["real"]
+    size = generated.shape[1]
+    if task == "mask":
+        r = judge(segmenter, generated, real, data["labels"], with_fid_t=False)
+        return {"measure": "mIoU", "generated": r["miou_generated"], "real": r["miou_real"], "ratio": r["miou_ratio"]}
+    if task == "sketch":
+        from piti.data.conditions import resize_sketch
+
+        sketches = np.stack([resize_sketch(condition_picture(task, c)[..., 0], (size, size)) for c in data["cond"]])
+        r = judge_sketch(canny_edges(generated), canny_edges(real), sketches > 127)
+        return {
+            "measure": "edge F1",
+            "generated": r["edge_f1_generated"],
+            "real": r["edge_f1_real"],
+            "ratio": r["edge_f1_ratio"],
+            **{k: r[k] for k in ("precision_generated", "recall_generated", "tolerance_px")},
+        }
+    if task == "depth":
+        if depth_estimator is None:
+            from piti.evaluation.depth_estimator import load_depth_estimator
+
+            depth_estimator = load_depth_estimator()
+        r = judge_depth(depth_estimator, generated, real, data["depth"])
+        return {
+            "measure": "depth RMSE",
+            "generated": r["rmse_generated"],
+            "real": r["rmse_real"],
+            "ratio": r["rmse_ratio"],
+            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio")},
+        }
+    raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(CONTROL_MEASURES)}")
+
+
 def evaluate_toy_task(
     task: str,
     pipe,
@@ -195,15 +237,18 @@ def evaluate_toy_task(
     settings: dict | None = None,
     grid=None,
     grid_rows: int = 8,
+    depth_estimator=None,
 ) -> dict:
-    """The toy alignment check of one task: sample held-out scenes, judge them with the segmenter (mIoU against
-    the scenes' label maps, FID-T), at the final size and, with an upsampler, at the base size; time them; and
-    write a grid (condition / generated / real) to ``grid`` when given."""
-    data = sample_heldout(pipe, task, num, start, seed, upsample, settings)
+    """The toy alignment check of one task: sample held-out scenes, judge them by the task's own measure
+    (``control``, :func:`toy_control`) and with the segmenter (mIoU against the scenes' label maps, FID-T), at the
+    final size and, with an upsampler, the segmenter also at the base size; time them; and write a grid
+    (condition / generated / real) to ``grid`` when given."""
+    data = sample_heldout(pipe, task, num, start, seed, upsample, settings, depth=task == "depth")
     upsample, timings, used = data["upsample"], data["timings"], data["settings"]
     result = {
         "base": pipe.sources["base"],
         "upsampler": pipe.sources["upsampler"] if upsample else None,
+        "control": toy_control(task, data, segmenter, depth_estimator),
         **judge(segmenter, data["generated"], data["real"], data["labels"]),
         "seconds_per_image": float(np.mean(data["seconds"])),
         "seconds_per_image_max": float(np.max(data["seconds"])),
@@ -219,6 +264,46 @@ def evaluate_toy_task(
         save_grid(grid, {"condition": conds, "generated": data["generated"][:rows], "real": data["real"][:rows]}, rows)
         result["grid"] = str(grid)
     return result
+
+
+def evaluate_toy_diversity(
+    task: str,
+    pipe,
+    segmenter,
+    num: int,
+    samples: int = 4,
+    start: int = 0,
+    seed: int = 0,
+    upsample: bool = True,
+    settings: dict | None = None,
+) -> dict:
+    """Variety: ``samples`` images of each of ``num`` held-out conditions, at ``settings`` (the recommended ones
+    when empty) and at the same settings with the official noise per step (``noise_scale`` 1). Returns each
+    run's toy feature and pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official
+    noise (the variety kept)."""
+    from piti.evaluation.diversity import feature_diversity, pixel_l1_diversity
+
+    if samples < 2:
+        raise ConfigError(f"diversity needs at least 2 samples per condition, got {samples}")
+    settings = settings or {}
+    upsample = upsample and pipe.upsampler_model is not None
+    cfg = pipe.base_model.config
+    size = pipe.upsampler_model.config.image_size if upsample else cfg.image_size
+    conds = heldout_examples(task, num, start, size, cfg.cond_size)["cond"]
+    runs = {}
+    for name, extra in (("recommended", {}), ("official_noise", {"noise_scale": 1.0})):
+        kwargs = dict(num_samples=samples, upsample=upsample, progress=False, **{**settings, **extra})
+        outs = [pipe(c, seed=seed + i, **kwargs) for i, c in enumerate(conds)]
+        groups = [np.stack([np.asarray(im) for im in out.images]) for out in outs]
+        runs[name] = {"features": feature_diversity(groups, segmenter), "pixel_l1": pixel_l1_diversity(groups)}
+    return {
+        "num": num,
+        "samples": samples,
+        "size": size,
+        **runs,
+        "features_ratio": runs["recommended"]["features"] / runs["official_noise"]["features"],
+        "pixel_l1_ratio": runs["recommended"]["pixel_l1"] / runs["official_noise"]["pixel_l1"],
+    }
 
 
 # ------------------------------------------------------------------------------------------ folders

@@ -129,6 +129,22 @@ def markdown(card: dict) -> str:
             f"**Alignment** (`{align['command']}`; {align['num']} held-out scenes per task, "
             f"{align['threads']} threads)",
             "",
+        ]
+        controls = {task: r["control"] for task, r in align["tasks"].items() if "control" in r}
+        if controls:
+            lines += [
+                "Each task by its own measure, against the same judge on the real images (ratio: 1 = as faithful "
+                "as the real images; for the depth RMSE, real / generated):",
+                "",
+                "| task | measure | generated | real | ratio |",
+                "| --- | --- | ---: | ---: | ---: |",
+            ]
+            for task, c in controls.items():
+                lines.append(
+                    f"| {task} | {c['measure']} | {c['generated']:.3f} | {c['real']:.3f} | **{c['ratio']:.2f}** |"
+                )
+            lines += ["", "Every task by the segmenter (mIoU against the scenes' label maps) and FID-T:", ""]
+        lines += [
             "| task | size | mIoU generated | mIoU real | ratio | FID-T | s / image |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
@@ -159,6 +175,26 @@ def markdown(card: dict) -> str:
                     + " | ".join("-" if g is None else f"{g:.2f} / {t:.2f}" for g, t in ious.values())
                     + " |"
                 )
+        variety = {task: r["diversity"] for task, r in align["tasks"].items() if r.get("diversity")}
+        if variety:
+            d0 = next(iter(variety.values()))
+            lines += [
+                "",
+                f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions at the "
+                f"recommended settings and at the same settings with the official noise per step (`noise_scale` 1); "
+                "mean distance between the samples of a condition (toy feature distance; pixel L1 at 64 px):",
+                "",
+                "| task | features, recommended | features, official noise | kept | pixel L1, recommended | "
+                "pixel L1, official noise | kept |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for task, d in variety.items():
+                rec, off = d["recommended"], d["official_noise"]
+                lines.append(
+                    f"| {task} | {rec['features']:.4f} | {off['features']:.4f} | **{d['features_ratio']:.2f}** | "
+                    f"{rec['pixel_l1']:.4f} | {off['pixel_l1']:.4f} | {d['pixel_l1_ratio']:.2f} |"
+                )
+            lines += ["", f"{align['diversity_note']}."]
         settings = {
             task: ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + "." for task, r in align["tasks"].items()
         }

@@ -3,6 +3,11 @@
 * **LPIPS** (``lpips``): the mean LPIPS distance over every pair of samples of a condition, averaged over the
   conditions (the protocol of SDM and StarGAN-v2's ``lpips.py``). Needs the LPIPS backbone (torchvision's
   VGG16 or AlexNet weights, :func:`piti.weights.lpips_model`); never downloaded, never random.
+* **toy feature distance** (``features``): the same mean over pairs of an LPIPS-like distance in the toy segmenter's
+  feature space (:func:`feature_distance`): every layer's activations unit-normalised over the channels, their
+  squared difference summed over channels, averaged over positions, then over the layers (LPIPS without its
+  learned per-channel weights). For the synthetic world only, where the segmenter has seen the images' kind;
+  not comparable with LPIPS.
 * **pixel L1** (``pixel``): the same mean over pairs of the L1 distance between the samples' pixels in [0, 1],
   at 64 x 64 (area reduction). Weights-free and declared as such: it measures how much the pictures differ,
   not how differently a person would see them, and is not comparable with LPIPS.
@@ -55,16 +60,61 @@ def _mean_over_pairs(images: torch.Tensor, distance) -> float:
     )
 
 
-def pixel_diversity(groups: dict[str, list[Path]]) -> float:
-    """Mean pairwise pixel L1 (in [0, 1], at 64x64), averaged over the conditions."""
+FEATURE_NOTE = (
+    "toy feature diversity: mean LPIPS-like distance (unit-normalised activations of every layer of the toy "
+    "segmenter, at 64x64) between every pair of samples of a condition; synthetic world only, NOT LPIPS"
+)
+
+
+def feature_distance(segmenter, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS-like distance (N,) between images ``a`` and ``b`` (N, 3, H, W) in [-1, 1] in ``segmenter``'s layers."""
+    fa, fb = segmenter.feature_maps(a), segmenter.feature_maps(b)
+    per_layer = []
+    for x, y in zip(fa, fb):
+        x = x / (x.norm(dim=1, keepdim=True) + 1e-10)
+        y = y / (y.norm(dim=1, keepdim=True) + 1e-10)
+        per_layer.append((x - y).pow(2).sum(1).mean(dim=(1, 2)))
+    return torch.stack(per_layer).mean(0)
+
+
+@torch.no_grad()
+def feature_diversity(samples, segmenter, size: int = 64) -> float:
+    """Mean pairwise :func:`feature_distance` between the samples of each condition, averaged over the conditions.
+
+    ``samples``: a list of uint8 stacks (K, S, S, 3), K >= 2, one per condition; images reduced to ``size`` (area)."""
+    import torch.nn.functional as F
+
+    was_training = segmenter.training
+    segmenter.eval()
+    per = []
+    try:
+        for group in samples:
+            if len(group) < 2:
+                raise DatasetError("feature diversity needs at least 2 samples per condition")
+            x = torch.from_numpy(np.ascontiguousarray(group)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = F.interpolate(x, size=(size, size), mode="area")
+            i, j = zip(*combinations(range(len(x)), 2))
+            per.append(float(feature_distance(segmenter, x[list(i)], x[list(j)]).mean()))
+    finally:
+        segmenter.train(was_training)
+    return float(np.mean(per))
+
+
+def pixel_l1_diversity(samples) -> float:
+    """Mean pairwise pixel L1 (in [0, 1], at 64x64) of uint8 stacks (K, S, S, 3), averaged over the stacks."""
     import torch.nn.functional as F
 
     per = []
-    for files in groups.values():
-        x = torch.from_numpy(np.stack([read_rgb(f) for f in files])).permute(0, 3, 1, 2).float() / 255
+    for group in samples:
+        x = torch.from_numpy(np.ascontiguousarray(group)).permute(0, 3, 1, 2).float() / 255
         x = F.interpolate(x, size=(64, 64), mode="area")
         per.append(_mean_over_pairs(x, lambda a, b: float((a - b).abs().mean())))
     return float(np.mean(per))
+
+
+def pixel_diversity(groups: dict[str, list[Path]]) -> float:
+    """Mean pairwise pixel L1 (in [0, 1], at 64x64) of the sample files of each condition, averaged over them."""
+    return pixel_l1_diversity([np.stack([read_rgb(f) for f in files]) for files in groups.values()])
 
 
 def lpips_diversity(groups: dict[str, list[Path]], net: str = "alex", weights=None, device="cpu") -> float:

@@ -140,6 +140,19 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of every down block, up block and the penultimate layer, finest first within each
+        path: the layers of the toy perceptual distance (:func:`piti.evaluation.diversity.feature_distance`)."""
+        maps = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            maps.append(x)
+        skips = maps[:-1]
+        for block, skip in zip(self.up, reversed(skips)):
+            x = block(torch.cat([F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False), skip], 1))
+            maps.append(x)
+        return maps + [self.feature(x)]
+
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
     def _run(self, images, batch_size: int):
