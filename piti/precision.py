@@ -16,6 +16,12 @@ parameters: the networks compute them in fp32 anyway (GLIDE's ``GroupNorm32``), 
 rounding error of the model size. The diffusion maths stay in fp32: the samplers cast every network
 output back to the dtype of ``x_t``, which is float32.
 
+On a CPU, two things bound the small networks besides arithmetic, and :meth:`Policy.prepare` removes both:
+the GroupNorms' fp32 round trip (in bf16 on a CPU with native bf16, the norms take bf16 in and out through
+PyTorch's mixed-precision kernel, statistics and parameters still fp32: ``piti.nn.layers.GroupNorm32``), and
+glibc returning the memory of every freed activation to the system and faulting fresh zeroed pages in at the
+next step (:func:`tune_malloc`). Measurements: benchmarks/toy_speed.py and docs/sampling.md.
+
 Two optional speed-ups: ``channels_last`` memory format for the convolutions (default: on, see
 docs/sampling.md for the measurements), and ``compile`` (``torch.compile``; needs a C++ compiler on CPU,
 and the first call is slow).
@@ -24,6 +30,9 @@ and the first call is slow).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +42,9 @@ from piti.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # blocks below 32 MiB come from the heap, not from fresh (zeroed, faulted-in) pages
+TRIM_THRESHOLD = 256 << 20  # free memory the heap keeps for the next step instead of returning it at once
 # Layers whose parameters stay in fp32 whatever the precision.
 _FP32_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.BatchNorm2d)
 
@@ -41,6 +53,29 @@ def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 is faster than fp32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def tune_malloc() -> bool:
+    """Make glibc keep freed blocks under 32 MiB for reuse (at most 256 MiB of them) instead of unmapping them.
+
+    Each network call allocates and frees the same activations; by default glibc hands the larger ones back
+    to the system and the next call pays page faults and zeroing for them again. Process-wide and idempotent;
+    does nothing (returns False) off Linux/glibc or where ``GLIBC_TUNABLES`` already sets the allocator.
+    """
+    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return bool(mallopt and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def set_norm_upcast(model: nn.Module, upcast: bool) -> None:
+    """Whether the GroupNorms of ``model`` compute through an fp32 copy (True, GLIDE) or, on bf16 CPU inputs,
+    in PyTorch's mixed-precision kernel (False; see ``piti.nn.layers.GroupNorm32``)."""
+    from piti.nn.layers import GroupNorm32
+
+    for module in model.modules():
+        if isinstance(module, GroupNorm32):
+            module.upcast = upcast
 
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
@@ -75,6 +110,7 @@ class Policy:
     channels_last: bool
     compile: bool
     notes: tuple = ()  # remarks on the choice, for the user (e.g. a slow precision)
+    tuned_malloc: bool = False  # call tune_malloc() in prepare (make_policy: on for the CPU)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,8 +125,9 @@ class Policy:
         """Put ``model`` in inference form under this policy, in place; returns the module to call.
 
         Eval mode, no gradients, moved to the device, weights cast to the precision's dtype (norm layers
-        kept in fp32), channels-last if asked; ``torch.compile`` wraps the result if asked (the returned
-        module is then the compiled wrapper; ``model`` itself stays usable).
+        kept in fp32; in bf16 on a CPU with native bf16 the GroupNorms skip their fp32 copy), channels-last if
+        asked; the CPU allocator tuned (:func:`tune_malloc`); ``torch.compile`` wraps the result if asked (the
+        returned module is then the compiled wrapper; ``model`` itself stays usable).
         """
         model.eval().requires_grad_(False)
         model.to(device=self.device, dtype=self.dtype)
@@ -98,6 +135,9 @@ class Policy:
             for module in model.modules():
                 if isinstance(module, _FP32_LAYERS):
                     module.float()
+        set_norm_upcast(model, not (self.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16()))
+        if self.tuned_malloc:
+            tune_malloc()
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:
@@ -169,5 +209,10 @@ def make_policy(
     if channels_last is None:
         channels_last = True
     return Policy(
-        device=dev, precision=precision, channels_last=bool(channels_last), compile=bool(compile), notes=tuple(notes)
+        device=dev,
+        precision=precision,
+        channels_last=bool(channels_last),
+        compile=bool(compile),
+        notes=tuple(notes),
+        tuned_malloc=dev.type == "cpu",
     )

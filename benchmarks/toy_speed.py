@@ -1,0 +1,129 @@
+"""Seconds per 128-px image of the embedded toy models on the CPU, fp32 and bf16, before and after the CPU fixes.
+
+    python benchmarks/toy_speed.py                     # three tasks, median of 5 calls each, all CPU threads
+    python benchmarks/toy_speed.py --tasks mask --reps 9 --threads 2
+    python benchmarks/toy_speed.py --quick             # one task, 2 + 2 steps, one call: checks the script
+
+One image per call (base + upsampler), as a user runs it: ``PITIPipeline.from_checkpoints(task=...)`` with the
+checkpoint's recommended settings (``--steps``/``--upsample-steps`` override them). The time of the whole call
+is given with its split into the base model (guided, batch 2) and the upsampler, median over ``--reps``
+calls after ``--warm`` warm-up calls. Two worker processes hold the pipelines: ``now`` runs the code as it
+is; ``before`` the path before the CPU fixes of ``piti.precision`` (GroupNorms through an fp32 copy, glibc's
+default allocator). The calls go round-robin over tasks, precisions and workers, so a busy machine slows
+every variant alike; the load average is printed at start and end. bf16 runs only where the CPU computes it
+natively (AVX512-BF16 or AMX) unless ``--precisions`` asks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from piti.precision import cpu_has_native_bf16
+
+WORKERS = ("before", "now")
+
+
+def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str) -> None:
+    """Hold one pipeline per (task, precision) and answer ("run", task, precision) with its timings."""
+    from piti import demo_support as ds
+    from piti import precision as pol
+    from piti.pipeline import PITIPipeline
+
+    torch.set_num_threads(threads)
+    if name == "before":
+        pol.tune_malloc = lambda: False  # glibc's default allocator, as before
+    scene = ds.write_examples(folder, 1, 128, "synth")[0]
+    conditions = {"mask": scene.colormap, "sketch": scene.sketch, "depth": scene.depth}
+    pipes = {}
+    for task in tasks:
+        for precision in precisions:
+            pipe = PITIPipeline.from_checkpoints(task=task, precision=precision)
+            if name == "before":
+                for model in (pipe.base_model, pipe.upsampler_model):
+                    pol.set_norm_upcast(model, True)
+            pipes[task, precision] = pipe
+    conn.send("ready")
+    for _, task, precision in iter(conn.recv, None):
+        start = time.perf_counter()
+        out = pipes[task, precision](str(conditions[task]), seed=0, progress=False, **overrides)
+        timings = out.settings["timings"]
+        conn.send((time.perf_counter() - start, timings["base_s"], timings["upsample_s"]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", default="mask,sketch,depth", help="comma-separated (default: all three)")
+    p.add_argument("--precisions", default=None, help="comma-separated (default: fp32,bf16; fp32 without native bf16)")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per variant; the median is reported (default 5)")
+    p.add_argument("--warm", type=int, default=1, help="warm-up calls per variant (default 1)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)")
+    p.add_argument("--steps", default=None, help="base steps (default: the checkpoint's)")
+    p.add_argument("--upsample-steps", default=None, help="upsampler steps (default: the checkpoint's)")
+    p.add_argument("--quick", action="store_true", help="mask only, 2 + 2 steps, one call: checks the script")
+    args = p.parse_args(argv)
+    native = cpu_has_native_bf16()
+    precisions = (args.precisions or ("fp32,bf16" if native else "fp32")).split(",")
+    tasks = args.tasks.split(",")
+    overrides = {"steps": args.steps, "upsample_steps": args.upsample_steps}
+    if args.quick:
+        tasks, args.reps, args.warm, overrides = tasks[:1], 1, 0, {"steps": "2", "upsample_steps": "2"}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not set(tasks) <= {"mask", "sketch", "depth"} or not set(precisions) <= {"fp32", "bf16"}:
+        p.error("tasks are mask, sketch, depth; precisions fp32, bf16")
+
+    print("$ " + shlex.join([sys.executable, *sys.argv]))
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, native bf16: "
+        f"{'yes' if native else 'no (bf16 is emulated there, far slower)'}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    ctx, workers = mp.get_context("spawn"), {}
+    with tempfile.TemporaryDirectory(prefix="piti-toy-speed-") as folder:
+        for name in WORKERS:
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, name, tasks, precisions, args.threads, overrides, folder))
+            proc.start()
+            workers[name] = (conn, proc)
+        for conn, _ in workers.values():
+            conn.recv()  # loaded
+        times = {}
+        for rep in range(args.warm + args.reps):
+            for task in tasks:
+                for precision in precisions:
+                    for name, (conn, _) in workers.items():
+                        conn.send(("run", task, precision))
+                        if rep >= args.warm:
+                            times.setdefault((task, precision, name), []).append(conn.recv())
+                        else:
+                            conn.recv()
+        for conn, proc in workers.values():
+            conn.send(None)
+            proc.join()
+    load_end = os.getloadavg()[0]
+
+    print("\n| task | precision | path | image (s) | base (s) | upsampler (s) | speed-up vs fp32 before |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (task, precision, name), rows in times.items():
+        image, base, up = (statistics.median(col) for col in zip(*rows))
+        ref = statistics.median(r[0] for r in times.get((task, "fp32", "before"), rows))
+        print(f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {ref / image:.2f}x |")
+    settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the checkpoints' recommended settings"
+    print(
+        f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up; load average {load_end:.1f} at end"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
