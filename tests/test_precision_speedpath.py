@@ -1,0 +1,92 @@
+"""The CPU speed path of piti.precision: bf16 GroupNorms without the fp32 copy, and the tuned allocator.
+
+Both must leave the numbers as they were: the mixed-precision GroupNorm gives what the fp32 round trip
+gives, and the bf16 model with it stays as close to fp32 as the bf16 model without it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from piti import precision
+from piti.nn.layers import MIXED_NORM_MIN_PIXELS, GroupNorm32
+from piti.precision import cpu_has_native_bf16, make_policy, set_norm_upcast
+
+from conftest import tiny_model
+
+
+@pytest.mark.parametrize("swish", [False, True])
+@pytest.mark.parametrize("shape", [(2, 64, 32, 32), (1, 32, 8, 8), (2, 96, 16, 16)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mixed_groupnorm_equals_the_fp32_round_trip(shape, swish, channels_last):
+    gen = torch.Generator().manual_seed(0)
+    norm = GroupNorm32(shape[1], swish=swish)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(shape[1], generator=gen))
+        norm.bias.copy_(torch.randn(shape[1], generator=gen))
+    x = (3 * torch.randn(shape, generator=gen) + 1).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        upcast = norm(x)
+        norm.upcast = False
+        mixed = norm(x)
+    assert mixed.dtype == upcast.dtype == torch.bfloat16 and mixed.shape == x.shape
+    # the same statistics in fp32; at most one bf16 rounding step apart (2^-7 relative)
+    assert torch.allclose(mixed.float(), upcast.float(), rtol=2**-7, atol=2**-7)
+    assert (mixed.float() - upcast.float()).abs().mean() < 1e-3
+    assert norm(x.float()).dtype == torch.float32  # fp32 inputs stay on the fp32 path
+
+
+def test_small_channels_last_maps_keep_the_copy():
+    assert GroupNorm32._small_channels_last(torch.zeros(1, 32, 16, 16).contiguous(memory_format=torch.channels_last))
+    assert not GroupNorm32._small_channels_last(torch.zeros(1, 32, 16, 16))
+    side = int(MIXED_NORM_MIN_PIXELS**0.5)
+    big = torch.zeros(1, 32, side, side).contiguous(memory_format=torch.channels_last)
+    assert not GroupNorm32._small_channels_last(big)
+
+
+def norms_upcast(model) -> set:
+    return {m.upcast for m in model.modules() if isinstance(m, GroupNorm32)}
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_prepare_sets_the_norm_path_from_the_precision_and_cpu(name):
+    policy = make_policy("cpu", name, channels_last=True)
+    model = policy.prepare(tiny_model("mask", False))
+    fast = name == "bf16" and cpu_has_native_bf16()
+    assert norms_upcast(model) == {not fast}
+    assert policy.tuned_malloc  # CPU policies tune the allocator
+    assert norms_upcast(tiny_model("mask", False)) == {True}  # a fresh model computes as GLIDE
+
+
+def test_bf16_speed_path_stays_as_close_to_fp32_as_before(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 32, 32, generator=gen), torch.tensor([300.0, 700.0])
+    ref = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    fp32 = make_policy("cpu", "fp32")
+    bf16 = make_policy("cpu", "bf16")
+    outs, weights = {}, tiny_model("mask", False)
+    for label, policy, upcast in (("fp32", fp32, True), ("before", bf16, True), ("now", bf16, False)):
+        model = policy.prepare(copy.deepcopy(weights))
+        set_norm_upcast(model, upcast)
+        with torch.no_grad(), policy.autocast():
+            outs[label] = model(policy.input(x), t, ref=policy.input(ref)).float()
+    scale = outs["fp32"].abs().mean()
+    err_before = (outs["before"] - outs["fp32"]).abs().mean() / scale
+    err_now = (outs["now"] - outs["fp32"]).abs().mean() / scale
+    assert torch.isfinite(outs["now"]).all()
+    assert err_now < 0.05  # bf16 keeps about 3 significant digits
+    assert err_now < 1.2 * err_before + 1e-3
+    assert (outs["now"] - outs["before"]).abs().mean() / scale < 0.05
+
+
+def test_tune_malloc_is_idempotent_and_respects_glibc_tunables(monkeypatch):
+    first = precision.tune_malloc()
+    assert precision.tune_malloc() == first
+    assert isinstance(first, bool)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
+    assert precision.tune_malloc() is False  # the user's setting wins
