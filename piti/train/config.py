@@ -15,7 +15,7 @@ A recipe file looks like::
         model: toy-piti-base-{task}
         init: runs/toy/pretrain/model.safetensors
 
-``{task}`` and ``{name}`` (the section name) are replaced in ``model``, ``init`` and ``out_dir``.
+``{task}`` and ``{name}`` (the section name) are replaced in ``model``, ``init``, ``out_dir`` and ``reward_model``.
 Overrides are ``key=value`` with YAML values (``lr=2e-5``, ``data.num=64``,
 ``model_overrides.num_channels=32``). The resolved :class:`TrainConfig` is saved beside each run.
 """
@@ -84,6 +84,11 @@ class TrainConfig:
     #     hardly rewards using the condition at large t (docs/training.md) ---
     x0_weight: float = 0.0
     x0_snr_cap: float = 100.0
+    # --- consistency feedback (not official; ControlNet++, Li et al. 2024): a frozen reward model scores the
+    #     one-step x0_pred of samples with t < reward_max_t against the input condition (piti/train/rewards.py) ---
+    reward_model: str = ""  # a reward model file of the run's task (eval/train_reward_models.py); "" = off
+    reward_weight: float = 0.0  # weight of the term beside the diffusion loss
+    reward_max_t: int = 200  # only samples with t below this get the term (the one-step x0 is meaningful there)
     # --- upsampler losses on x0_pred (official: both from step 100) ---
     perceptual_weight: float = 0.004  # 0 = off
     perceptual_kind: str = "vgg"  # vgg (official, VGG19 conv2_2) or lpips
@@ -152,6 +157,12 @@ class TrainConfig:
                 f"stage {self.stage} trains the encoder against a frozen pretrained decoder; "
                 "from_scratch only makes sense for the joint and upsampler stages"
             )
+        if bool(self.reward_model) != (self.reward_weight > 0):
+            bad(f"give reward_model and reward_weight > 0 together, got {self.reward_model!r} and {self.reward_weight}")
+        if self.reward_model and self.stage not in ("encoder", "encoder-dropout", "joint"):
+            bad(f"the reward term is for the base PITI stages (joint, encoder), not {self.stage}")
+        if self.reward_max_t < 1:
+            bad(f"reward_max_t must be >= 1, got {self.reward_max_t}")
         if self.init and self.from_scratch:
             bad("give either init (a checkpoint) or from_scratch, not both")
 
@@ -244,7 +255,7 @@ def apply_overrides(d: dict, overrides: dict[str, Any]) -> dict:
 
 def _substitute(d: dict) -> dict:
     """Replace ``{task}`` and ``{name}`` in the string fields that name things."""
-    for k in ("model", "init", "out_dir"):
+    for k in ("model", "init", "out_dir", "reward_model"):
         if isinstance(d.get(k), str):
             d[k] = d[k].replace("{task}", str(d.get("task", ""))).replace("{name}", str(d.get("name", "")))
     return d

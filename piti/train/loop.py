@@ -312,7 +312,7 @@ class Trainer:
                 csv.DictWriter(f, fieldnames=self.CSV_FIELDS).writeheader()
         return open(path, "a", newline="")
 
-    CSV_FIELDS = ["step", "loss", "mse", "vb", "perceptual", "adv", "disc", "lr", "grad_norm", "sec_per_step"]
+    CSV_FIELDS = ["step", "loss", "mse", "vb", "reward", "perceptual", "adv", "disc", "lr", "grad_norm", "sec_per_step"]
 
     def write_samples(self) -> Path:
         """A sample grid with the EMA weights (rank 0)."""

@@ -8,8 +8,9 @@
 | `joint`           | PITI base               | encoder and decoder     | null condition, 0.2      |                  |
 | `upsampler`       | PITI upsampler          | encoder and decoder     | none (official 0)        | degraded low-res |
 
-The upsampler stage adds the perceptual and adversarial losses on x0_pred; pretraining uses a word tokenizer
-or GLIDE's BPE.
+The upsampler stage adds the perceptual and adversarial losses on x0_pred; the base PITI stages can add the
+consistency-feedback term (``reward_model``: a frozen reward model on x0_pred, :mod:`piti.train.rewards`);
+pretraining uses a word tokenizer or GLIDE's BPE.
 
 "Frozen" means ``requires_grad=False``: the decoder gets no gradients, has no optimizer state and no EMA
 copy, and its weights stay bit-identical (the official code only leaves it out of the optimizer and
@@ -272,6 +273,11 @@ class Stage:
                 "GLIDE or PITI checkpoint, or one of this project's) or from_scratch=true"
             )
         self.dataset = build_dataset(config, mc)
+        self.reward = None  # frozen, outside the model: no optimizer state, no EMA, not in the checkpoint
+        if config.reward_model:
+            from piti.train.rewards import load_reward_model
+
+            self.reward = load_reward_model(config.reward_model, task=mc.task, device=device)
 
         model = create_model(mc)
         if ckpt is not None:
@@ -364,10 +370,30 @@ class Stage:
             inv_snr = ((1 - alpha_bar) / alpha_bar).clamp(max=self.config.x0_snr_cap)
             eps_err = (model_output[:, :3].float() - noise).pow(2).mean(dim=(1, 2, 3))
             loss = loss + self.config.x0_weight * (inv_snr * eps_err * drawn["weights"]).mean()
+        if self.reward is not None:
+            loss = loss + self.config.reward_weight * self.reward_term(terms["x0_pred"], drawn, metrics)
         if self.extra is not None:
             loss = loss + self.extra.model_terms(terms["x0_pred"], x_start, step, share, metrics, autocast)
         metrics["loss"] = loss.item()
         return StepOutput(loss, t, terms["loss"].detach(), metrics)
+
+    def reward_term(self, x0_pred: torch.Tensor, drawn: dict, metrics: dict) -> torch.Tensor:
+        """Consistency feedback (ControlNet++): the frozen reward model on the one-step ``x0_pred`` against the
+        input condition, for the samples with t < reward_max_t that kept their condition; summed and divided by
+        the microbatch size, so that accumulated microbatches equal one big batch. Logged as ``reward``."""
+        from piti.train.rewards import condition_target, consistency_loss
+
+        ref = drawn["kwargs"]["ref"]
+        on = (drawn["t"] < self.config.reward_max_t) & ~(ref == 1).flatten(1).all(1)  # all ones: the null condition
+        term = x0_pred.new_zeros(())
+        if on.any():
+            task = self.model.config.task
+            target = condition_target(
+                task, ref[on], x0_pred.shape[-1], self.dataset.palette, getattr(self.dataset, "mask_encoding", "color")
+            )
+            term = consistency_loss(task, self.reward(x0_pred[on]), target).sum() / x0_pred.shape[0]
+        metrics["reward"] = term.item()
+        return term
 
     def after_step(self, step: int) -> None:
         if self.extra is not None:
@@ -391,6 +417,8 @@ class Stage:
         }
         if self.tokenizer is not None:
             meta["tokenizer"] = self.tokenizer.to_dict()
+        if self.reward is not None:
+            meta["reward"] = {"model": self.config.reward_model, "weight": self.config.reward_weight}
         if self.extra is not None:
             meta["perceptual_random_weights"] = self.extra.random_perceptual_weights
         return meta
