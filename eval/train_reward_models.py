@@ -2,6 +2,11 @@
 
     python eval/train_reward_models.py --task depth     # checkpoints/toy/rewards/depth.safetensors
     python eval/train_reward_models.py --task sketch --steps 20 --out /tmp/sketch.safetensors   # a quick try
+    python eval/train_reward_models.py --task depth --probe checkpoints/toy/piti-toy-depth-base.safetensors
+
+``--probe MODEL`` trains nothing: it prints how far a PITI base model's one-step x0_pred disagrees with its
+condition at each t, by the reward model (beside real images and mismatched conditions), i.e. at which t the
+feedback term (``reward_max_t``) has something to correct.
 
 Reward models are not the judges: another network, seed and scene stream (:mod:`piti.train.rewards`, where
 the work is). The figures, the command and the timing are stored in the file's header (``results``).
@@ -21,10 +26,14 @@ from piti.train.rewards import (
     REWARD_TASKS,
     RewardConfig,
     RewardNet,
+    consistency_by_t,
     evaluate_reward_model,
+    load_reward_model,
     save_reward_model,
     train_reward_model,
 )
+
+PROBE_T = (25, 100, 200, 400, 600, 800, 950)  # timesteps of --probe
 
 
 def main(argv=None) -> int:
@@ -39,6 +48,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--out", type=Path, default=None, help="output file (default checkpoints/toy/rewards/TASK.safetensors)"
     )
+    p.add_argument(
+        "--probe", type=Path, default=None, help="a PITI base model file: print consistency by t, train nothing"
+    )
+    p.add_argument("--probe-num", type=int, default=24, help="training scenes (seed 0) the probe scores (default 24)")
     args = p.parse_args(argv)
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
@@ -46,6 +59,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or Path("checkpoints/toy/rewards") / f"{args.task}.safetensors"
+    if args.probe:
+        return probe(args, out)
     torch.manual_seed(args.seed)
     model = RewardNet(RewardConfig(task=args.task))
     n_params = sum(p.numel() for p in model.parameters())
@@ -70,6 +85,23 @@ def main(argv=None) -> int:
     meta.update(train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1), threads=torch.get_num_threads())
     save_reward_model(out, model, metadata={"results": {**meta, "final_loss": final, "eval": result}})
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+def probe(args, reward_path: Path) -> int:
+    from piti.checkpoints import load_checkpoint, load_weights
+    from piti.data.datasets import make_dataset
+    from piti.presets import ModelConfig, create_model
+
+    ckpt = load_checkpoint(args.probe)
+    mc = ModelConfig.from_dict(ckpt.config or {})
+    model = load_weights(create_model(mc), ckpt).eval()
+    reward = load_reward_model(reward_path, task=mc.task)
+    data = make_dataset("synth", task=mc.task, image_size=mc.image_size, cond_size=mc.cond_size, flip=False)
+    r = consistency_by_t(model, reward, data, PROBE_T, num=args.probe_num)
+    print(f"{mc.task} reward model {reward_path} on {r['num']} training scenes (seed 0), mean disagreement:")
+    print(f"  real images {r['real']:.4f}; real images against another scene's condition {r['shuffled']:.4f}")
+    print("  one-step x0_pred of the model: " + ", ".join(f"t={t} {v:.4f}" for t, v in r["by_t"].items()))
     return 0
 
 

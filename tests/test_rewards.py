@@ -23,6 +23,7 @@ from piti.train.rewards import (
     RewardConfig,
     RewardNet,
     condition_target,
+    consistency_by_t,
     consistency_loss,
     load_reward_model,
     save_reward_model,
@@ -157,6 +158,14 @@ def test_targets_read_back_from_the_conditions():
     labels = rng.integers(0, 10, (32, 32)).astype(np.uint8)
     cond = torch.from_numpy(to_unit(labels_to_colors(labels, "synth")))[None]
     assert torch.equal(condition_target("mask", cond, 32)["labels"][0], torch.from_numpy(labels).long())
+
+
+def test_consistency_by_t_scores_real_shuffled_and_one_step_predictions(tmp_path):
+    trainer = Trainer(_config(tmp_path))
+    reward = load_reward_model(_reward_file(tmp_path), task="depth")
+    r = consistency_by_t(trainer.model.eval(), reward, trainer.stage.dataset, (10, 900), num=3)
+    assert list(r["by_t"]) == [10, 900] and r["num"] == 3
+    assert all(math.isfinite(v) and v > 0 for v in [r["real"], r["shuffled"], *r["by_t"].values()])
 
 
 @pytest.mark.parametrize("task", ["sketch", "depth"])

@@ -32,6 +32,7 @@ __all__ = [
     "RewardConfig",
     "RewardNet",
     "condition_target",
+    "consistency_by_t",
     "consistency_loss",
     "evaluate_reward_model",
     "load_reward_model",
@@ -325,6 +326,34 @@ def evaluate_reward_model(model: RewardNet, num: int = 100, batch_size: int = 50
         conf = confusion_matrix(out.argmax(1).numpy(), target["labels"].numpy(), model.config.out_channels)
         result["miou"] = iou_from_confusion(conf)[0]
     return result
+
+
+@torch.no_grad()
+def consistency_by_t(model, reward: RewardNet, dataset, timesteps, num: int = 24, seed: int = 0) -> dict:
+    """Where the feedback term has something to correct: the reward model's mean disagreement
+    (:func:`consistency_loss`) with the input condition of ``num`` items of ``dataset``, for the real images
+    (``real``), the real images against another item's condition (``shuffled``), and a PITI base ``model``'s
+    one-step ``x0_pred`` from ``x_t`` at each of ``timesteps`` (``by_t``)."""
+    from piti.diffusion import create_diffusion
+
+    task, mc = reward.config.task, model.config
+    diffusion = create_diffusion(mc.noise_schedule, mc.diffusion_steps)
+    items = [dataset[i] for i in range(num)]
+    x_start, cond = torch.stack([it["image"] for it in items]), torch.stack([it["cond"] for it in items])
+    target = condition_target(task, cond, x_start.shape[-1], dataset.palette, dataset.mask_encoding)
+
+    def score(x, tgt=target):
+        return consistency_loss(task, reward(x), tgt).mean().item()
+
+    out = {"task": task, "num": num, "real": score(x_start)}
+    out["shuffled"] = score(x_start, {k: v.roll(1, 0) for k, v in target.items()})
+    g, out["by_t"] = torch.Generator().manual_seed(seed), {}
+    for t in timesteps:
+        t_batch = torch.full((num,), int(t))
+        x_t = diffusion.q_sample(x_start, t_batch, torch.randn(x_start.shape, generator=g))
+        eps = model(x_t, diffusion.model_timesteps(t_batch), ref=cond)[:, :3]
+        out["by_t"][int(t)] = score(diffusion.predict_x0_from_eps(x_t, t_batch, eps).clamp(-1, 1))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- files
