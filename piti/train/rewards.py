@@ -181,18 +181,6 @@ def condition_target(task: str, cond: torch.Tensor, size: int, palette=None, mas
     :func:`~piti.data.conditions.resize_sketch` (area, an edge where >= 64/255 of it was). mask: colours (or
     one-hot) to ``labels``, nearest, 255 where no class matches.
     """
-    if task == "depth":
-        from piti.data.conditions import JET_LUT
-
-        rgb = _to_uint8(cond[:, 3:6]).permute(0, 2, 3, 1)  # (N, S, S, 3)
-        lut = torch.as_tensor(JET_LUT, dtype=torch.float32, device=cond.device)
-        idx = torch.cdist(rgb.reshape(-1, 3), lut).argmin(1).view(rgb.shape[:3])
-        # the centre of the colour's bins (matplotlib index floor(x * 256); jet repeats a colour at 29..32)
-        same = (lut[:, None] == lut[None]).all(-1).float()
-        centre = same @ ((torch.arange(256, device=cond.device) + 0.5) / 256) / same.sum(1)
-        norm = centre[idx]
-        valid = rgb.sum(-1) > 0  # no depth: black
-        return {"norm": _nearest(norm, size), "valid": _nearest(valid, size)}
     if task == "sketch":
         edges = (cond[:, :1].float() < -1 + 1 / 255).float()
         if edges.shape[-1] > size:
@@ -200,19 +188,27 @@ def condition_target(task: str, cond: torch.Tensor, size: int, palette=None, mas
         else:
             edges = _nearest(edges, size)
         return {"edges": edges[:, 0]}
+    cond = _nearest(cond, size)  # per-pixel decoding commutes with a nearest resize: decode fewer pixels
+    if task == "depth":
+        from piti.data.conditions import JET_LUT
+
+        rgb = _to_uint8(cond[:, 3:6]).permute(0, 2, 3, 1)  # (N, size, size, 3)
+        lut = torch.as_tensor(JET_LUT, dtype=torch.float32, device=cond.device)
+        idx = torch.cdist(rgb.reshape(-1, 3), lut).argmin(1).view(rgb.shape[:3])
+        # the centre of the colour's bins (matplotlib index floor(x * 256); jet repeats a colour at 29..32)
+        same = (lut[:, None] == lut[None]).all(-1).float()
+        centre = same @ ((torch.arange(256, device=cond.device) + 0.5) / 256) / same.sum(1)
+        return {"norm": centre[idx], "valid": rgb.sum(-1) > 0}  # no depth: black
     if task == "mask":
         if mask_encoding == "onehot":
-            labels = cond.argmax(1)
-        else:
-            from piti.data.palettes import SYNTH_PALETTE, get_palette
+            return {"labels": cond.argmax(1)}
+        from piti.data.palettes import SYNTH_PALETTE, get_palette
 
-            pal = torch.as_tensor(get_palette(SYNTH_PALETTE if palette is None else palette), dtype=torch.float32)
-            rgb = _to_uint8(cond[:, :3]).permute(0, 2, 3, 1)
-            match = (rgb[..., None, :] == pal.to(cond.device)).all(-1)  # (N, S, S, K)
-            labels = torch.where(
-                match.any(-1), match.float().argmax(-1), torch.full_like(match[..., 0], UNLABELLED, dtype=torch.long)
-            )
-        return {"labels": _nearest(labels, size)}
+        pal = torch.as_tensor(get_palette(SYNTH_PALETTE if palette is None else palette), dtype=torch.float32)
+        rgb = _to_uint8(cond[:, :3]).permute(0, 2, 3, 1)
+        match = (rgb[..., None, :] == pal.to(cond.device)).all(-1)  # (N, size, size, K)
+        unlabelled = torch.full_like(match[..., 0], UNLABELLED, dtype=torch.long)
+        return {"labels": torch.where(match.any(-1), match.float().argmax(-1), unlabelled)}
     raise ConfigError(f"unknown reward task {task!r}; expected one of {REWARD_TASKS}")
 
 
