@@ -177,7 +177,7 @@ def test_a_tiny_reward_model_learns(task):
     assert not model.training
 
 
-@pytest.mark.parametrize("task", ["depth", "sketch"])
+@pytest.mark.parametrize("task", ["depth", "sketch", "mask"])
 def test_shipped_reward_models_are_small_reward_files(task):
     path = ROOT / "checkpoints/toy/rewards" / f"{task}.safetensors"
     if not path.is_file():
