@@ -107,6 +107,7 @@ def main(argv=None) -> int:
                             times.setdefault((task, precision, name), []).append(conn.recv())
                         else:
                             conn.recv()
+            print(f"round {rep + 1}/{args.warm + args.reps}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         for conn, proc in workers.values():
             conn.send(None)
             proc.join()

@@ -16,11 +16,12 @@ parameters: the networks compute them in fp32 anyway (GLIDE's ``GroupNorm32``), 
 rounding error of the model size. The diffusion maths stay in fp32: the samplers cast every network
 output back to the dtype of ``x_t``, which is float32.
 
-On a CPU, two things bound the small networks besides arithmetic, and :meth:`Policy.prepare` removes both:
-the GroupNorms' fp32 round trip (in bf16 on a CPU with native bf16, the norms take bf16 in and out through
-PyTorch's mixed-precision kernel, statistics and parameters still fp32: ``piti.nn.layers.GroupNorm32``), and
-glibc returning the memory of every freed activation to the system and faulting fresh zeroed pages in at the
-next step (:func:`tune_malloc`). Measurements: benchmarks/toy_speed.py and docs/sampling.md.
+On a CPU, two things bound the small networks besides arithmetic: the GroupNorms' fp32 round trip (in bf16 on
+a CPU with native bf16 the norms now take bf16 in and out through PyTorch's mixed-precision kernel, statistics
+and parameters still fp32: ``piti.nn.layers.GroupNorm32``, for inference and training alike), and glibc
+returning the memory of every freed activation to the system and faulting fresh zeroed pages in at the next
+step (:func:`tune_malloc`, called by :meth:`Policy.prepare`; a trainer can call it too).
+Measurements: benchmarks/toy_speed.py and docs/sampling.md.
 
 Two optional speed-ups: ``channels_last`` memory format for the convolutions (default: on, see
 docs/sampling.md for the measurements), and ``compile`` (``torch.compile``; needs a C++ compiler on CPU,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ TRIM_THRESHOLD = 256 << 20  # free memory the heap keeps for the next step inste
 _FP32_LAYERS = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.BatchNorm2d)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 is faster than fp32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -68,9 +71,10 @@ def tune_malloc() -> bool:
     return bool(mallopt and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def set_norm_upcast(model: nn.Module, upcast: bool) -> None:
-    """Whether the GroupNorms of ``model`` compute through an fp32 copy (True, GLIDE) or, on bf16 CPU inputs,
-    in PyTorch's mixed-precision kernel (False; see ``piti.nn.layers.GroupNorm32``)."""
+def set_norm_upcast(model: nn.Module, upcast: bool | None) -> None:
+    """Force the GroupNorms of ``model`` on bf16 CPU inputs through an fp32 copy (True, as before the mixed
+    kernel was used) or PyTorch's mixed-precision kernel (False); None: the default rule of
+    ``piti.nn.layers.GroupNorm32`` (mixed on a CPU with native bf16, except on small channels-last maps)."""
     from piti.nn.layers import GroupNorm32
 
     for module in model.modules():
@@ -125,7 +129,7 @@ class Policy:
         """Put ``model`` in inference form under this policy, in place; returns the module to call.
 
         Eval mode, no gradients, moved to the device, weights cast to the precision's dtype (norm layers
-        kept in fp32; in bf16 on a CPU with native bf16 the GroupNorms skip their fp32 copy), channels-last if
+        kept in fp32), channels-last if
         asked; the CPU allocator tuned (:func:`tune_malloc`); ``torch.compile`` wraps the result if asked (the
         returned module is then the compiled wrapper; ``model`` itself stays usable).
         """
@@ -135,7 +139,6 @@ class Policy:
             for module in model.modules():
                 if isinstance(module, _FP32_LAYERS):
                     module.float()
-        set_norm_upcast(model, not (self.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16()))
         if self.tuned_malloc:
             tune_malloc()
         if self.channels_last:

@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from piti.precision import cpu_has_native_bf16
+
 # Below this many pixels PyTorch's channels-last bf16 GroupNorm kernel is slower than the fp32 round trip.
 MIXED_NORM_MIN_PIXELS = 1024
 
@@ -19,31 +21,32 @@ MIXED_NORM_MIN_PIXELS = 1024
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm with 32 groups computed in fp32, optionally followed by SiLU (GLIDE's ``swish=1``).
 
-    ``upcast=False`` (set by :meth:`piti.precision.Policy.prepare` for bf16 on a CPU with native bf16) passes a
-    bf16 input to PyTorch's mixed-precision CPU kernel: statistics in fp32, fp32 parameters, bf16 output, the
-    same numbers without the two casts of a full-size fp32 copy (small channels-last maps still take the copy).
+    A bf16 input on a CPU with native bf16 goes to PyTorch's mixed-precision kernel (statistics in fp32, fp32
+    parameters, bf16 output): the same numbers without the two casts of a full fp32 copy; small channels-last
+    maps, where that kernel is slower, and every other input take the copy. ``upcast`` True or False forces
+    one path for bf16 CPU inputs (:func:`piti.precision.set_norm_upcast`); None (default) decides as above.
     """
 
-    upcast = True
+    upcast = None
 
     def __init__(self, channels: int, swish: bool = False, eps: float = 1e-5):
         super().__init__(num_groups=32, num_channels=channels, eps=eps)
         self.swish = swish
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upcast or x.dtype != torch.bfloat16 or x.device.type != "cpu" or self._small_channels_last(x):
+        if not self._mixed(x):
             y = F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
             return F.silu(y) if self.swish else y
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.silu(y, inplace=True) if self.swish else y
 
-    @staticmethod
-    def _small_channels_last(x: torch.Tensor) -> bool:
-        return (
-            x.dim() == 4
-            and x.shape[2] * x.shape[3] < MIXED_NORM_MIN_PIXELS
-            and x.is_contiguous(memory_format=torch.channels_last)
-        )
+    def _mixed(self, x: torch.Tensor) -> bool:
+        if x.dtype != torch.bfloat16 or x.device.type != "cpu":
+            return False
+        if self.upcast is not None:
+            return not self.upcast
+        small = x.dim() == 4 and x.shape[2] * x.shape[3] < MIXED_NORM_MIN_PIXELS
+        return cpu_has_native_bf16() and not (small and x.is_contiguous(memory_format=torch.channels_last))
 
 
 class LayerNorm32(nn.LayerNorm):
