@@ -22,7 +22,7 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
   and not comparable with any published number (``piti.evaluation.fid``, ``docs/segmenter.md``);
 * the **sampling time** per image (base + upsampler, one image per call, as a user runs it);
 * with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
-  settings and at the same settings with the official noise per step (``noise_scale`` 1), their toy feature and
+  settings and at the same settings with the official sampler's noise (DDPM, ``noise_scale`` 1), their toy feature and
   pixel diversity and the ratios (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
 
 With an upsampler, the figures are given at its size (the final images) and at the base size (the 64-px

@@ -155,6 +155,11 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
     )
     assert narrow["official_noise"] == wide["official_noise"]  # the reference: the same seeds at noise 1
     assert narrow["pixel_l1_ratio"] < 1 and narrow["features_ratio"] < 1
+    # a deterministic sampler is compared with the official ancestral sampler too, not with itself
+    ddim = alignment.evaluate_toy_diversity(
+        "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "sampler": "ddim"}
+    )
+    assert ddim["official_noise"] == wide["official_noise"] and ddim["features_ratio"] != 1
     with pytest.raises(ConfigError, match="at least 2"):
         alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 1, upsample=False, settings=settings)
 

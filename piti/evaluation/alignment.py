@@ -266,6 +266,9 @@ def evaluate_toy_task(
     return result
 
 
+OFFICIAL_NOISE = {"sampler": "ddpm", "noise_scale": 1.0, "noise_scale_tmax": 1.0}  # the variety check's reference
+
+
 def evaluate_toy_diversity(
     task: str,
     pipe,
@@ -278,9 +281,9 @@ def evaluate_toy_diversity(
     settings: dict | None = None,
 ) -> dict:
     """Variety: ``samples`` images of each of ``num`` held-out conditions, at ``settings`` (the recommended ones
-    when empty) and at the same settings with the official noise per step (``noise_scale`` 1). Returns each
-    run's toy feature and pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official
-    noise (the variety kept)."""
+    when empty) and at the same settings with the official ancestral sampler's noise (:data:`OFFICIAL_NOISE`: DDPM,
+    the full noise at every step). Returns each run's toy feature and pixel diversity
+    (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety kept)."""
     from piti.evaluation.diversity import feature_diversity, pixel_l1_diversity
 
     if samples < 2:
@@ -291,7 +294,7 @@ def evaluate_toy_diversity(
     size = pipe.upsampler_model.config.image_size if upsample else cfg.image_size
     conds = heldout_examples(task, num, start, size, cfg.cond_size)["cond"]
     runs = {}
-    for name, extra in (("recommended", {}), ("official_noise", {"noise_scale": 1.0})):
+    for name, extra in (("recommended", {}), ("official_noise", OFFICIAL_NOISE)):
         kwargs = dict(num_samples=samples, upsample=upsample, progress=False, **{**settings, **extra})
         outs = [pipe(c, seed=seed + i, **kwargs) for i, c in enumerate(conds)]
         groups = [np.stack([np.asarray(im) for im in out.images]) for out in outs]

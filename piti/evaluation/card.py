@@ -181,7 +181,7 @@ def markdown(card: dict) -> str:
             lines += [
                 "",
                 f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions at the "
-                f"recommended settings and at the same settings with the official noise per step (`noise_scale` 1); "
+                f"recommended settings and with the official sampler's noise (DDPM, `noise_scale` 1); "
                 "mean distance between the samples of a condition (toy feature distance; pixel L1 at 64 px):",
                 "",
                 "| task | features, recommended | features, official noise | kept | pixel L1, recommended | "
