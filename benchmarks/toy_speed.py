@@ -3,6 +3,7 @@
     python benchmarks/toy_speed.py                     # three tasks, median of 5 calls each, all CPU threads
     python benchmarks/toy_speed.py --tasks mask --reps 9 --threads 2
     python benchmarks/toy_speed.py --quick             # one task, 2 + 2 steps, one call: checks the script
+    python benchmarks/toy_speed.py --tasks mask --reps 3 --profile   # and torch.profiler's top operators
 
 One image per call (base + upsampler), as a user runs it: ``PITIPipeline.from_checkpoints(task=...)`` with the
 checkpoint's recommended settings (``--steps``/``--upsample-steps`` override them). The time of the whole call
@@ -34,7 +35,8 @@ WORKERS = ("before", "now")
 
 
 def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str) -> None:
-    """Hold one pipeline per (task, precision) and answer ("run", task, precision) with its timings."""
+    """Hold one pipeline per (task, precision); answer ("run", task, precision) with its timings, and
+    ("profile", task, precision) with torch.profiler's table of the operators of one call."""
     from piti import demo_support as ds
     from piti import precision as pol
     from piti.pipeline import PITIPipeline
@@ -53,7 +55,12 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
                     pol.set_norm_upcast(model, True)
             pipes[task, precision] = pipe
     conn.send("ready")
-    for _, task, precision in iter(conn.recv, None):
+    for what, task, precision in iter(conn.recv, None):
+        if what == "profile":
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                pipes[task, precision](str(conditions[task]), seed=0, progress=False, **overrides)
+            conn.send(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+            continue
         start = time.perf_counter()
         out = pipes[task, precision](str(conditions[task]), seed=0, progress=False, **overrides)
         timings = out.settings["timings"]
@@ -70,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default=None, help="base steps (default: the checkpoint's)")
     p.add_argument("--upsample-steps", default=None, help="upsampler steps (default: the checkpoint's)")
     p.add_argument("--quick", action="store_true", help="mask only, 2 + 2 steps, one call: checks the script")
+    p.add_argument("--profile", action="store_true", help="then profile one call of the first task, each variant")
     args = p.parse_args(argv)
     native = cpu_has_native_bf16()
     precisions = (args.precisions or ("fp32,bf16" if native else "fp32")).split(",")
@@ -108,6 +116,11 @@ def main(argv=None) -> int:
                         else:
                             conn.recv()
             print(f"round {rep + 1}/{args.warm + args.reps}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        profiles = {}
+        for precision in precisions if args.profile else []:
+            for name, (conn, _) in workers.items():
+                conn.send(("profile", tasks[0], precision))
+                profiles[precision, name] = conn.recv()
         for conn, proc in workers.values():
             conn.send(None)
             proc.join()
@@ -123,6 +136,8 @@ def main(argv=None) -> int:
     print(
         f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up; load average {load_end:.1f} at end"
     )
+    for (precision, name), table in profiles.items():
+        print(f"\n# torch.profiler, one {tasks[0]} call, {precision} {name}:\n{table}")
     return 0
 
 
