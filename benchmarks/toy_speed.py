@@ -10,9 +10,10 @@ checkpoint's recommended settings (``--steps``/``--upsample-steps`` override the
 is given with its split into the base model (guided, batch 2) and the upsampler, median over ``--reps``
 calls after ``--warm`` warm-up calls. Two worker processes hold the pipelines: ``now`` runs the code as it
 is; ``before`` the path before the CPU fixes of ``piti.precision`` (GroupNorms through an fp32 copy, glibc's
-default allocator). The calls go round-robin over tasks, precisions and workers, so a busy machine slows
-every variant alike; the load average is printed at start and end. bf16 runs only where the CPU computes it
-natively (AVX512-BF16 or AMX) unless ``--precisions`` asks for it.
+default allocator). Call i uses seed i, and each variant's images are compared with fp32 before's of the same
+seeds (mean absolute difference of the 8-bit pixels). The calls go round-robin over tasks, precisions and
+workers, so a busy machine slows every variant alike; the load average is printed at start and end. bf16 runs
+only where the CPU computes it natively (AVX512-BF16 or AMX) unless ``--precisions`` asks for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from piti.precision import cpu_has_native_bf16
@@ -55,16 +57,17 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
                     pol.set_norm_upcast(model, True)
             pipes[task, precision] = pipe
     conn.send("ready")
-    for what, task, precision in iter(conn.recv, None):
+    for what, task, precision, seed in iter(conn.recv, None):
         if what == "profile":
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                pipes[task, precision](str(conditions[task]), seed=0, progress=False, **overrides)
+                pipes[task, precision](str(conditions[task]), seed=seed, progress=False, **overrides)
             conn.send(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
             continue
         start = time.perf_counter()
-        out = pipes[task, precision](str(conditions[task]), seed=0, progress=False, **overrides)
+        out = pipes[task, precision](str(conditions[task]), seed=seed, progress=False, **overrides)
         timings = out.settings["timings"]
-        conn.send((time.perf_counter() - start, timings["base_s"], timings["upsample_s"]))
+        image = np.asarray(out.images[0], dtype=np.float64)
+        conn.send((time.perf_counter() - start, timings["base_s"], timings["upsample_s"], image))
 
 
 def main(argv=None) -> int:
@@ -105,36 +108,44 @@ def main(argv=None) -> int:
             workers[name] = (conn, proc)
         for conn, _ in workers.values():
             conn.recv()  # loaded
-        times = {}
+        times, images = {}, {}
         for rep in range(args.warm + args.reps):
             for task in tasks:
                 for precision in precisions:
                     for name, (conn, _) in workers.items():
-                        conn.send(("run", task, precision))
+                        conn.send(("run", task, precision, rep))  # seed = round: the timed images span seeds
+                        *row, image = conn.recv()
                         if rep >= args.warm:
-                            times.setdefault((task, precision, name), []).append(conn.recv())
-                        else:
-                            conn.recv()
+                            times.setdefault((task, precision, name), []).append(row)
+                            images.setdefault((task, precision, name), []).append(image)
             print(f"round {rep + 1}/{args.warm + args.reps}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         profiles = {}
         for precision in precisions if args.profile else []:
             for name, (conn, _) in workers.items():
-                conn.send(("profile", tasks[0], precision))
+                conn.send(("profile", tasks[0], precision, 0))
                 profiles[precision, name] = conn.recv()
         for conn, proc in workers.values():
             conn.send(None)
             proc.join()
     load_end = os.getloadavg()[0]
 
-    print("\n| task | precision | path | image (s) | base (s) | upsampler (s) | speed-up vs fp32 before |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| task | precision | path | image (s) | base (s) | upsampler (s) | speed-up vs fp32 before "
+        "| mean abs diff vs fp32 before (0-255) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (task, precision, name), rows in times.items():
         image, base, up = (statistics.median(col) for col in zip(*rows))
-        ref = statistics.median(r[0] for r in times.get((task, "fp32", "before"), rows))
-        print(f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {ref / image:.2f}x |")
+        key = (task, "fp32", "before")
+        ref = statistics.median(r[0] for r in times.get(key, rows))
+        diff = np.mean([np.abs(a - b).mean() for a, b in zip(images[task, precision, name], images.get(key, []))])
+        print(
+            f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {ref / image:.2f}x | {diff:.2f} |"
+        )
     settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the checkpoints' recommended settings"
     print(
-        f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up; load average {load_end:.1f} at end"
+        f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up, seeds {args.warm}.."
+        f"{args.warm + args.reps - 1}; load average {load_end:.1f} at end"
     )
     for (precision, name), table in profiles.items():
         print(f"\n# torch.profiler, one {tasks[0]} call, {precision} {name}:\n{table}")
