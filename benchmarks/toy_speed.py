@@ -136,12 +136,11 @@ def main(argv=None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (task, precision, name), rows in times.items():
         image, base, up = (statistics.median(col) for col in zip(*rows))
-        key = (task, "fp32", "before")
-        ref = statistics.median(r[0] for r in times.get(key, rows))
-        diff = np.mean([np.abs(a - b).mean() for a, b in zip(images[task, precision, name], images.get(key, []))])
-        print(
-            f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {ref / image:.2f}x | {diff:.2f} |"
-        )
+        key, speedup, diff = (task, "fp32", "before"), "-", "-"  # without fp32 before, nothing to compare with
+        if key in times:
+            speedup = f"{statistics.median(r[0] for r in times[key]) / image:.2f}x"
+            diff = f"{np.mean([np.abs(a - b).mean() for a, b in zip(images[task, precision, name], images[key])]):.2f}"
+        print(f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {speedup} | {diff} |")
     settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the checkpoints' recommended settings"
     print(
         f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up, seeds {args.warm}.."
