@@ -7,6 +7,10 @@ gives, and the bf16 model with it stays as close to fp32 as the bf16 model witho
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +105,20 @@ def test_tune_malloc_is_idempotent_and_respects_glibc_tunables(monkeypatch):
     assert isinstance(first, bool)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
     assert precision.tune_malloc() is False  # the user's setting wins
+
+
+def test_toy_speed_benchmark_quick_runs():
+    # the script's plumbing only: speed is never asserted
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_speed.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["before", "now"]
+    assert rows[0].split("|")[-2].strip() == "0.00"  # fp32 before against itself
+    assert "load average" in run.stdout and "native bf16" in run.stdout
