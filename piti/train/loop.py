@@ -46,7 +46,7 @@ from piti.checkpoints import save_checkpoint
 from piti.diffusion.resample import make_timestep_sampler
 from piti.errors import CheckpointError, ConfigError, PitiError
 from piti.fileio import atomic_write
-from piti.precision import autocast, check_precision, resolve_device
+from piti.precision import autocast, check_precision, resolve_device, tune_malloc
 from piti.train.config import TrainConfig
 from piti.train.ema import EMA
 from piti.train.stages import NamedItems, Stage, collate
@@ -199,6 +199,8 @@ class Trainer:
         self.device = self.dist.device
         world = self.dist.world_size
         check_precision(cfg.precision, self.device)
+        if self.device.type == "cpu":
+            tune_malloc()  # keep freed activations for the next step (piti.precision)
         if cfg.batch_size % world:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
         self.rank_batch = cfg.batch_size // world
