@@ -20,7 +20,9 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
-TASK_STAGES = ("encoder", "encoder-dropout", "joint", "upsampler")
+TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "upsampler")
+# joint-cont-{task}: a joint stage continued in a new run from the shipped file (its steps count on from the joint's)
+CONTINUED = {"joint-cont": "joint"}
 
 
 def run_names() -> list[str]:
@@ -65,7 +67,12 @@ def plot_curves(logs: dict, path: Path) -> None:
     ``loss-second-moment`` starts drawing mostly small t (whose eps error is largest), e.g. at step ~2,800
     of a batch-8 run."""
     panels = [("pretrain (text-to-image)", ["pretrain"]), ("pretrain-upsampler", ["pretrain-upsampler"])]
-    panels += [(stage, [f"{stage}-{t}" for t in TASKS]) for stage in TASK_STAGES]
+    panels += [(stage, [f"{stage}-{t}" for t in TASKS]) for stage in TASK_STAGES if stage not in CONTINUED]
+    for cont, stage in CONTINUED.items():  # a continuation is drawn after the run it continues
+        panels = [
+            (title, runs + [r.replace(stage, cont, 1) for r in runs]) if title == stage else (title, runs)
+            for title, runs in panels
+        ]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +84,10 @@ def plot_curves(logs: dict, path: Path) -> None:
             rows = logs.get(run)
             if not rows:
                 continue
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=run, lw=1)
+            stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
+            before = logs.get(run.replace(stage, CONTINUED[stage], 1)) if stage else None
+            offset = before[-1]["step"] if before else 0
+            ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], label=run, lw=1)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
