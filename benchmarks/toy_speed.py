@@ -41,6 +41,7 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
     ("profile", task, precision) with torch.profiler's table of the operators of one call."""
     from piti import demo_support as ds
     from piti import precision as pol
+    from piti.nn.layers import set_norm_upcast
     from piti.pipeline import PITIPipeline
 
     torch.set_num_threads(threads)
@@ -54,7 +55,7 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
             pipe = PITIPipeline.from_checkpoints(task=task, precision=precision)
             if name == "before":
                 for model in (pipe.base_model, pipe.upsampler_model):
-                    pol.set_norm_upcast(model, True)
+                    set_norm_upcast(model, True)
             pipes[task, precision] = pipe
     conn.send("ready")
     for what, task, precision, seed in iter(conn.recv, None):

@@ -71,17 +71,6 @@ def tune_malloc() -> bool:
     return bool(mallopt and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def set_norm_upcast(model: nn.Module, upcast: bool | None) -> None:
-    """Force the GroupNorms of ``model`` on bf16 CPU inputs through an fp32 copy (True, as before the mixed
-    kernel was used) or PyTorch's mixed-precision kernel (False); None: the default rule of
-    ``piti.nn.layers.GroupNorm32`` (mixed on a CPU with native bf16, except on small channels-last maps)."""
-    from piti.nn.layers import GroupNorm32
-
-    for module in model.modules():
-        if isinstance(module, GroupNorm32):
-            module.upcast = upcast
-
-
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when present) as a torch.device.
 

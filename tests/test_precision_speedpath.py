@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from piti import precision
-from piti.nn.layers import GroupNorm32
-from piti.precision import cpu_has_native_bf16, make_policy, set_norm_upcast
+from piti.nn.layers import GroupNorm32, set_norm_upcast
+from piti.precision import cpu_has_native_bf16, make_policy
 
 from conftest import tiny_model
 

@@ -24,7 +24,7 @@ class GroupNorm32(nn.GroupNorm):
     A bf16 input on a CPU with native bf16 goes to PyTorch's mixed-precision kernel (statistics in fp32, fp32
     parameters, bf16 output): the same numbers without the two casts of a full fp32 copy; small channels-last
     maps, where that kernel is slower, and every other input take the copy. ``upcast`` True or False forces
-    one path for bf16 CPU inputs (:func:`piti.precision.set_norm_upcast`); None (default) decides as above.
+    one path for bf16 CPU inputs (:func:`set_norm_upcast`); None (default) decides as above.
     """
 
     upcast = None
@@ -47,6 +47,15 @@ class GroupNorm32(nn.GroupNorm):
             return not self.upcast
         small = x.dim() == 4 and x.shape[2] * x.shape[3] < MIXED_NORM_MIN_PIXELS
         return cpu_has_native_bf16() and not (small and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def set_norm_upcast(model: nn.Module, upcast: bool | None) -> None:
+    """Force the GroupNorms of ``model`` on bf16 CPU inputs through an fp32 copy (True, as before the mixed
+    kernel was used) or PyTorch's mixed-precision kernel (False); None: the default rule of
+    :class:`GroupNorm32` (mixed on a CPU with native bf16, except on small channels-last maps)."""
+    for module in model.modules():
+        if isinstance(module, GroupNorm32):
+            module.upcast = upcast
 
 
 class LayerNorm32(nn.LayerNorm):
