@@ -13,7 +13,6 @@ ones are reduced to 128 and the prediction brought back) and returns metres (N, 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from piti.errors import CheckpointError, ConfigError
 from piti.evaluation.metrics import depth_errors
 from piti.evaluation.scenes import HELDOUT_STREAM, TRAIN_STREAM
-from piti.evaluation.segmenter import CROP, Segmenter, _augment
+from piti.evaluation.segmenter import CROP, Segmenter, _augment, warmup_cosine
 
 DEPTH_STREAM = 2  # second seed element: the depth estimator's training scenes differ from the segmenter's
 MIN_DEPTH = 0.5  # metres: predictions are clamped to [MIN_DEPTH, MAX_DEPTH]
@@ -117,13 +116,7 @@ def train_depth_estimator(
     rng = np.random.default_rng([TRAIN_STREAM, DEPTH_STREAM, seed])
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda k: (
-            (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup)))
-        ),
-    )
+    sched = warmup_cosine(opt, steps)
     model.train()
     losses, counter, start, cpu0 = [], 0, time.perf_counter(), time.process_time()
     for step in range(steps):

@@ -266,6 +266,17 @@ def class_weights(num_classes: int, num: int = 48, seed: int = 0) -> torch.Tenso
     return torch.tensor(w, dtype=torch.float32)
 
 
+def warmup_cosine(opt, steps: int):
+    """The judges' learning-rate schedule: linear warm-up over 5% of ``steps``, then cosine decay to zero."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: (
+            (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup)))
+        ),
+    )
+
+
 def train_segmenter(
     model: Segmenter,
     steps: int,
@@ -290,13 +301,7 @@ def train_segmenter(
     g = torch.Generator().manual_seed(seed)
     weights = class_weights(model.config.num_classes, seed=seed).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda k: (
-            (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup)))
-        ),
-    )
+    sched = warmup_cosine(opt, steps)
     model.train()
     losses, counter, start = [], 0, time.perf_counter()
     for step in range(steps):
