@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         mine = rp.lane_arms(arms, args.lane, args.lanes, budget)
         if args.list:
             for arm in mine:
-                done = rp.result_path(out, arm, args.seed, budget.train_seed).is_file()
+                done = rp.is_done(out, arm, budget, args.seed)
                 print(f"{'done   ' if done else 'pending'} {arm.key}")
             return 0
         out.mkdir(parents=True, exist_ok=True)

@@ -249,3 +249,22 @@ def test_train_seed_makes_other_runs_and_files():
     assert rp.result_path(Path("o"), arm, 0, 1).name == "fixed-decoder@train1.json"
     assert rp.result_path(Path("o"), arm, 1, 0).name == "fixed-decoder@seed1.json"
     assert rp.result_path(Path("o"), arm).name == "fixed-decoder.json"
+
+
+def test_a_result_of_another_budget_is_refused_not_skipped(tmp_path):
+    import dataclasses
+
+    from piti.errors import ConfigError
+
+    arm = rp.experiment_arms("finetune", FULL)[0]
+    assert not rp.is_done(tmp_path, arm, FULL)
+    path = rp.result_path(tmp_path, arm)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"run_folders": rp.run_keys(arm, FULL)}))
+    assert rp.is_done(tmp_path, arm, FULL)
+    short = dataclasses.replace(FULL, train_steps=200)
+    with pytest.raises(ConfigError, match="own --out"):
+        rp.is_done(tmp_path, rp.experiment_arms("finetune", short)[0], short)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        rp.is_done(tmp_path, arm, FULL)

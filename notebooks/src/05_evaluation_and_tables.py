@@ -118,10 +118,10 @@ print("experiments with results:", sorted(results) or "none")
 print("experiments pending (no result file yet):", missing or "none")
 
 # %% [markdown]
-# The reproduction's plots, where they exist (`eval/results/toy/*.png`):
+# The reproduction's plots, where they exist (`eval/results/toy/plots/*.png`):
 
 # %%
-plots = sorted(reproduce.RESULTS_DIR.glob("*.png"))
+plots = sorted(reproduce.RESULTS_DIR.glob("plots/*.png"))
 for path in plots[:plotting.pick(6, 1)]:
     print(path.name)
     display(Image(filename=str(path), width=640))

@@ -581,6 +581,24 @@ def result_path(out: Path, arm: Arm, seed: int = 0, train_seed: int = 0) -> Path
     return out / "arms" / arm.experiment / f"{arm.name}{tags}.json"
 
 
+def is_done(out: Path, arm: Arm, budget: Budget, seed: int = 0) -> bool:
+    """Whether ``arm``'s result exists in ``out``; raises ConfigError when it came from other training runs
+    (another step budget), so that a folder of short-budget results is never taken for this budget's."""
+    path = result_path(out, arm, seed, budget.train_seed)
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text()).get("run_folders")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({e}); delete it to run the arm again") from None
+    if recorded is not None and recorded != run_keys(arm, budget):
+        raise ConfigError(
+            f"{path} came from the training runs {recorded}, not this budget's {run_keys(arm, budget)}: "
+            "give this budget its own --out folder"
+        )
+    return True
+
+
 def scene_range(ctx: Context) -> tuple[int, int]:
     """(first held-out scene, first sampling seed) of ``ctx.seed``: seed 0 is scenes 0.. with seeds 0..; seed S
     takes the next disjoint block of scenes and seeds S*1000 + i."""
@@ -779,7 +797,7 @@ def run(arms: list[Arm], ctx: Context) -> dict:
     """Run every arm not done yet, in order; returns {"done": [...], "skipped": [...], "stopped": [...]}."""
     status = {"done": [], "skipped": [], "stopped": []}
     for arm in arms:
-        if result_path(ctx.out, arm, ctx.seed, ctx.budget.train_seed).is_file():
+        if is_done(ctx.out, arm, ctx.budget, ctx.seed):
             status["skipped"].append(arm.key)
             continue
         if ctx.deadline is not None and time.time() > ctx.deadline:
