@@ -22,7 +22,7 @@ from piti.errors import CheckpointError, ConfigError, DatasetError, MissingWeigh
 from piti.presets import create_model, get_config
 from piti.train.config import TrainConfig, apply_overrides, list_sections, load_recipe, parse_overrides
 from piti.train.ema import EMA
-from piti.train.loop import NonFiniteLossError, StepBatches, Trainer, list_states
+from piti.train.loop import NonFiniteLossError, StepBatches, Trainer, learning_rate, list_states
 from piti.train.stages import NamedItems, collate
 
 from conftest import TINY_TEXT, TINY_UNET, tiny_config, tiny_model_overrides
@@ -336,6 +336,18 @@ def test_step_batches_are_a_function_of_the_step_and_shard_the_global_batch():
     # starting later gives the same batches (no hidden state)
     later = iter(StepBatches(10, 4, 0, 1, seed=3, start_step=3))
     assert next(later) == single.keys(3)
+
+
+def test_learning_rate_warms_up_holds_and_decays_to_zero():
+    cfg = TrainConfig(stage="joint", model="toy-piti-base-mask", lr=1e-3, warmup_steps=10, iterations=100)
+    assert [learning_rate(cfg, s) for s in (0, 9, 50, 99)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3])
+    cfg = dataclasses.replace(cfg, lr_decay_steps=40)
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[:60] == pytest.approx([learning_rate(dataclasses.replace(cfg, lr_decay_steps=0), s) for s in range(60)])
+    assert lrs[60] == pytest.approx(1e-3) and lrs[80] == pytest.approx(5e-4) and lrs[99] == pytest.approx(2.5e-5)
+    assert all(a >= b for a, b in zip(lrs[60:], lrs[61:]))  # monotone decay, never negative
+    with pytest.raises(ConfigError, match="lr_decay_steps"):
+        TrainConfig(stage="joint", model="toy-piti-base-mask", iterations=0, lr_decay_steps=10)
 
 
 def test_ema_warmup_forgets_the_initial_weights():

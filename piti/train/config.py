@@ -61,8 +61,9 @@ class TrainConfig:
     tokenizer_scan: int = 256  # synthetic world: scenes whose captions make the word vocabulary
     num_workers: int = 0  # data-loader worker processes per rank
     # --- optimisation ---
-    lr: float = 1e-4  # AdamW learning rate, constant after warm-up (official: no schedule)
+    lr: float = 1e-4  # AdamW learning rate after warm-up (official: constant, no schedule)
     warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    lr_decay_steps: int = 0  # linear decay to 0 over the last this-many of `iterations` (not official; 0 = none)
     weight_decay: float = 0.0  # official: 0
     adam_betas: tuple = (0.9, 0.999)
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping (official)
@@ -149,6 +150,8 @@ class TrainConfig:
             bad(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.iterations < 0 or self.grad_clip < 0 or self.time_limit < 0:
             bad("lr must be > 0; warmup_steps, iterations, grad_clip and time_limit must be >= 0")
+        if self.lr_decay_steps < 0 or (self.lr_decay_steps and not 0 < self.lr_decay_steps <= self.iterations):
+            bad(f"lr_decay_steps must be 0 or in [1, iterations={self.iterations}], got {self.lr_decay_steps}")
         for k in ("log_interval", "save_interval", "keep_checkpoints"):
             if getattr(self, k) < 1:
                 bad(f"{k} must be >= 1, got {getattr(self, k)}")

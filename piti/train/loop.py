@@ -61,6 +61,15 @@ class NonFiniteLossError(PitiError, FloatingPointError):
     """The loss became NaN or infinite: the run stopped and wrote nothing after its last good checkpoint."""
 
 
+def learning_rate(cfg, step: int) -> float:
+    """The lr of 0-based ``step``: linear warm-up over ``warmup_steps``, constant, then (``lr_decay_steps``) a
+    linear decay that reaches 0 after the last of ``iterations`` steps."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    if cfg.lr_decay_steps:
+        lr *= min(1.0, max(0.0, (cfg.iterations - step) / cfg.lr_decay_steps))
+    return lr
+
+
 def step_seed(seed: int, rank: int, step: int, part: int = 0) -> int:
     """A 32-bit seed that depends only on (seed, rank, step, part) (numpy's SeedSequence mixing).
 
@@ -348,7 +357,7 @@ class Trainer:
     def train_step(self, batch: dict) -> dict:
         """One optimisation step on this rank's share of a global batch; returns averaged metrics."""
         cfg, step = self.config, self.step
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = learning_rate(cfg, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
