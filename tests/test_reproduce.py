@@ -149,7 +149,7 @@ def test_quick_writes_results_tables_plots(quick_run):
     if rp.PUBLISHED.is_file():
         assert "| fixed-decoder | mask | 12.6 |" in summary
     assert (out / "finetune.csv").read_text().splitlines()[0].startswith("arm,task,paper FID,FID-T")
-    for plot in ("guidance_curves.png", "guidance_eps_stats.png", "steps_curves.png"):
+    for plot in ("guidance_curves.png", "guidance_eps_stats.png", "steps_curves.png", "training_arms.png"):
         assert (out / "plots" / plot).stat().st_size > 1000
     assert (out / "grids/finetune/two-stage.png").is_file()
     from PIL import Image
@@ -268,3 +268,21 @@ def test_a_result_of_another_budget_is_refused_not_skipped(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         rp.is_done(tmp_path, arm, FULL)
+
+
+def test_training_arms_plot_keeps_the_papers_order_and_a_minimum_span(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for arm, tag, fid in (("adversarial", "", 1.40), ("no-degradation", "", 1.41), ("no-degradation", "@train1", 1.42)):
+        path = tmp_path / "arms" / "upsampler" / f"{arm}{tag}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"fid_t": fid, "controllability": 0.78}))
+    captured = {}
+    monkeypatch.setattr(rp, "_save", lambda fig, path: captured.setdefault("fig", fig) and path)
+    rp.plot_training_arms(tmp_path, ["upsampler"], tmp_path / "p.png")
+    fid_ax, control_ax = captured["fig"].axes[:2]
+    assert [t.get_text() for t in fid_ax.get_xticklabels()] == ["no-degradation", "adversarial"]
+    lo, hi = fid_ax.get_ylim()
+    assert hi - lo >= 1.0 - 1e-9 and lo < 1.40 and hi > 1.42  # a 0.02 gap is drawn small, not axis-filling
+    assert control_ax.get_ylim()[1] - control_ax.get_ylim()[0] >= 0.1 - 1e-9

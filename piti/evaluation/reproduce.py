@@ -1209,7 +1209,44 @@ def plot_all(out: Path, results: dict) -> list[Path]:
         fig.suptitle("samplers and steps (toy mask model, base 64 px, normalized guidance w=5)")
         fig.tight_layout()
         written.append(_save(fig, plots / "steps_curves.png"))
+    training = [e for e in ("finetune", "pretraining", "upsampler") if e in results]
+    if training:
+        written.append(plot_training_arms(out, training, plots / "training_arms.png"))
     return written
+
+
+def plot_training_arms(out: Path, experiments: list[str], path: Path) -> Path:
+    """FID-T and controllability of every training arm, one marker per repeat (training seed, scene block), so
+    a comparison's differences can be read against its spread."""
+    import matplotlib.pyplot as plt
+
+    seeded = load_results(out, seeds=True)
+    markers = {"seed0": ("o", "training seed 0"), "train1": ("s", "training seed 1"), "seed1": ("^", "scenes 32..63")}
+    fig, axes = plt.subplots(2, len(experiments), figsize=(4.4 * len(experiments), 6.2), squeeze=False)
+    for col, experiment in enumerate(experiments):
+        rs = seeded.get(experiment, {})
+        present = {arm for arm, _ in rs}
+        arms = [a.name for a in experiment_arms(experiment, BUDGETS["full"]) if a.name in present]  # the paper's order
+        panels = (("fid_t", "FID-T (lower is better)", 1.0), ("controllability", "controllability", 0.1))
+        for row, (key, name, min_span) in enumerate(panels):
+            ax = axes[row][col]
+            for tag, (marker, label) in markers.items():
+                pts = [(i, rs[(arm, tag)][key]) for i, arm in enumerate(arms) if (arm, tag) in rs]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, marker, ls="none", ms=7, mfc="none" if tag != "seed0" else None, label=label)
+            lo, hi = ax.get_ylim()  # at least about twice one arm's spread over scene blocks: small gaps look small
+            if hi - lo < min_span:
+                ax.set_ylim((lo + hi - min_span) / 2, (lo + hi + min_span) / 2)
+            ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(experiment)
+        axes[0][col].legend(fontsize=7)
+    fig.suptitle("training comparisons: each arm's score per repeat (controllability: the task's own ratio to real)")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
