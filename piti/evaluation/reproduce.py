@@ -591,9 +591,10 @@ def is_done(out: Path, arm: Arm, budget: Budget, seed: int = 0) -> bool:
         recorded = json.loads(path.read_text()).get("run_folders")
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} is unreadable ({e}); delete it to run the arm again") from None
-    if recorded is not None and recorded != run_keys(arm, budget):
+    expected = run_keys(arm, budget)
+    if recorded is not None and recorded != expected:
         raise ConfigError(
-            f"{path} came from the training runs {recorded}, not this budget's {run_keys(arm, budget)}: "
+            f"{path} came from the training runs {recorded}, not this budget's {expected}: "
             "give this budget its own --out folder"
         )
     return True

@@ -150,7 +150,7 @@ class TrainConfig:
             bad(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.iterations < 0 or self.grad_clip < 0 or self.time_limit < 0:
             bad("lr must be > 0; warmup_steps, iterations, grad_clip and time_limit must be >= 0")
-        if self.lr_decay_steps < 0 or (self.lr_decay_steps and not 0 < self.lr_decay_steps <= self.iterations):
+        if not 0 <= self.lr_decay_steps <= self.iterations:
             bad(f"lr_decay_steps must be 0 or in [1, iterations={self.iterations}], got {self.lr_decay_steps}")
         for k in ("log_interval", "save_interval", "keep_checkpoints"):
             if getattr(self, k) < 1:
