@@ -21,6 +21,9 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
   (32-D, pooled) of the generated and of the real images of the same scenes. It is not Inception FID
   and not comparable with any published number (``piti.evaluation.fid``, ``docs/segmenter.md``);
 * the **sampling time** per image (base + upsampler, one image per call, as a user runs it);
+* for depth, the estimator's **RMSE by distance** (generated and real; the far bands often dominate the RMSE);
+* with ``--upsampler-ceiling``, the **upsampler on perfect inputs**: the real 64-px images enlarged bicubically and
+  through the upsampler, judged by the task's own measure (what the upsampler adds or loses where the base is right);
 * with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
   settings and at the same settings with the official sampler's noise (DDPM, ``noise_scale`` 1), their toy feature and
   pixel diversity and the ratios (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
-from piti.evaluation.alignment import evaluate_toy_diversity, evaluate_toy_task
+from piti.evaluation.alignment import evaluate_toy_diversity, evaluate_toy_task, evaluate_upsampler_ceiling
 from piti.evaluation.diversity import FEATURE_NOTE
 from piti.evaluation.fid import FID_T_NOTE
 from piti.evaluation.scenes import HELDOUT_STREAM
@@ -56,6 +59,24 @@ def print_table(results: dict) -> None:
     for task, r in results.items():
         c = r["control"]
         print(f"{task:<7} {r['size']:>4} {c['measure']:>11} {c['generated']:9.3f} {c['real']:6.3f} {c['ratio']:6.2f}")
+    for task, r in results.items():
+        bands = r["control"].get("by_distance")
+        if bands:
+            print(f"\n{task}: depth RMSE by true distance (m), generated / real; share of the squared error")
+            for g, t in zip(bands["generated"], bands["real"]):
+                lo, hi = g["range"]
+                rmse = "-" if g["rmse"] is None else f"{g['rmse']:.1f} / {t['rmse']:.1f}"
+                print(
+                    f"  {lo:>5.0f}-{hi:<5.0f} pixels {g['pixel_share']:5.1%}  RMSE {rmse:>13}  "
+                    f"error share {g['error_share']:5.1%} / {t['error_share']:5.1%}"
+                )
+    if any("upsampler_ceiling" in r for r in results.values()):
+        print(f"\n{'task':<7} {'upsampler on real base images':<30} {'bicubic':>8} {'upsampler':>10} {'real':>6}")
+        for task, r in results.items():
+            c = r.get("upsampler_ceiling")
+            if c:
+                b, u = c["bicubic"], c["upsampler"]
+                print(f"{task:<7} {b['measure'] + ' ratio':<30} {b['ratio']:8.3f} {u['ratio']:10.3f} {1:6.3f}")
     if any("diversity" in r for r in results.values()):
         head = f"{'features':>9} {'official':>9} {'ratio':>6} {'pixel L1':>9} {'official':>9}"
         print(f"\n{'task':<7} {'variety':>8} {head}")
@@ -109,12 +130,19 @@ def parse_args(argv):
     p.add_argument("--grid-rows", type=int, default=8, help="scenes shown per grid (default 8)")
     p.add_argument("--diversity", type=int, default=0, help="K >= 2: also measure variety, K samples per condition")
     p.add_argument("--diversity-num", type=int, default=8, help="conditions of the variety check (default 8)")
+    p.add_argument(
+        "--upsampler-ceiling",
+        action="store_true",
+        help="also run the upsampler on the real 64-px images of the same scenes (against bicubic enlargement)",
+    )
     add_settings_arguments(p)  # every sampling setting; None = the checkpoint's recommendation
     args = p.parse_args(argv)
     if args.num < 2:
         raise ConfigError(f"--num must be at least 2 (FID-T needs two images per set), got {args.num}")
     if args.diversity == 1 or args.diversity < 0:
         raise ConfigError(f"--diversity must be 0 (off) or at least 2 samples per condition, got {args.diversity}")
+    if args.upsampler_ceiling and args.no_upsample:
+        raise ConfigError("--upsampler-ceiling checks the upsampler; drop --no-upsample")
     if args.upsampler is not None and args.base is None:
         raise ConfigError("--upsampler needs --base")
     if args.base is not None and len(args.tasks) != 1:
@@ -169,6 +197,11 @@ def main(argv=None) -> int:
                 grid=args.grid_dir / f"toy_alignment_{task}.png",
                 grid_rows=args.grid_rows,
             )
+            if args.upsampler_ceiling:
+                print(f"{task}: the upsampler on the real base images of the same scenes ...", flush=True)
+                results[task]["upsampler_ceiling"] = evaluate_upsampler_ceiling(
+                    task, pipe, args.num, args.start, args.seed, settings=settings, segmenter=segmenter
+                )
             if args.diversity:
                 print(f"{task}: variety, {args.diversity} samples of {args.diversity_num} conditions ...", flush=True)
                 results[task]["diversity"] = evaluate_toy_diversity(

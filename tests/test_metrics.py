@@ -12,6 +12,7 @@ from piti.evaluation.fid import fid_t
 from piti.evaluation.metrics import (
     confusion_matrix,
     depth_errors,
+    depth_errors_by_range,
     edge_f1,
     feature_statistics,
     frechet_distance,
@@ -195,3 +196,19 @@ def test_depth_errors_by_hand():
     assert e["absrel"] == pytest.approx((0.5 + 0 + 0.25) / 3)
     with pytest.raises(ConfigError, match="no valid depth"):
         depth_errors(pred, np.zeros_like(target))
+
+
+def test_depth_errors_by_range_split_the_rmse_by_true_distance():
+    target = np.array([[2.0, 4.0], [0.0, 50.0]])  # one pixel without depth
+    pred = np.array([[3.0, 4.0], [5.0, 40.0]])
+    bands = depth_errors_by_range(pred, target, edges=(0.0, 10.0, 20.0, 100.0))
+    assert [b["range"] for b in bands] == [[0.0, 10.0], [10.0, 20.0], [20.0, 100.0]]
+    near, empty, far = bands
+    assert near["pixel_share"] == pytest.approx(2 / 3) and near["rmse"] == pytest.approx(np.sqrt(1 / 2))
+    assert empty["pixel_share"] == 0 and empty["rmse"] is None and empty["error_share"] == 0
+    assert far["rmse"] == pytest.approx(10.0) and far["error_share"] == pytest.approx(100 / 101)
+    # the bands put together give the overall RMSE back
+    total = np.sqrt(sum(b["pixel_share"] * b["rmse"] ** 2 for b in bands if b["rmse"] is not None))
+    assert total == pytest.approx(depth_errors(pred, target)["rmse"])
+    with pytest.raises(ConfigError, match="differ in shape"):
+        depth_errors_by_range(pred, target[:1])

@@ -90,9 +90,12 @@ def test_script_end_to_end_writes_json_and_grid(ckpts, segmenter_file, tmp_path)
         out,
         "--threads",
         "1",
+        "--upsampler-ceiling",
     )
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
+    assert set(report["tasks"]["mask"]["upsampler_ceiling"]) >= {"bicubic", "upsampler"}
+    assert "upsampler on real base images" in r.stdout
     assert "Inception" in report["fid_t"] and report["num"] == 2
     r_mask = report["tasks"]["mask"]
     check_result(r_mask)
@@ -126,6 +129,33 @@ def test_evaluate_toy_task_on_depth(ckpts, segmenter_file, tmp_path):
     )
     check_result(r)
     assert r["settings"]["guidance"] == 0.5  # the checkpoint's recommendation
+
+
+def test_depth_is_also_judged_by_distance():
+    data = heldout_examples("depth", 2, 0, 64, 64, depth=True)
+    other = heldout_examples("depth", 2, 10, 64, 64)["real"]
+    r = alignment.toy_control("depth", {**data, "generated": other})
+    bands = r["by_distance"]
+    assert len(bands["generated"]) == len(bands["real"]) == 5
+    for side in bands.values():
+        assert sum(b["pixel_share"] for b in side) == pytest.approx(1.0)
+        assert sum(b["error_share"] for b in side) == pytest.approx(1.0)
+
+
+def test_upsampler_ceiling_judges_the_real_base_images(ckpts):
+    seg = load_segmenter()  # the shipped judge, so that a random upsampler's images score visibly worse
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
+    r = alignment.evaluate_upsampler_ceiling("mask", pipe, 2, settings=dict(upsample_steps="2"), segmenter=seg)
+    assert r["size"] == 64 and r["base_size"] == 32 and r["num"] == 2
+    data = heldout_examples("mask", 2, 0, 64, 64, 32)
+    low = torch.from_numpy(data["real_base"]).permute(0, 3, 1, 2).float()
+    enlarged = torch.nn.functional.interpolate(low / 127.5 - 1, size=(64, 64), mode="bicubic", align_corners=False)
+    by_hand = ((enlarged.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert r["bicubic"] == alignment.toy_control("mask", {**data, "generated": by_hand}, seg)
+    # the tiny random-weight upsampler loses against plain enlargement
+    assert r["upsampler"]["measure"] == "mIoU" and 0 <= r["upsampler"]["ratio"] < r["bicubic"]["ratio"]
+    with pytest.raises(ConfigError, match="needs a pipeline with an upsampler"):
+        alignment.evaluate_upsampler_ceiling("mask", PITIPipeline.from_checkpoints(ckpts["mask"][0]), 2)
 
 
 @pytest.mark.parametrize("task", ["mask", "sketch", "depth"])
@@ -251,6 +281,8 @@ def test_missing_checkpoint_and_bad_arguments_are_clear_errors(ckpts, segmenter_
     )
     r = run_script("toy_alignment", "--tasks", "mask", "sketch", "--base", ckpts["mask"][0])
     assert r.returncode == 2 and "one --tasks" in r.stderr
+    r = run_script("toy_alignment", "--tasks", "mask", "--no-upsample", "--upsampler-ceiling")
+    assert r.returncode == 2 and "drop --no-upsample" in r.stderr
 
 
 def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):

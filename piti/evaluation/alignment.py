@@ -24,7 +24,7 @@ import numpy as np
 from piti.errors import ConfigError, DatasetError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.images import condition_picture, save_grid
-from piti.evaluation.metrics import confusion_matrix, depth_errors, edge_f1, iou_from_confusion
+from piti.evaluation.metrics import confusion_matrix, depth_errors, depth_errors_by_range, edge_f1, iou_from_confusion
 from piti.evaluation.scenes import heldout_examples
 
 EDGE_TOLERANCE = 2  # pixels: an edge pixel counts when the other map has one within this distance
@@ -128,10 +128,15 @@ def judge_sketch(
 
 def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.ndarray) -> dict:
     """RMSE and AbsRel of ``estimator`` (``predict(images) -> metres (N, H, W)``) on generated and real images
-    against the input ``depth`` (metres, 0 = no depth), and the ratios real / generated."""
-    gen = depth_errors(estimator.predict(generated), depth)
-    real_err = depth_errors(estimator.predict(real), depth)
+    against the input ``depth`` (metres, 0 = no depth), the ratios real / generated, and the RMSE by distance
+    (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each)."""
+    pred_gen, pred_real = estimator.predict(generated), estimator.predict(real)
+    gen, real_err = depth_errors(pred_gen, depth), depth_errors(pred_real, depth)
     return {
+        "by_distance": {
+            "generated": depth_errors_by_range(pred_gen, depth),
+            "real": depth_errors_by_range(pred_real, depth),
+        },
         "rmse_generated": gen["rmse"],
         "rmse_real": real_err["rmse"],
         "rmse_ratio": real_err["rmse"] / gen["rmse"] if gen["rmse"] > 0 else float("nan"),
@@ -221,7 +226,7 @@ def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> 
             "generated": r["rmse_generated"],
             "real": r["rmse_real"],
             "ratio": r["rmse_ratio"],
-            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio")},
+            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio", "by_distance")},
         }
     raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(CONTROL_MEASURES)}")
 
@@ -307,6 +312,44 @@ def evaluate_toy_diversity(
         "features_ratio": runs["recommended"]["features"] / runs["official_noise"]["features"],
         "pixel_l1_ratio": runs["recommended"]["pixel_l1"] / runs["official_noise"]["pixel_l1"],
     }
+
+
+def evaluate_upsampler_ceiling(
+    task: str, pipe, num: int, start: int = 0, seed: int = 0, settings: dict | None = None, segmenter=None
+) -> dict:
+    """The upsampler on perfect inputs: the real base-size images of ``num`` held-out scenes, enlarged bicubically
+    and through the pipeline's upsampler at ``settings`` (seed ``seed + i`` for scene i), each judged by the task's
+    own measure (:func:`toy_control`) against the real final-size images. Where the base image is perfect, the
+    two ``control`` ratios say what the upsampler adds to or loses against plain enlargement."""
+    import torch
+    import torch.nn.functional as F
+
+    if pipe.upsampler_model is None:
+        raise ConfigError("the upsampler check needs a pipeline with an upsampler")
+    ucfg = pipe.upsampler_model.config
+    data = heldout_examples(
+        task, num, start, ucfg.image_size, ucfg.cond_size, pipe.base_model.config.image_size, depth=task == "depth"
+    )
+    low = torch.from_numpy(data["real_base"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    s = pipe.resolve_settings(**(settings or {}))
+    upsampled = [
+        pipe.sample_upsampler(
+            data["cond"][i : i + 1].to(pipe.policy.device),
+            low[i : i + 1].to(pipe.policy.device),
+            s,
+            torch.Generator(device=pipe.policy.device).manual_seed(seed + i),
+            progress=False,
+            encode_once=True,
+        ).float()
+        for i in range(num)
+    ]
+    enlarged = F.interpolate(low, size=(ucfg.image_size,) * 2, mode="bicubic", align_corners=False)
+    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    judged = {
+        name: toy_control(task, {**data, "generated": to_u8(images)}, segmenter)
+        for name, images in (("bicubic", enlarged), ("upsampler", torch.cat(upsampled)))
+    }
+    return {"num": num, "size": ucfg.image_size, "base_size": pipe.base_model.config.image_size, **judged}
 
 
 # ------------------------------------------------------------------------------------------ folders

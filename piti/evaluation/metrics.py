@@ -178,3 +178,33 @@ def depth_errors(pred, target, valid=None) -> dict:
         "absrel": float(np.mean(np.abs(p - t) / t)),
         "pixels": int(valid.sum()),
     }
+
+
+DEPTH_RANGES = (0.0, 10.0, 20.0, 40.0, 100.0, float("inf"))  # metres: the bands of depth_errors_by_range
+
+
+def depth_errors_by_range(pred, target, edges=DEPTH_RANGES) -> list[dict]:
+    """:func:`depth_errors`'s RMSE split by the true depth, one dict per band ``edges[i] < target <= edges[i + 1]``:
+    ``range``, ``pixel_share`` (of the valid pixels), ``rmse`` (None for an empty band) and ``error_share`` (of the
+    total squared error), so a few far pixels that dominate the RMSE show as such."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape:
+        raise ConfigError(f"depth maps differ in shape: {pred.shape} vs {target.shape}")
+    valid = target > 0
+    if not valid.any():
+        raise ConfigError("no valid depth pixel to score (every target pixel is 0)")
+    sq = (pred - target) ** 2
+    total_sq, total_px = float(sq[valid].sum()), int(valid.sum())
+    bands = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = valid & (target > lo) & (target <= hi)
+        n = int(band.sum())
+        bands.append(
+            {
+                "range": [lo, hi],
+                "pixel_share": n / total_px,
+                "rmse": float(np.sqrt(sq[band].mean())) if n else None,
+                "error_share": float(sq[band].sum()) / total_sq if total_sq > 0 else 0.0,
+            }
+        )
+    return bands
