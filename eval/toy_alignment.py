@@ -65,9 +65,10 @@ def print_table(results: dict) -> None:
             print(f"\n{task}: depth RMSE by true distance (m), generated / real; share of the squared error")
             for g, t in zip(bands["generated"], bands["real"]):
                 lo, hi = g["range"]
+                band = f"{lo:.0f}-{hi:.0f} m" if hi is not None else f"> {lo:.0f} m"
                 rmse = "-" if g["rmse"] is None else f"{g['rmse']:.1f} / {t['rmse']:.1f}"
                 print(
-                    f"  {lo:>5.0f}-{hi:<5.0f} pixels {g['pixel_share']:5.1%}  RMSE {rmse:>13}  "
+                    f"  {band:>10} pixels {g['pixel_share']:5.1%}  RMSE {rmse:>13}  "
                     f"error share {g['error_share']:5.1%} / {t['error_share']:5.1%}"
                 )
     if any("upsampler_ceiling" in r for r in results.values()):

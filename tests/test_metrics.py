@@ -201,8 +201,8 @@ def test_depth_errors_by_hand():
 def test_depth_errors_by_range_split_the_rmse_by_true_distance():
     target = np.array([[2.0, 4.0], [0.0, 50.0]])  # one pixel without depth
     pred = np.array([[3.0, 4.0], [5.0, 40.0]])
-    bands = depth_errors_by_range(pred, target, edges=(0.0, 10.0, 20.0, 100.0))
-    assert [b["range"] for b in bands] == [[0.0, 10.0], [10.0, 20.0], [20.0, 100.0]]
+    bands = depth_errors_by_range(pred, target, edges=(0.0, 10.0, 20.0, float("inf")))
+    assert [b["range"] for b in bands] == [[0.0, 10.0], [10.0, 20.0], [20.0, None]]  # JSON has no infinity
     near, empty, far = bands
     assert near["pixel_share"] == pytest.approx(2 / 3) and near["rmse"] == pytest.approx(np.sqrt(1 / 2))
     assert empty["pixel_share"] == 0 and empty["rmse"] is None and empty["error_share"] == 0

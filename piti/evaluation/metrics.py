@@ -162,16 +162,23 @@ def edge_f1(pred, target, tolerance: int = 2) -> dict:
 # ------------------------------------------------------------------------------------------ depth
 
 
-def depth_errors(pred, target, valid=None) -> dict:
-    """RMSE (metres) and AbsRel (mean |pred - target| / target) of a predicted depth map against the true one,
-    over the valid pixels (``target > 0`` unless ``valid`` is given), all images together. Arrays (H, W) or
-    (N, H, W), float metres."""
+def _depth_pair(pred, target, valid=None):
+    """``pred`` and ``target`` as float64 arrays of one shape and the mask of the pixels to score (``target > 0``
+    unless ``valid`` is given); an error when they differ in shape or no pixel is left."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     if pred.shape != target.shape:
         raise ConfigError(f"depth maps differ in shape: {pred.shape} vs {target.shape}")
     valid = target > 0 if valid is None else np.asarray(valid, bool)
     if not valid.any():
         raise ConfigError("no valid depth pixel to score (every target pixel is 0)")
+    return pred, target, valid
+
+
+def depth_errors(pred, target, valid=None) -> dict:
+    """RMSE (metres) and AbsRel (mean |pred - target| / target) of a predicted depth map against the true one,
+    over the valid pixels (``target > 0`` unless ``valid`` is given), all images together. Arrays (H, W) or
+    (N, H, W), float metres."""
+    pred, target, valid = _depth_pair(pred, target, valid)
     p, t = pred[valid], target[valid]
     return {
         "rmse": float(np.sqrt(np.mean((p - t) ** 2))),
@@ -184,15 +191,11 @@ DEPTH_RANGES = (0.0, 10.0, 20.0, 40.0, 100.0, float("inf"))  # metres: the bands
 
 
 def depth_errors_by_range(pred, target, edges=DEPTH_RANGES) -> list[dict]:
-    """:func:`depth_errors`'s RMSE split by the true depth, one dict per band ``edges[i] < target <= edges[i + 1]``:
-    ``range``, ``pixel_share`` (of the valid pixels), ``rmse`` (None for an empty band) and ``error_share`` (of the
-    total squared error), so a few far pixels that dominate the RMSE show as such."""
-    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    if pred.shape != target.shape:
-        raise ConfigError(f"depth maps differ in shape: {pred.shape} vs {target.shape}")
-    valid = target > 0
-    if not valid.any():
-        raise ConfigError("no valid depth pixel to score (every target pixel is 0)")
+    """Like :func:`depth_errors`, the RMSE split by the true depth: one dict per band ``edges[i] < target <=
+    edges[i + 1]`` with ``range`` (``[lo, hi]``, hi None for an open last band), ``pixel_share`` (of the valid
+    pixels), ``rmse`` (None for an empty band) and ``error_share`` (of the total squared error), so that a few far
+    pixels that dominate the RMSE show as such."""
+    pred, target, valid = _depth_pair(pred, target)
     sq = (pred - target) ** 2
     total_sq, total_px = float(sq[valid].sum()), int(valid.sum())
     bands = []
@@ -201,7 +204,7 @@ def depth_errors_by_range(pred, target, edges=DEPTH_RANGES) -> list[dict]:
         n = int(band.sum())
         bands.append(
             {
-                "range": [lo, hi],
+                "range": [lo, None if np.isinf(hi) else hi],  # None: no upper bound (JSON has no infinity)
                 "pixel_share": n / total_px,
                 "rmse": float(np.sqrt(sq[band].mean())) if n else None,
                 "error_share": float(sq[band].sum()) / total_sq if total_sq > 0 else 0.0,
