@@ -20,22 +20,9 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
-TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "joint-cont2", "upsampler")
-# joint-cont-{task}: a joint stage continued in a new run from the shipped file (its steps count on from the joint's);
-# joint-cont2-{task}: the same again from the file joint-cont made
-CONTINUED = {"joint-cont": "joint", "joint-cont2": "joint-cont"}
-
-
-def _continued_from(run: str) -> str | None:
-    """The run that ``run`` continues (``joint-cont2-depth`` -> ``joint-cont-depth``), or None."""
-    stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
-    return run.replace(stage, CONTINUED[stage], 1) if stage else None
-
-
-def _first_stage(stage: str) -> str:
-    while stage in CONTINUED:
-        stage = CONTINUED[stage]
-    return stage
+TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "upsampler")
+# joint-cont-{task}: a joint stage continued in a new run from the shipped file (its steps count on from the joint's)
+CONTINUED = {"joint-cont": "joint"}
 
 
 def run_names() -> list[str]:
@@ -81,10 +68,9 @@ def plot_curves(logs: dict, path: Path) -> None:
     of a batch-8 run."""
     panels = [("pretrain (text-to-image)", ["pretrain"]), ("pretrain-upsampler", ["pretrain-upsampler"])]
     panels += [(stage, [f"{stage}-{t}" for t in TASKS]) for stage in TASK_STAGES if stage not in CONTINUED]
-    for cont in CONTINUED:  # a continuation is drawn in its first run's panel, after the run it continues
-        first = _first_stage(cont)
+    for cont, stage in CONTINUED.items():  # a continuation is drawn after the run it continues
         panels = [
-            (title, runs + [f"{cont}-{t}" for t in TASKS]) if title == first else (title, runs)
+            (title, runs + [r.replace(stage, cont, 1) for r in runs]) if title == stage else (title, runs)
             for title, runs in panels
         ]
     import matplotlib
@@ -98,10 +84,9 @@ def plot_curves(logs: dict, path: Path) -> None:
             rows = logs.get(run)
             if not rows:
                 continue
-            offset, before = 0, _continued_from(run)
-            while before is not None:  # the steps of every run before it in the chain
-                offset += logs[before][-1]["step"] if logs.get(before) else 0
-                before = _continued_from(before)
+            stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
+            before = logs.get(run.replace(stage, CONTINUED[stage], 1)) if stage else None
+            offset = before[-1]["step"] if before else 0
             ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], label=run, lw=1)
         ax.set_title(title)
         ax.set_xlabel("step")
