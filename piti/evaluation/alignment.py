@@ -23,7 +23,7 @@ import numpy as np
 
 from piti.errors import ConfigError, DatasetError
 from piti.evaluation.fid import fid_t
-from piti.evaluation.images import condition_picture, save_grid
+from piti.evaluation.images import condition_picture, save_grid, unit_to_uint8
 from piti.evaluation.metrics import confusion_matrix, depth_errors, depth_errors_by_range, edge_f1, iou_from_confusion
 from piti.evaluation.scenes import heldout_examples
 
@@ -344,9 +344,10 @@ def evaluate_upsampler_ceiling(
         for i in range(num)
     ]
     enlarged = F.interpolate(low, size=(ucfg.image_size,) * 2, mode="bicubic", align_corners=False)
-    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     judged = {
-        name: toy_control(task, {**data, "generated": to_u8(images)}, segmenter)
+        name: toy_control(
+            task, {**data, "generated": unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()}, segmenter
+        )
         for name, images in (("bicubic", enlarged), ("upsampler", torch.cat(upsampled)))
     }
     return {"num": num, "size": ucfg.image_size, "base_size": pipe.base_model.config.image_size, **judged}
