@@ -158,6 +158,19 @@ def test_upsampler_ceiling_judges_the_real_base_images(ckpts):
         alignment.evaluate_upsampler_ceiling("mask", PITIPipeline.from_checkpoints(ckpts["mask"][0]), 2)
 
 
+def test_upsampler_ceiling_loads_the_depth_estimator_once(ckpts, monkeypatch):
+    from piti.evaluation import depth_estimator
+
+    loads = []
+    real_load = depth_estimator.load_depth_estimator
+    monkeypatch.setattr(depth_estimator, "load_depth_estimator", lambda *a: loads.append(a) or real_load(*a))
+    pipe = PITIPipeline.from_checkpoints(*ckpts["depth"], precision="fp32")
+    r = alignment.evaluate_upsampler_ceiling("depth", pipe, 2, settings=dict(upsample_steps="2"))
+    assert len(loads) == 1
+    assert r["bicubic"]["measure"] == r["upsampler"]["measure"] == "depth RMSE"
+    assert r["bicubic"]["real"] == r["upsampler"]["real"]  # the same estimator on the same real images
+
+
 @pytest.mark.parametrize("task", ["mask", "sketch", "depth"])
 def test_each_task_is_judged_by_its_own_measure(task):
     data = heldout_examples(task, 3, 0, 64, 64, depth=task == "depth")

@@ -344,9 +344,14 @@ def evaluate_upsampler_ceiling(
         for i in range(num)
     ]
     enlarged = F.interpolate(low, size=(ucfg.image_size,) * 2, mode="bicubic", align_corners=False)
+    estimator = None
+    if task == "depth":
+        from piti.evaluation.depth_estimator import load_depth_estimator
+
+        estimator = load_depth_estimator()  # once for both judgements
     judged = {
         name: toy_control(
-            task, {**data, "generated": unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()}, segmenter
+            task, {**data, "generated": unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()}, segmenter, estimator
         )
         for name, images in (("bicubic", enlarged), ("upsampler", torch.cat(upsampled)))
     }
