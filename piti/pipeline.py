@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from piti.data.conditions import condition_tensor, null_condition, open_condition
-from piti.diffusion import create_diffusion, guided_denoiser, sample, sampler_options
+from piti.diffusion import condition_annealer, create_diffusion, guided_denoiser, sample, sampler_options
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError
 from piti.precision import Policy, make_policy
 from piti.settings import PROFILES, SamplingSettings, check_names, settings_from_header
@@ -272,13 +272,25 @@ class PITIPipeline:
         with self.policy.autocast():
             return model.encode(self.policy.input(ref))
 
-    def base_denoiser(self, ref: torch.Tensor, batch: int, settings: SamplingSettings, encode_once: bool = True):
+    def base_denoiser(
+        self, ref: torch.Tensor, batch: int, settings: SamplingSettings, encode_once: bool = True, generator=None
+    ):
         """The guided ``denoise(x_t, t_model)`` of the base model for ``batch`` copies of condition ``ref``.
 
         ``encode_once=True`` encodes ``ref`` and the null condition once here; ``False`` passes the raw
         condition images to the network, which re-encodes the doubled batch at every step (official code).
+        ``settings.cond_noise`` > 0 anneals the encoded condition (CADS), drawing its noise from ``generator``.
         """
         model, policy = self._base, self.policy
+        anneal = condition_annealer(
+            settings.cond_noise,
+            settings.cond_noise_tmin,
+            settings.cond_noise_tmax,
+            self.base_model.config.diffusion_steps,
+            generator,
+        )
+        if anneal is not None and not encode_once:
+            raise ConfigError("condition annealing (cond_noise > 0) needs the encoded condition: encode_once=True")
         ref = ref.to(policy.device)
         null_ref = null_condition(ref[:1])
         if encode_once:
@@ -304,6 +316,7 @@ class PITIPipeline:
             mode=settings.guidance_mode,
             stats=settings.guidance_stats,
             sigma=settings.guidance_sigma,
+            anneal=anneal,
         )
 
     def upsampler_denoiser(self, ref: torch.Tensor, low_res: torch.Tensor, encode_once: bool = True):
@@ -359,7 +372,7 @@ class PITIPipeline:
         x_T = torch.randn(
             (num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device
         )
-        denoise = self.base_denoiser(ref, num_samples, s, encode_once=encode_once)
+        denoise = self.base_denoiser(ref, num_samples, s, encode_once=encode_once, generator=generator)
         x0 = sample(
             s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress, **sampler_options(s.sampler, s)
         )

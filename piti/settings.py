@@ -110,6 +110,18 @@ class SamplingSettings:
         "normalized guidance: the guided eps's std measured, or the paper's analytic sqrt((1+w)^2 s_c^2 + w^2 s_u^2)",
         choices=SIGMAS,
     )
+    cond_noise: float = _setting(
+        0.0,
+        "condition annealing (CADS): noise mixed into the encoded condition at the early base steps, 0 = none",
+        low=0.0,
+        high=10.0,
+    )
+    cond_noise_tmin: float = _setting(
+        0.5, "condition annealing: the condition is exact below this fraction of the process, t/T", low=0.0, high=1.0
+    )
+    cond_noise_tmax: float = _setting(
+        0.9, "condition annealing: above this fraction t/T the encoded condition is noise only", low=0.0, high=1.0
+    )
     sampler: str = _setting("dpmpp", "base sampler", choices=tuple(SAMPLERS))
     steps: str = _setting("20", "base steps: a number, or a respacing such as ddim50 or fast27")
     noise_scale: float = _setting(
@@ -142,6 +154,11 @@ class SamplingSettings:
     def __post_init__(self):
         for spec in setting_specs().values():
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+        if self.cond_noise_tmin >= self.cond_noise_tmax:
+            raise ConfigError(
+                f"cond_noise_tmin must be below cond_noise_tmax, "
+                f"got {self.cond_noise_tmin:g} >= {self.cond_noise_tmax:g}"
+            )
 
     def replace(self, **overrides) -> SamplingSettings:
         """A copy with ``overrides`` (None = keep), checked; ConfigError for an unknown name or a bad value."""

@@ -1,9 +1,19 @@
-"""Classifier-free guidance: the formulas, the moments of normalized guidance, the doubled batch."""
+"""Classifier-free guidance: the formulas, the moments of normalized guidance, the doubled batch; condition
+annealing (CADS)."""
 
 import pytest
 import torch
 
-from piti.diffusion import create_diffusion, guided_denoiser, normalized_guidance, plain_guidance, sample
+from piti.diffusion import (
+    anneal_condition,
+    condition_annealer,
+    create_diffusion,
+    guided_denoiser,
+    normalized_guidance,
+    plain_guidance,
+    sample,
+)
+from piti.diffusion.guidance import anneal_weight
 from piti.errors import ConditionError, ConfigError
 from piti.settings import official_to_w
 
@@ -149,3 +159,48 @@ def test_bad_guidance_settings():
         guided_denoiser(model, cond, {"shift": null["shift"]}, 1.0)
     with pytest.raises(ConditionError, match=r"\(3, 3\).*\(2, 3\)"):
         guided_denoiser(model, cond, {"shift": torch.zeros(3, 3), "gain": null["gain"]}, 1.0)
+
+
+def test_anneal_weight_is_one_below_tmin_zero_above_tmax_and_linear_between():
+    assert [anneal_weight(f, 0.5, 0.9) for f in (0.0, 0.5, 0.7, 0.9, 1.0)] == pytest.approx([1, 1, 0.5, 0, 0])
+
+
+def test_annealed_condition_keeps_each_samples_moments_and_turns_to_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 16, 5, generator=g) * torch.tensor([0.5, 2.0, 4.0]).view(3, 1, 1) + 1.0
+    assert anneal_condition(y, 1.0, 0.5) is y and anneal_condition(y, 0.3, 0.0) is y  # exact where it should be
+    dims = (1, 2)
+    for gamma in (0.7, 0.0):
+        out = anneal_condition(y, gamma, 1.0, torch.Generator().manual_seed(1))
+        assert torch.allclose(out.mean(dims), y.mean(dims), atol=1e-5)
+        assert torch.allclose(out.std(dims, unbiased=False), y.std(dims, unbiased=False), atol=1e-4)
+    # gamma 0: noise only, whatever y held beyond its moments
+    shuffled = y[:, torch.randperm(16, generator=g)]
+    pure = [anneal_condition(c, 0.0, 1.0, torch.Generator().manual_seed(1)) for c in (y, shuffled)]
+    assert torch.allclose(pure[0], pure[1], atol=1e-5)
+    # between, the condition's share grows with gamma
+    corr = lambda a: torch.corrcoef(torch.stack([a.flatten(), y.flatten()]))[0, 1]  # noqa: E731
+    near, far = (anneal_condition(y, gm, 1.0, torch.Generator().manual_seed(1)) for gm in (0.9, 0.2))
+    assert corr(near) > corr(far) > corr(pure[0])
+    both = anneal_condition({"a": y, "b": y.half()}, 0.5, 1.0, torch.Generator().manual_seed(1))
+    assert both["b"].dtype == torch.float16 and both["a"].shape == y.shape
+
+
+def test_condition_annealer_acts_on_the_conditional_half_at_the_early_steps():
+    assert condition_annealer(0.0, 0.5, 0.9, 1000) is None
+    with pytest.raises(ConfigError, match="tmin < tmax"):
+        condition_annealer(1.0, 0.9, 0.5, 1000)
+    model = ToyConditional()
+    cond, null = toy_conds()
+    anneal = condition_annealer(1.0, 0.5, 0.9, 1000, torch.Generator().manual_seed(0))
+    denoise = guided_denoiser(model, cond, null, 1.5, anneal=anneal)
+    x_t = torch.randn(2, 3, 8, 8)
+    for t, changed in ((400.0, False), (800.0, True), (950.0, True)):
+        denoise(x_t, torch.full((2,), t))
+        cond_in = model.batches[-1][2]
+        assert torch.equal(cond_in["shift"][2:], torch.zeros(2, 3))  # the null half as it is
+        assert torch.equal(cond_in["shift"][:2], cond["shift"]) != changed
+    # without guidance the condition is annealed too
+    unguided = guided_denoiser(model, cond, null, 0.0, anneal=anneal)
+    unguided(x_t, torch.full((2,), 950.0))
+    assert not torch.equal(model.batches[-1][2]["shift"], cond["shift"])

@@ -214,6 +214,19 @@ def test_same_seed_same_pixels(mask_pipe):
     assert isinstance(d.settings["seed"], int)  # a drawn seed is recorded so the run can be repeated
 
 
+def test_condition_annealing_varies_the_samples_reproducibly(mask_pipe):
+    kwargs = dict(num_samples=2, sampler="ddpm", guidance=2.0, **FEW)
+    plain = mask_pipe(synth_mask(), seed=3, **kwargs)
+    annealed = [mask_pipe(synth_mask(), seed=3, cond_noise=1.0, **kwargs) for _ in range(2)]
+    assert (pixels(annealed[0].base_images) == pixels(annealed[1].base_images)).all()  # the seed fixes its noise
+    assert (pixels(annealed[0].base_images) != pixels(plain.base_images)).any()
+    assert annealed[0].settings["cond_noise"] == 1.0
+    with pytest.raises(ConfigError, match="encode_once"):
+        mask_pipe(synth_mask(), cond_noise=1.0, encode_once=False, **FEW)
+    with pytest.raises(ConfigError, match="cond_noise_tmin must be below"):
+        mask_pipe(synth_mask(), cond_noise=1.0, cond_noise_tmin=0.9, cond_noise_tmax=0.5, **FEW)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
 def test_guidance_zero_equals_the_conditional_sampler(mask_pipe, sampler):
     """Guidance 0 (paper w, the official s = 1) runs the plain conditional model, nothing else."""

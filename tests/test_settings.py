@@ -45,6 +45,8 @@ def test_every_field_has_a_spec_with_help_and_a_flag():
         dict(sampler="euler"),
         dict(palette="pascal"),
         dict(quantize_low_res="yes"),
+        dict(cond_noise=-0.5),
+        dict(cond_noise_tmin=0.95),  # not below the default cond_noise_tmax 0.9
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(bad):

@@ -203,6 +203,11 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
         "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "sampler": "ddim"}
     )
     assert ddim["official_noise"] == wide["official_noise"] and ddim["features_ratio"] != 1
+    # ... and condition annealing is measured against the sampler without it
+    annealed = alignment.evaluate_toy_diversity(
+        "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "cond_noise": 1.0}
+    )
+    assert annealed["official_noise"] == wide["official_noise"] and annealed["recommended"] != wide["recommended"]
     with pytest.raises(ConfigError, match="at least 2"):
         alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 1, upsample=False, settings=settings)
 

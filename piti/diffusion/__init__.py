@@ -6,7 +6,13 @@ function, and ``guided_denoiser`` wraps a conditional network into such a functi
 """
 
 from piti.diffusion.gaussian import GaussianDiffusion, create_diffusion
-from piti.diffusion.guidance import guided_denoiser, normalized_guidance, plain_guidance
+from piti.diffusion.guidance import (
+    anneal_condition,
+    condition_annealer,
+    guided_denoiser,
+    normalized_guidance,
+    plain_guidance,
+)
 from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sampler_options
 from piti.diffusion.schedules import get_betas, space_timesteps
 
@@ -22,6 +28,8 @@ __all__ = [
     "sample_ddim",
     "sample_dpmpp_2m",
     "guided_denoiser",
+    "anneal_condition",
+    "condition_annealer",
     "normalized_guidance",
     "plain_guidance",
 ]

@@ -14,9 +14,17 @@ were independent: mu_hat = mu_c + w (mu_c - mu_u), sigma_hat^2 = (1 + w)^2 sigma
 moments equal the conditional ones exactly. The two predictions share x_t and are strongly
 correlated, so the analytic sigma_hat is larger than the real spread of eps_hat and the analytic
 form shrinks the guided epsilon below the conditional one's scale.
+
+Condition annealing (CADS, Sadat et al., ICLR 2024) adds noise to the *encoded* condition of the conditional
+prediction at the early, noisy steps: y_hat = sqrt(gamma) y + s sqrt(1 - gamma) n, rescaled per sample to y's
+mean and standard deviation (the paper's psi = 1), with gamma(t) 1 below ``tmin`` (a fraction t / T), 0 above
+``tmax`` and linear between. The early steps, where layout and colours are drawn, then see a perturbed condition,
+and the later ones the true one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -62,6 +70,45 @@ def normalized_guidance(eps_c, eps_u, w, stats="sample", sigma="measured", eps=1
     return sigma_c / sigma_hat.clamp(min=eps) * (eps_hat - mu_hat) + mu_c
 
 
+def anneal_weight(t_frac: float, tmin: float, tmax: float) -> float:
+    """CADS's gamma at t / T = ``t_frac``: 1 (the condition as it is) up to ``tmin``, 0 (noise only) from ``tmax``."""
+    if t_frac <= tmin:
+        return 1.0
+    if t_frac >= tmax:
+        return 0.0
+    return (tmax - t_frac) / (tmax - tmin)
+
+
+def anneal_condition(cond, gamma: float, noise: float, generator=None, eps=1e-12):
+    """CADS on a tensor or dict of tensors: sqrt(gamma) y + noise sqrt(1 - gamma) n, rescaled per sample (over all
+    but the batch dimension) to y's mean and std; ``cond`` itself where gamma is 1 or ``noise`` 0."""
+    if isinstance(cond, dict):
+        return {k: anneal_condition(v, gamma, noise, generator, eps) for k, v in cond.items()}
+    if gamma >= 1.0 or noise == 0.0:
+        return cond
+    y = cond.float()
+    n = torch.randn(y.shape, generator=generator, device=y.device)
+    y_hat = math.sqrt(gamma) * y + noise * math.sqrt(1.0 - gamma) * n
+    dims = tuple(range(1, y.ndim))
+    mu, sd = y_hat.mean(dims, keepdim=True), y_hat.std(dims, keepdim=True, unbiased=False)
+    out = (y_hat - mu) / sd.clamp(min=eps) * y.std(dims, keepdim=True, unbiased=False) + y.mean(dims, keepdim=True)
+    return out.to(cond.dtype)
+
+
+def condition_annealer(noise: float, tmin: float, tmax: float, num_timesteps: int, generator=None):
+    """``anneal(cond, t_model) -> cond`` for :func:`guided_denoiser`: CADS with ``noise`` between ``tmin`` and ``tmax``
+    (fractions of the trained process of ``num_timesteps`` steps); None when ``noise`` is 0."""
+    if noise == 0:
+        return None
+    if not 0.0 <= tmin < tmax <= 1.0:
+        raise ConfigError(f"condition annealing needs 0 <= tmin < tmax <= 1, got tmin={tmin:g}, tmax={tmax:g}")
+
+    def anneal(cond, t):
+        return anneal_condition(cond, anneal_weight(float(t[0]) / num_timesteps, tmin, tmax), noise, generator)
+
+    return anneal
+
+
 def _batch(cond, null_cond, where="cond"):
     """[cond; null_cond] along the batch, for a tensor or a (nested) dict of tensors."""
     if isinstance(cond, dict):
@@ -81,7 +128,7 @@ def _batch(cond, null_cond, where="cond"):
     return torch.cat([cond, null_cond.to(device=cond.device, dtype=cond.dtype)])
 
 
-def guided_denoiser(model_fn, cond, null_cond, w, mode="normalized", stats="sample", sigma="measured"):
+def guided_denoiser(model_fn, cond, null_cond, w, mode="normalized", stats="sample", sigma="measured", anneal=None):
     """Wrap ``model_fn(x, t, cond) -> output`` into a guided ``denoise(x_t, t_model)``.
 
     As the official code does, the conditional and null predictions come from one doubled
@@ -91,17 +138,21 @@ def guided_denoiser(model_fn, cond, null_cond, w, mode="normalized", stats="samp
     ``stats`` and ``sigma``: see the module docstring) acts on the first C channels
     (epsilon); the other channels (learned variance) are those of the conditional half.
     At zero guidance the null batch is not run and ``model_fn(x_t, t, cond)`` is returned.
+    ``anneal(cond, t) -> cond`` (:func:`condition_annealer`), if given, changes the conditional half at each step.
     """
     _check("mode", mode, MODES)
     _check("statistics", stats, STATS)
     _check("sigma", sigma, SIGMAS)
     w = float(w)
     if w == 0:
-        return lambda x_t, t: model_fn(x_t, t, cond)
+        if anneal is None:
+            return lambda x_t, t: model_fn(x_t, t, cond)
+        return lambda x_t, t: model_fn(x_t, t, anneal(cond, t))
     cond_in = _batch(cond, null_cond)
 
     def denoise(x_t, t):
-        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_in)
+        c = cond_in if anneal is None else _batch(anneal(cond, t), null_cond)
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), c)
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()  # guidance statistics in float32 for half-precision networks
         out_c, out_u = out.chunk(2)
