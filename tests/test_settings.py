@@ -9,12 +9,16 @@ from piti.diffusion.samplers import SAMPLERS, sampler_options
 from piti.errors import ConfigError
 from piti.settings import (
     PROFILES,
+    TOY_RECIPE,
+    TOY_TASK_SETTINGS,
     SamplingSettings,
     add_settings_arguments,
     setting_specs,
     settings_from_args,
     settings_from_header,
+    toy_recipe,
 )
+from piti.tasks import TASKS
 
 
 def parser(defaults=None):
@@ -105,3 +109,12 @@ def test_each_sampler_gets_its_own_knobs_from_the_settings():
     assert sampler_options("ddim", s, prefix="upsample_") == {"eta": 0.2}
     with pytest.raises(ConfigError, match="unknown sampler"):
         sampler_options("heun", s)
+
+
+def test_each_tasks_toy_recipe_adds_only_its_own_settings():
+    for task in TASKS:
+        own = toy_recipe(task).to_dict()
+        changed = {k for k, v in TOY_RECIPE.to_dict().items() if own[k] != v}
+        assert changed == set(TOY_TASK_SETTINGS[task]), task
+    with pytest.raises(ConfigError, match="cond_noise"):
+        SamplingSettings(cond_noise=1.0, cond_noise_tmin=0.9, cond_noise_tmax=0.9)
