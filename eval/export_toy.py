@@ -9,8 +9,8 @@ The base model comes from the ``joint`` run and the upsampler from the ``upsampl
 (their model files hold the EMA weights). Each is written as
 ``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
 recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
-read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's for the task (``piti.settings.toy_recipe``:
-``TOY_RECIPE`` with the task's ``TOY_TASK_SETTINGS``), each one changed by its flag.
+read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
+changed by its flag.
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -24,21 +24,17 @@ from pathlib import Path
 from piti.checkpoints import EXPORT_DTYPES, export_model
 from piti.errors import PitiError
 from piti.pipeline import TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
-from piti.settings import TOY_RECIPE, add_settings_arguments, settings_from_args, toy_recipe
+from piti.settings import TOY_RECIPE, add_settings_arguments, settings_from_args
 from piti.tasks import TASKS
 
 
 def main(argv=None) -> int:
-    first = argparse.ArgumentParser(add_help=False)  # the task first: the settings' defaults are the task's
-    first.add_argument("--task", choices=TASKS)
-    task = first.parse_known_args(argv)[0].task
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--base", type=Path, help="base model file (default runs/toy/joint-TASK/model.safetensors)")
     p.add_argument("--upsampler", type=Path, help="upsampler file (default runs/toy/upsampler-TASK/model.safetensors)")
     p.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), default="fp16", help="stored weight type (default fp16)")
-    defaults = toy_recipe(task) if task else TOY_RECIPE
-    add_settings_arguments(p, defaults, title="recommended sampling settings (default: the toy recipe's for the task)")
+    add_settings_arguments(p, TOY_RECIPE, title="recommended sampling settings (default: the toy recipe's)")
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 

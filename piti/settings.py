@@ -211,18 +211,6 @@ TOY_RECIPE = PROFILES["fast"].replace(
     upsample_start=0.1,
     palette="synth",
 )
-# Each task's own additions: condition annealing (cond_noise), as much as kept the task's own measure on the
-# selection scenes (docs/experiments.md, "condition annealing").
-TOY_TASK_SETTINGS = {
-    "mask": dict(cond_noise=0.5, cond_noise_tmin=0.45),
-    "sketch": dict(cond_noise=0.1),
-    "depth": dict(cond_noise=0.1),
-}
-
-
-def toy_recipe(task: str) -> SamplingSettings:
-    """The toy recipe's recommended sampling for ``task``: :data:`TOY_RECIPE` with :data:`TOY_TASK_SETTINGS`."""
-    return TOY_RECIPE.replace(**TOY_TASK_SETTINGS.get(task, {}))
 
 
 def official_to_w(scale: float) -> float:

@@ -28,7 +28,7 @@ from piti.evaluation import alignment, diagnostics
 from piti.evaluation.scenes import HELDOUT_STREAM, heldout_examples
 from piti.evaluation.segmenter import Segmenter, SegmenterConfig, load_segmenter, save_segmenter
 from piti.pipeline import PITIPipeline
-from piti.settings import TOY_RECIPE, toy_recipe
+from piti.settings import TOY_RECIPE
 
 from conftest import tiny_checkpoints
 
@@ -319,8 +319,7 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     # the sampling header the pipeline reads: --guidance as given, the rest the recipe's defaults
     assert pipe.defaults.guidance == 1.5 and pipe.defaults.guidance_mode == "normalized"
     assert pipe.defaults.palette == "synth"
-    assert pipe.defaults == toy_recipe("mask").replace(guidance=1.5)  # the task's recipe, otherwise unchanged
-    assert pipe.defaults.cond_noise == toy_recipe("mask").cond_noise != TOY_RECIPE.cond_noise
+    assert pipe.defaults == TOY_RECIPE.replace(guidance=1.5)  # the recipe's other settings, unchanged
     assert pipe.base_model.checkpoint_metadata["stored_dtype"] == "float16"
     # weights widened to fp32, equal to the fp16-rounded originals
     for model, original in ((pipe.base_model, ref.base_model), (pipe.upsampler_model, ref.upsampler_model)):
@@ -354,7 +353,7 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     # and the samples stay close to the fp32 model's (same seed)
     cond = heldout_examples("mask", 1, 0, size=64, cond_size=32)["cond"][0]
     a = np.asarray(pipe(cond, seed=0, steps="2", upsample_steps="2", progress=False).images[0], np.int16)
-    same = toy_recipe("mask").replace(steps="2", upsample_steps="2", guidance=1.5).to_dict()
+    same = TOY_RECIPE.replace(steps="2", upsample_steps="2", guidance=1.5).to_dict()
     b = np.asarray(ref(cond, seed=0, progress=False, **same).images[0], np.int16)
     assert np.abs(a - b).mean() < 2.0
 
