@@ -21,7 +21,7 @@ BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
 TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "upsampler")
-# joint-cont-{task}: a joint stage continued in a new run from an earlier model file (its steps count on from the joint's)
+# joint-cont-{task}: a joint stage continued in a new run from an earlier model file (steps count on from the joint's)
 CONTINUED = {"joint-cont": "joint"}
 
 
