@@ -169,6 +169,7 @@ def test_annealed_condition_keeps_each_samples_moments_and_turns_to_noise():
     g = torch.Generator().manual_seed(0)
     y = torch.randn(3, 16, 5, generator=g) * torch.tensor([0.5, 2.0, 4.0]).view(3, 1, 1) + 1.0
     assert anneal_condition(y, 1.0, 0.5) is y and anneal_condition(y, 0.3, 0.0) is y  # exact where it should be
+    assert anneal_condition({"a": y}, 1.0, 0.5)["a"] is y
     dims = (1, 2)
     for gamma in (0.7, 0.0):
         out = anneal_condition(y, gamma, 1.0, torch.Generator().manual_seed(1))

@@ -82,10 +82,10 @@ def anneal_weight(t_frac: float, tmin: float, tmax: float) -> float:
 def anneal_condition(cond, gamma: float, noise: float, generator=None, eps=1e-12):
     """CADS on a tensor or dict of tensors: sqrt(gamma) y + noise sqrt(1 - gamma) n, rescaled per sample (over all
     but the batch dimension) to y's mean and std; ``cond`` itself where gamma is 1 or ``noise`` 0."""
-    if isinstance(cond, dict):
-        return {k: anneal_condition(v, gamma, noise, generator, eps) for k, v in cond.items()}
     if gamma >= 1.0 or noise == 0.0:
         return cond
+    if isinstance(cond, dict):
+        return {k: anneal_condition(v, gamma, noise, generator, eps) for k, v in cond.items()}
     y = cond.float()
     n = torch.randn(y.shape, generator=generator, device=y.device)
     y_hat = math.sqrt(gamma) * y + noise * math.sqrt(1.0 - gamma) * n
@@ -151,7 +151,8 @@ def guided_denoiser(model_fn, cond, null_cond, w, mode="normalized", stats="samp
     cond_in = _batch(cond, null_cond)
 
     def denoise(x_t, t):
-        c = cond_in if anneal is None else _batch(anneal(cond, t), null_cond)
+        annealed = cond if anneal is None else anneal(cond, t)
+        c = cond_in if annealed is cond else _batch(annealed, null_cond)  # batched once outside the window
         out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), c)
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()  # guidance statistics in float32 for half-precision networks
