@@ -415,6 +415,38 @@ def test_x0_error_measures_the_conditions_influence_for_piti_and_glide(ckpts, tm
     assert r.returncode == 2 and "without its tokenizer" in r.stderr
 
 
+def test_learned_variance_reads_the_interpolation_between_its_bounds(ckpts):
+    """The row of one output is exact at the bounds (v = -1: the posterior's sigma; v = +1: sqrt(beta)) and
+    halfway in log space at v = 0; the script prints one row per respaced step, noisiest first."""
+    from piti.checkpoints import load_model
+    from piti.diffusion import create_diffusion
+    from piti.errors import PitiError
+
+    diffusion = create_diffusion("squaredcos_cap_v2", 1000, "25")
+    x_t = torch.zeros(2, 3, 8, 8)
+    for index in (24, 12, 1):
+        rows = {
+            v: diagnostics.variance_row(diffusion, torch.cat([x_t, torch.full_like(x_t, v)], 1), x_t, index)
+            for v in (-1.0, 0.0, 1.0)
+        }
+        upper = rows[1.0]["upper_ratio"]
+        assert upper > 1.0 and rows[-1.0]["frac"] == 0.0 and rows[1.0]["frac"] == 1.0
+        assert rows[-1.0]["sigma_ratio"] == pytest.approx(1.0, rel=1e-6)
+        assert rows[1.0]["sigma_ratio"] == pytest.approx(upper, rel=1e-6)
+        assert rows[0.0]["sigma_ratio"] == pytest.approx(upper**0.5, rel=1e-6)
+    assert rows[0.0]["t"] == int(diffusion.timestep_map[1])
+    with pytest.raises(PitiError, match="no learned variance"):
+        diagnostics.variance_row(diffusion, x_t, x_t, 3)
+
+    base = ckpts["mask"][0]
+    rows = diagnostics.learned_variance(load_model(base).eval(), "10", num=2)
+    assert [r["t"] for r in rows] == sorted((r["t"] for r in rows), reverse=True) and len(rows) == 10
+    assert rows[0]["t"] == 999 and all(np.isfinite(r["sigma_ratio"]) for r in rows)
+    r = run_script("x0_error", base, "--variance", "10", "--num", "2")
+    assert r.returncode == 0, r.stderr
+    assert "10 respaced steps" in r.stdout and len(r.stdout.splitlines()) == 12
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_x0_errors_feed_the_network_in_its_own_dtype(ckpts, precision):
     """A pipeline may cast its networks to bf16: the diagnostic gives them inputs of their dtype."""

@@ -82,8 +82,9 @@ def sample_ddpm(
     ``fast27`` for the upsampler). ``noise_scale`` multiplies the noise added at the steps below
     ``noise_scale_tmax`` (a fraction of the trained process, t / T; the official noise above it),
     x_{t-1} = mu + noise_scale * sigma_t * z (1 = Alg. 2; k-diffusion's ``s_noise``, EDM's S_noise with S_tmax):
-    below 1 it trades diversity for cleaner images when a small model's variance is too wide; the
-    early, high-noise steps, where a sample's layout and colours are drawn, can keep their full noise.
+    below 1 it samples at a lower temperature than the posterior, trading diversity for cleaner images from
+    a small model; the early, high-noise steps, where a sample's layout and colours are drawn, can keep their
+    full noise.
     """
     if not 0.0 <= noise_scale <= 1.5:
         raise ConfigError(f"noise_scale must be in [0, 1.5], got {noise_scale}")

@@ -3,6 +3,8 @@
 * :func:`x0_errors`: per noise step t, the error of the implied clean-image estimate of held-out scenes, the
   epsilon MSE that training minimises, and how much the estimate changes when the same x_t gets the next
   scene's condition (``eval/x0_error.py``);
+* :func:`learned_variance`: the sampler's noise per respaced step, next to the posterior's (``eval/x0_error.py
+  --variance``);
 * :func:`probe`: a memorisation probe that trains a model in memory on a few scenes at large noise and reports
   whether the condition's influence grows (``eval/condition_probe.py``).
 """
@@ -33,12 +35,13 @@ def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict
         return _x0_errors(model, cfg, steps, num, seed, tokenizer)
 
 
-def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
+def _heldout_batch(model, cfg, num, tokenizer):
+    """``(x0, cond_emb, low_res, enlarged)`` of ``num`` held-out scenes for ``model`` (the last two None
+    unless it is an upsampler: its 64-px input and that input's bicubic enlargement)."""
     if cfg.kind == "glide" and tokenizer is None:
         raise PitiError(f"{cfg.name or 'this GLIDE model'} needs the tokenizer it was trained with")
     task = cfg.task if cfg.kind == "piti" else "mask"  # a GLIDE model reads captions; any task has them
     from piti.data.datasets import SynthDataset
-    from piti.diffusion import create_diffusion
 
     ds = SynthDataset(
         length=num,
@@ -58,6 +61,13 @@ def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
     if cfg.super_res:
         low_res = F.interpolate(x0, size=64, mode="bicubic", antialias=True).clamp(-1, 1)
         enlarged = F.interpolate(low_res, size=cfg.image_size, mode="bicubic").clamp(-1, 1)
+    return x0, cond_emb, low_res, enlarged
+
+
+def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
+    from piti.diffusion import create_diffusion
+
+    x0, cond_emb, low_res, enlarged = _heldout_batch(model, cfg, num, tokenizer)
     diffusion = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, "")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     out = {}
@@ -79,6 +89,51 @@ def _x0_errors(model, cfg, steps, num, seed, tokenizer) -> dict:
         out["bicubic"] = float((enlarged - x0).abs().mean())
     out["scenes"] = float((x0 - x0.roll(1, 0)).abs().mean())  # what following the condition fully would give
     return out
+
+
+@torch.no_grad()
+def learned_variance(model, respacing: str = "25", num: int = 4, seed: int = 0, tokenizer=None) -> list[dict]:
+    """The sampler's noise of ``model`` at each step of ``respacing``, on held-out scenes noised to that step.
+
+    One row per respaced step, noisiest first: ``t`` (the trained step), ``frac`` (the mean interpolation
+    weight (v + 1) / 2 between log beta~_t and log beta_t, Nichol & Dhariwal Eq. 15), ``sigma_ratio`` (the
+    learned standard deviation over the posterior's, sqrt(beta~_t): 1 at the lower bound, averaged over pixels
+    in log space) and ``upper_ratio`` (sqrt(beta_t / beta~_t), the most it could be). Where ``upper_ratio`` is
+    ~1 the schedule fixes the noise whatever the network learned."""
+    from piti.diffusion import create_diffusion
+    from piti.precision import autocast
+
+    cfg = model.config
+    weight = next(model.parameters())
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weight.dtype, "fp32")
+    with autocast(precision, weight.device):
+        x0, cond_emb, low_res, _ = _heldout_batch(model, cfg, num, tokenizer)
+        diffusion = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, str(respacing))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        rows = []
+        for index in range(diffusion.num_timesteps - 1, -1, -1):
+            tt = torch.full((num,), index)
+            x_t = diffusion.q_sample(x0, tt, noise)
+            out = model(x_t, diffusion.model_timesteps(tt), cond_emb=cond_emb, low_res=low_res).float()
+            rows.append(variance_row(diffusion, out, x_t, index))
+    return rows
+
+
+def variance_row(diffusion, model_output: torch.Tensor, x_t: torch.Tensor, index: int) -> dict:
+    """:func:`learned_variance`'s row for one network output at process index ``index``."""
+    tt = torch.full((x_t.shape[0],), index)
+    _, v = diffusion.split_model_output(model_output, x_t)
+    if v is None:
+        raise PitiError("the model predicts epsilon only (a fixed variance): there is no learned variance to read")
+    log_var = diffusion.p_mean_variance(model_output, x_t, tt)["log_variance"]
+    log_min = float(diffusion.posterior_log_variance_clipped[index])
+    log_max = float(diffusion.log_betas[index])
+    return {
+        "t": int(diffusion.timestep_map[index]),
+        "frac": float(((v + 1) / 2).mean()),
+        "sigma_ratio": float(torch.exp((log_var.mean() - log_min) / 2)),
+        "upper_ratio": float(torch.exp(torch.tensor((log_max - log_min) / 2))),
+    }
 
 
 @torch.no_grad()
