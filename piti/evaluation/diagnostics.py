@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -132,7 +134,7 @@ def variance_row(diffusion, model_output: torch.Tensor, x_t: torch.Tensor, index
         "t": int(diffusion.timestep_map[index]),
         "frac": float(((v + 1) / 2).mean()),
         "sigma_ratio": float(torch.exp((log_var.mean() - log_min) / 2)),
-        "upper_ratio": float(torch.exp(torch.tensor((log_max - log_min) / 2))),
+        "upper_ratio": math.exp((log_max - log_min) / 2),
     }
 
 
