@@ -28,13 +28,17 @@ def x0_errors(model, steps, num: int = 4, seed: int = 0, tokenizer=None) -> dict
     A PITI model's condition is the scene's condition image; a GLIDE model's is the scene's caption,
     tokenized by ``tokenizer`` (the one stored in its file). The network runs under the precision policy's
     autocast for the dtype of its weights (a pipeline may have cast it to bf16); outputs are read in float32."""
+    with _own_autocast(model):
+        return _x0_errors(model, model.config, steps, num, seed, tokenizer)
+
+
+def _own_autocast(model):
+    """The precision policy's autocast for the dtype of ``model``'s weights (a pipeline may have cast it to bf16)."""
     from piti.precision import autocast
 
-    cfg = model.config
     weight = next(model.parameters())
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weight.dtype, "fp32")
-    with autocast(precision, weight.device):
-        return _x0_errors(model, cfg, steps, num, seed, tokenizer)
+    return autocast(precision, weight.device)
 
 
 def _heldout_batch(model, cfg, num, tokenizer):
@@ -103,12 +107,9 @@ def learned_variance(model, respacing: str = "25", num: int = 4, seed: int = 0, 
     in log space) and ``upper_ratio`` (sqrt(beta_t / beta~_t), the most it could be). Where ``upper_ratio`` is
     ~1 the schedule fixes the noise whatever the network learned."""
     from piti.diffusion import create_diffusion
-    from piti.precision import autocast
 
     cfg = model.config
-    weight = next(model.parameters())
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weight.dtype, "fp32")
-    with autocast(precision, weight.device):
+    with _own_autocast(model):
         x0, cond_emb, low_res, _ = _heldout_batch(model, cfg, num, tokenizer)
         diffusion = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, str(respacing))
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
