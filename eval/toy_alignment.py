@@ -54,7 +54,7 @@ from piti.settings import add_settings_arguments, settings_from_args
 from piti.tasks import TASKS
 
 
-def print_table(results: dict) -> None:
+def print_table(results: dict, start: int = 0) -> None:
     print(f"\n{'task':<7} {'size':>4} {'own measure':>11} {'generated':>9} {'real':>6} {'ratio':>6}")
     for task, r in results.items():
         c = r["control"]
@@ -71,6 +71,11 @@ def print_table(results: dict) -> None:
                     f"  {band:>10} pixels {g['pixel_share']:5.1%}  RMSE {rmse:>13}  "
                     f"error share {g['error_share']:5.1%} / {t['error_share']:5.1%}"
                 )
+            worst = ", ".join(
+                f"{start + w['index']} {w['error_share']:.0%} / {w['error_share_real']:.0%}"
+                for w in r["control"]["worst_scenes"]
+            )
+            print(f"  worst scenes, their share of the squared error (generated / real): {worst}")
     if any("upsampler_ceiling" in r for r in results.values()):
         print(f"\n{'task':<7} {'upsampler on real base images':<30} {'bicubic':>8} {'upsampler':>10} {'real':>6}")
         for task, r in results.items():
@@ -219,7 +224,7 @@ def main(argv=None) -> int:
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_table(results)
+    print_table(results, args.start)
     report = {
         "command": "python eval/toy_alignment.py " + " ".join(shlex.quote(a) for a in argv),
         "fid_t": FID_T_NOTE,

@@ -11,6 +11,7 @@ from piti.errors import ConfigError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.metrics import (
     confusion_matrix,
+    depth_error_shares,
     depth_errors,
     depth_errors_by_range,
     edge_f1,
@@ -212,3 +213,13 @@ def test_depth_errors_by_range_split_the_rmse_by_true_distance():
     assert total == pytest.approx(depth_errors(pred, target)["rmse"])
     with pytest.raises(ConfigError, match="differ in shape"):
         depth_errors_by_range(pred, target[:1])
+
+
+def test_depth_error_shares_by_hand():
+    target = np.array([[[2.0, 4.0], [0.0, 8.0]], [[2.0, 2.0], [2.0, 2.0]]])  # image 0 has a pixel without depth
+    pred = np.array([[[3.0, 4.0], [9.0, 6.0]], [[2.0, 2.0], [2.0, 5.0]]])
+    shares = depth_error_shares(pred, target)  # squared errors 1 + 4 (the 9 m pixel has no depth) and 9
+    assert shares == pytest.approx([5 / 14, 9 / 14])
+    assert depth_error_shares(target, target) == pytest.approx([0.0, 0.0])  # no error: no share, no division by 0
+    with pytest.raises(ConfigError, match=r"\(N, H, W\)"):
+        depth_error_shares(pred[0], target[0])

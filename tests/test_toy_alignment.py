@@ -142,6 +142,18 @@ def test_depth_is_also_judged_by_distance():
         assert sum(b["error_share"] for b in side) == pytest.approx(1.0)
 
 
+def test_depth_names_the_scenes_that_hold_its_error():
+    data = heldout_examples("depth", 3, 0, 64, 64, depth=True)
+    generated = data["real"].copy()
+    generated[1] = 255 - generated[1]  # one scene spoiled: it must head the list with most of the error
+    r = alignment.toy_control("depth", {**data, "generated": generated})
+    worst = r["worst_scenes"]
+    assert [w["index"] for w in worst][0] == 1 and len(worst) == 3
+    assert worst[0]["error_share"] > 0.5 > worst[0]["error_share_real"]
+    assert sum(w["error_share"] for w in worst) == pytest.approx(1.0)
+    assert sum(w["error_share_real"] for w in worst) == pytest.approx(1.0)
+
+
 def test_upsampler_ceiling_judges_the_real_base_images(ckpts):
     seg = load_segmenter()  # the shipped judge, so that a random upsampler's images score visibly worse
     pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")

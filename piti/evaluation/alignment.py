@@ -24,7 +24,14 @@ import numpy as np
 from piti.errors import ConfigError, DatasetError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.images import condition_picture, save_grid, unit_to_uint8
-from piti.evaluation.metrics import confusion_matrix, depth_errors, depth_errors_by_range, edge_f1, iou_from_confusion
+from piti.evaluation.metrics import (
+    confusion_matrix,
+    depth_error_shares,
+    depth_errors,
+    depth_errors_by_range,
+    edge_f1,
+    iou_from_confusion,
+)
 from piti.evaluation.scenes import heldout_examples
 
 EDGE_TOLERANCE = 2  # pixels: an edge pixel counts when the other map has one within this distance
@@ -129,13 +136,23 @@ def judge_sketch(
 # ------------------------------------------------------------------------------------------ depth
 
 
+WORST_SCENES = 5  # judge_depth lists this many images with the largest share of the squared error
+
+
 def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.ndarray) -> dict:
     """RMSE and AbsRel of ``estimator`` (``predict(images) -> metres (N, H, W)``) on generated and real images
-    against the input ``depth`` (metres, 0 = no depth), the ratios real / generated, and the RMSE by distance
-    (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each)."""
+    against the input ``depth`` (metres, 0 = no depth), the ratios real / generated, the RMSE by distance
+    (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each), and the images holding most of
+    the generated images' squared error (``worst_scenes``: index in the batch, its share, the real image's share)."""
     pred_gen, pred_real = estimator.predict(generated), estimator.predict(real)
     gen, real_err = depth_errors(pred_gen, depth), depth_errors(pred_real, depth)
+    share_gen, share_real = depth_error_shares(pred_gen, depth), depth_error_shares(pred_real, depth)
+    worst = np.argsort(-share_gen, kind="stable")[:WORST_SCENES]
     return {
+        "worst_scenes": [
+            {"index": int(i), "error_share": float(share_gen[i]), "error_share_real": float(share_real[i])}
+            for i in worst
+        ],
         "by_distance": {
             "generated": depth_errors_by_range(pred_gen, depth),
             "real": depth_errors_by_range(pred_real, depth),
@@ -229,7 +246,7 @@ def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> 
             "generated": r["rmse_generated"],
             "real": r["rmse_real"],
             "ratio": r["rmse_ratio"],
-            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio", "by_distance")},
+            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio", "by_distance", "worst_scenes")},
         }
     raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(CONTROL_MEASURES)}")
 

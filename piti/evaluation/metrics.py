@@ -187,6 +187,16 @@ def depth_errors(pred, target, valid=None) -> dict:
     }
 
 
+def depth_error_shares(pred, target) -> np.ndarray:
+    """Each image's share of the squared error of :func:`depth_errors` (all images together): (N,) for (N, H, W)
+    arrays, so that an RMSE that is a few scenes' doing shows as such."""
+    pred, target, valid = _depth_pair(pred, target)
+    if pred.ndim != 3:
+        raise ConfigError(f"depth_error_shares needs (N, H, W) depth maps, got shape {pred.shape}")
+    sq = np.where(valid, (pred - target) ** 2, 0.0).reshape(len(pred), -1).sum(1)
+    return sq / sq.sum() if sq.sum() > 0 else sq
+
+
 DEPTH_RANGES = (0.0, 10.0, 20.0, 40.0, 100.0, float("inf"))  # metres: the bands of depth_errors_by_range
 
 
