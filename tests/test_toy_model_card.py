@@ -30,6 +30,14 @@ def test_log_summary_counts_compute_seconds_and_resumed_repeats():
     assert s["final_loss"] == pytest.approx((0.4 + 0.3 + 0.3 + 0.2) / 4)
 
 
+def test_a_continued_run_counts_its_steps_on_from_the_runs_it_follows():
+    logs = {run: [{"step": n}] for run, n in [("joint-mask", 5000), ("joint-depth", 2500), ("joint-cont-depth", 4500)]}
+    assert card_lib.step_offset("joint-mask", logs) == 0
+    assert card_lib.step_offset("joint-cont-depth", logs) == 2500
+    assert card_lib.step_offset("feedback-mask", logs) == 5000  # mask has no joint-cont run
+    assert card_lib.step_offset("feedback-depth", logs) == 2500 + 4500
+
+
 def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):
     runs, models = tmp_path / "runs", tmp_path / "models"
     write_log(runs / "pretrain" / "log.csv", [(25, 0.5, 2.0), (50, 0.25, 4.0)])

@@ -20,9 +20,10 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
-TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "upsampler")
-# joint-cont-{task}: a joint stage continued in a new run from an earlier model file (steps count on from the joint's)
-CONTINUED = {"joint-cont": "joint"}
+TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "feedback", "upsampler")
+# runs that continue the joint stage in a new run from an earlier model file, with the stages they follow (their
+# steps count on from those): joint-cont-{task} (more joint steps), feedback-{task} (joint + the reward term)
+CONTINUED = {"joint-cont": ("joint",), "feedback": ("joint", "joint-cont")}
 
 
 def run_names() -> list[str]:
@@ -59,6 +60,16 @@ def log_summary(rows: list[dict]) -> dict:
     }
 
 
+def step_offset(run: str, logs: dict) -> float:
+    """The steps before ``run`` in its task's lineage: for a continuation (:data:`CONTINUED`), the last logged steps
+    of the runs it follows that have logs; 0 for any other run."""
+    stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
+    if stage is None:
+        return 0
+    task = run[len(stage) + 1 :]
+    return sum(logs[f"{s}-{task}"][-1]["step"] for s in CONTINUED[stage] if logs.get(f"{s}-{task}"))
+
+
 def plot_curves(logs: dict, path: Path) -> None:
     """One panel per stage kind: the training loss against the step, one line per run.
 
@@ -68,11 +79,10 @@ def plot_curves(logs: dict, path: Path) -> None:
     of a batch-8 run."""
     panels = [("pretrain (text-to-image)", ["pretrain"]), ("pretrain-upsampler", ["pretrain-upsampler"])]
     panels += [(stage, [f"{stage}-{t}" for t in TASKS]) for stage in TASK_STAGES if stage not in CONTINUED]
-    for cont, stage in CONTINUED.items():  # a continuation is drawn after the run it continues
-        panels = [
-            (title, runs + [r.replace(stage, cont, 1) for r in runs]) if title == stage else (title, runs)
-            for title, runs in panels
-        ]
+    panels = [  # a continuation is drawn in the panel of the first stage it follows
+        (title, runs + [f"{c}-{t}" for c, (first, *_) in CONTINUED.items() if first == title for t in TASKS])
+        for title, runs in panels
+    ]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,9 +94,7 @@ def plot_curves(logs: dict, path: Path) -> None:
             rows = logs.get(run)
             if not rows:
                 continue
-            stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
-            before = logs.get(run.replace(stage, CONTINUED[stage], 1)) if stage else None
-            offset = before[-1]["step"] if before else 0
+            offset = step_offset(run, logs)
             ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], label=run, lw=1)
         ax.set_title(title)
         ax.set_xlabel("step")
