@@ -197,9 +197,10 @@ PROFILES = {
 }
 
 
-# The toy recipe's recommended sampling, chosen on held-out selection scenes (docs/experiments.md):
-# normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise per step, and the
-# upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
+# The toy recipe's recommended sampling for its joint models, chosen on held-out selection scenes
+# (docs/experiments.md): normalized guidance w=5, ancestral DDPM in 25 base steps with 0.7 of the official noise
+# per step, and the upsampler's 10 DDPM steps (official noise) started from the base image noised to t=0.1.
+# The shipped files, continued past the recipe, carry their own in their headers (w=3; the model card).
 TOY_RECIPE = PROFILES["fast"].replace(
     guidance=5.0,
     guidance_mode="normalized",

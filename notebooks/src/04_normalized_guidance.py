@@ -36,7 +36,7 @@ print({k: v for k, v in pipe(conds[0], steps="2", upsample=False, progress=False
        if k in ("guidance", "guidance_mode", "guidance_sigma", "sampler", "noise_scale")})
 
 # %% [markdown]
-# **The statistics along a plainly guided run** (w = 5, the embedded models' recommended strength, 2
+# **The statistics along a plainly guided run** (w = 5, the toy recipe's strength; the shipped files say 3; 2
 # samples of one label map). At every step the guided denoiser's two predictions are recorded, and from
 # them the plain $\hat\epsilon$, the normalized $\tilde\epsilon$ with moments measured on $\hat\epsilon$
 # (the default, `guidance_sigma="measured"`), and the normalized one with the paper's analytic moments
@@ -138,4 +138,4 @@ fig.tight_layout()
 # grows with w, by up to about 15% at w = 12 (the ratio plot), and the two modes give nearly the same
 # alignment and FID-T up to w = 5; at w = 8 and 12 normalized guidance is slightly worse on both (8 scenes
 # per point). The paper reports its gain for full-size GLIDE models; at toy scale this notebook does not
-# reproduce a gain, and the embedded models' recommended w = 5 works in either mode.
+# reproduce a gain, and the embedded models' recommended w = 3 lies where the two modes agree.
