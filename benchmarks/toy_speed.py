@@ -4,16 +4,18 @@
     python benchmarks/toy_speed.py --tasks mask --reps 9 --threads 2
     python benchmarks/toy_speed.py --quick             # one task, 2 + 2 steps, one call: checks the script
     python benchmarks/toy_speed.py --tasks mask --reps 3 --profile   # and torch.profiler's top operators
+    python benchmarks/toy_speed.py --tasks depth --no-reward         # and "now" without the header's reward guidance
 
 One image per call (base + upsampler), as a user runs it: ``PITIPipeline.from_checkpoints(task=...)`` with the
 checkpoint's recommended settings (``--steps``/``--upsample-steps`` override them). The time of the whole call
 is given with its split into the base model (guided, batch 2) and the upsampler, median over ``--reps``
 calls after ``--warm`` warm-up calls. Two worker processes hold the pipelines: ``now`` runs the code as it
 is; ``before`` the path before the CPU fixes of ``piti.precision`` (GroupNorms through an fp32 copy, glibc's
-default allocator). Call i uses seed i, and each variant's images are compared with fp32 before's of the same
-seeds (mean absolute difference of the 8-bit pixels). The calls go round-robin over tasks, precisions and
-workers, so a busy machine slows every variant alike; the load average is printed at start and end. bf16 runs
-only where the CPU computes it natively (AVX512-BF16 or AMX) unless ``--precisions`` asks for it.
+default allocator); with ``--no-reward`` a third, ``now, no reward``, runs ``now`` with ``reward_guidance`` 0, the
+cost of the headers' reward guidance beside it. Call i uses seed i, and each variant's images are compared with
+fp32 before's of the same seeds (mean absolute difference of the 8-bit pixels). The calls go round-robin over
+tasks, precisions and workers, so a busy machine slows every variant alike; the load average is printed at start
+and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX) unless ``--precisions`` asks.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from piti.precision import cpu_has_native_bf16
 
 WORKERS = ("before", "now")
+NO_REWARD = "now, no reward"  # the optional third worker
 
 
 def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str) -> None:
@@ -47,6 +50,8 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
     torch.set_num_threads(threads)
     if name == "before":
         pol.tune_malloc = lambda: False  # glibc's default allocator, as before
+    if name == NO_REWARD:
+        overrides = {**overrides, "reward_guidance": 0.0}
     scene = ds.write_examples(folder, 1, 128, "synth")[0]
     conditions = {"mask": scene.colormap, "sketch": scene.sketch, "depth": scene.depth}
     pipes = {}
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--upsample-steps", default=None, help="upsampler steps (default: the checkpoint's)")
     p.add_argument("--quick", action="store_true", help="mask only, 2 + 2 steps, one call: checks the script")
     p.add_argument("--profile", action="store_true", help="then profile one call of the first task, each variant")
+    p.add_argument("--no-reward", action="store_true", help="also run 'now' without reward guidance (its cost)")
     args = p.parse_args(argv)
     native = cpu_has_native_bf16()
     precisions = (args.precisions or ("fp32,bf16" if native else "fp32")).split(",")
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
     )
     ctx, workers = mp.get_context("spawn"), {}
     with tempfile.TemporaryDirectory(prefix="piti-toy-speed-") as folder:
-        for name in WORKERS:
+        for name in WORKERS + ((NO_REWARD,) if args.no_reward else ()):
             conn, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, name, tasks, precisions, args.threads, overrides, folder))
             proc.start()

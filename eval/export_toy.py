@@ -10,7 +10,8 @@ The base model comes from the ``joint`` run and the upsampler from the ``upsampl
 ``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
 recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
 read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
-changed by its flag.
+changed by its flag. With reward guidance (``--reward-guidance``), the base header also names its reward model
+(``"reward_model"``, relative to the output folder).
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -18,6 +19,7 @@ widened on loading), recorded as ``"stored_dtype"`` in the header.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +37,12 @@ def main(argv=None) -> int:
     p.add_argument("--upsampler", type=Path, help="upsampler file (default runs/toy/upsampler-TASK/model.safetensors)")
     p.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), default="fp16", help="stored weight type (default fp16)")
     add_settings_arguments(p, TOY_RECIPE, title="recommended sampling settings (default: the toy recipe's)")
+    p.add_argument(
+        "--reward-model",
+        type=Path,
+        help="reward model of the reward guidance, named in the base header "
+        "(default checkpoints/toy/rewards/TASK.safetensors when --reward-guidance > 0)",
+    )
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
@@ -43,10 +51,18 @@ def main(argv=None) -> int:
         "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors"),
     }
     sampling = settings_from_args(args)
+    reward = args.reward_model
+    if reward is None and sampling.get("reward_guidance", 0) > 0:
+        reward = TOY_CHECKPOINT_DIR / "rewards" / f"{args.task}.safetensors"
+    if reward is not None and not reward.is_file():
+        print(f"error: the reward model {reward} is missing (eval/train_reward_models.py trains it)", file=sys.stderr)
+        return 2
+    # the header names it relative to the model's folder, so a copied folder keeps working
+    reward = os.path.relpath(reward.resolve(), args.out_dir.resolve()) if reward is not None else None
     try:
         for role, src in sources.items():
             dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"
-            export_model(src, dst, role=role, task=args.task, sampling=sampling, dtype=args.dtype)
+            export_model(src, dst, role=role, task=args.task, sampling=sampling, dtype=args.dtype, reward_model=reward)
             print(f"{src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, {args.dtype})")
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)

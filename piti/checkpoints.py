@@ -322,9 +322,12 @@ EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # the weight typ
 _SET_BY_SAVE = ("format_version", "layout", "config", "step")  # save_checkpoint writes these itself
 
 
-def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16") -> None:
+def export_model(
+    src, dst, *, role: str, task: str, sampling: dict, dtype: str = "fp16", reward_model: str | None = None
+) -> None:
     """Copy the model file ``src`` (a PITI ``role`` = "base" or "upsample" model of ``task``) to ``dst``,
-    floating-point tensors cast to ``dtype``, with ``sampling`` added to its header."""
+    floating-point tensors cast to ``dtype``, with ``sampling`` added to its header, and for a base model
+    ``reward_model`` (the reward model file of its reward guidance, relative to ``dst``'s folder; None = none)."""
     ckpt = load_checkpoint(src)
     cfg = ckpt.config or {}
     if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
@@ -332,7 +335,8 @@ def export_model(src, dst, *, role: str, task: str, sampling: dict, dtype: str =
             f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
             f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}"
         )
-    copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling)
+    extra = {"reward_model": reward_model} if role == "base" else {}
+    copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling, **extra)
 
 
 def copy_model(src, dst, *, dtype: str = "fp16", ckpt=None, **metadata) -> None:

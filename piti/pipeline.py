@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from piti.data.conditions import condition_tensor, null_condition, open_condition
-from piti.diffusion import condition_annealer, create_diffusion, guided_denoiser, sample, sampler_options
+from piti.diffusion import (
+    condition_annealer,
+    create_diffusion,
+    guided_denoiser,
+    reward_guided,
+    sample,
+    sampler_options,
+)
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError
 from piti.precision import Policy, make_policy
 from piti.settings import PROFILES, SamplingSettings, check_names, settings_from_header
@@ -96,6 +103,26 @@ def to_pil(x: torch.Tensor) -> list:
 # Loading
 
 
+def _load_reward(path, base_path, header: dict, task: str):
+    """The reward model given, else the one the base header names (relative to the base file), else None."""
+    named = header.get("reward_model") if path is None else None
+    if path is None and not named:
+        return None
+    from piti.train.rewards import load_reward_model
+
+    if path is None:
+        path = (Path(base_path).resolve().parent / named).resolve()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"the base model's header names the reward model {named!r} for its recommended reward guidance, "
+                f"but {path} is missing; give reward_model=PATH (eval/train_reward_models.py trains one), "
+                "or reward_guidance=0"
+            )
+    model = load_reward_model(path, task=task)
+    model.checkpoint_path = str(path)
+    return model
+
+
 def _load_piti(path, role: str, task: str | None):
     """Load a PITI checkpoint and check it is the right kind of model."""
     from piti.checkpoints import load_model
@@ -126,6 +153,8 @@ class PITIPipeline:
             :data:`piti.precision.PRECISIONS`.
         profile: ``"fast"`` or ``"official"`` default sampling settings (see the module docstring).
         defaults: settings that override the profile (e.g. from a checkpoint's header).
+        reward_model: a reward model of the task (:class:`piti.train.rewards.RewardNet`) for reward guidance
+            (the ``reward_guidance`` setting), or None.
     """
 
     def __init__(
@@ -139,6 +168,7 @@ class PITIPipeline:
         compile=False,
         profile="fast",
         defaults: dict | None = None,
+        reward_model=None,
     ):
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
@@ -151,6 +181,10 @@ class PITIPipeline:
                 raise ConfigError("the upsampler must be a PITI super-resolution model (kind 'piti', super_res True)")
             if ucfg.task != cfg.task:
                 raise ConfigError(f"the base model is for {cfg.task!r} but the upsampler for {ucfg.task!r}")
+        if reward_model is not None and reward_model.config.task != cfg.task:
+            raise ConfigError(
+                f"the base model is for {cfg.task!r} but the reward model for {reward_model.config.task!r}"
+            )
         self.task = cfg.task
         self.profile = profile
         self.defaults: SamplingSettings = PROFILES[profile].replace(**(defaults or {}))
@@ -160,9 +194,11 @@ class PITIPipeline:
         # the callables (compiled wrappers when compile=True) and the plain modules for encode()
         self._base = self.policy.prepare(base)
         self._upsampler = self.policy.prepare(upsampler) if upsampler is not None else None
+        self.reward_model = reward_model.eval().to(self.policy.device) if reward_model is not None else None
         self.sources = {
             "base": getattr(base, "checkpoint_path", None),
             "upsampler": getattr(upsampler, "checkpoint_path", None),
+            "reward": getattr(reward_model, "checkpoint_path", None),
         }
         self._diffusions: dict = {}
 
@@ -178,6 +214,7 @@ class PITIPipeline:
         channels_last=None,
         compile=False,
         profile: str | None = None,
+        reward_model=None,
         **defaults,
     ) -> PITIPipeline:
         """Load official or project checkpoints (format detected from the file).
@@ -185,6 +222,8 @@ class PITIPipeline:
         With no paths, the embedded default models of ``task`` (``checkpoints/toy/``); with ``base`` only,
         a base-only pipeline. ``profile=None`` picks ``"official"`` for official checkpoints and ``"fast"``
         for the project's; ``**defaults`` override the sampling defaults (:class:`~piti.settings.SamplingSettings`).
+        ``reward_model``: a reward model file for reward guidance; default the one the base file's header names
+        (``"reward_model"``, a path relative to the base file's folder), if any.
         """
         if task is not None and task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -210,6 +249,7 @@ class PITIPipeline:
         official = not header  # official files carry no project header
         sampling = header.get("sampling")
         recommended = settings_from_header(sampling) if isinstance(sampling, dict) else {}
+        reward = _load_reward(reward_model, base, header, base_model.config.task)
         return cls(
             base_model,
             up_model,
@@ -219,6 +259,7 @@ class PITIPipeline:
             compile=compile,
             profile=profile or ("official" if official else "fast"),
             defaults={**recommended, **defaults},
+            reward_model=reward,
         )
 
     @classmethod
@@ -308,7 +349,7 @@ class PITIPipeline:
                 with policy.autocast():
                     return model(policy.input(x), t, ref=policy.input(c))
 
-        return guided_denoiser(
+        denoise = guided_denoiser(
             model_fn,
             cond,
             null,
@@ -317,6 +358,33 @@ class PITIPipeline:
             stats=settings.guidance_stats,
             sigma=settings.guidance_sigma,
             anneal=anneal,
+        )
+        if settings.reward_guidance == 0:
+            return denoise
+        return self.reward_denoiser(denoise, ref[:1], batch, settings)
+
+    def reward_denoiser(self, denoise, ref: torch.Tensor, batch: int, settings: SamplingSettings):
+        """``denoise`` with reward guidance (:func:`piti.diffusion.reward_guided`) by the pipeline's reward model,
+        against the condition ``ref`` (1, C, S, S) read back as the reward's target at the base size."""
+        from piti.train.rewards import condition_target, consistency_loss
+
+        if self.reward_model is None:
+            raise ConfigError(
+                "reward_guidance > 0 needs a reward model: PITIPipeline.from_checkpoints(..., reward_model=PATH) "
+                "(eval/train_reward_models.py trains one for the toy world), or reward_guidance=0"
+            )
+        cfg = self.base_model.config
+        target = condition_target(self.task, ref.float(), cfg.image_size, palette=settings.palette)
+        target = {k: v.expand(batch, *v.shape[1:]) for k, v in target.items()}
+        full = self.diffusion(self.base_model, cfg.diffusion_steps)  # the trained process's alphas
+        return reward_guided(
+            denoise,
+            lambda x0: consistency_loss(self.task, self.reward_model(x0), target),
+            full.alphas_cumprod,
+            settings.reward_guidance,
+            settings.reward_guidance_tmin,
+            settings.reward_guidance_tmax,
+            rescaled=full.rescale_timesteps,
         )
 
     def upsampler_denoiser(self, ref: torch.Tensor, low_res: torch.Tensor, encode_once: bool = True):
@@ -414,6 +482,8 @@ class PITIPipeline:
             base_checkpoint=self.sources["base"],
             base_size=self.base_model.config.image_size,
         )
+        if s.reward_guidance > 0:
+            out["reward_checkpoint"] = self.sources["reward"]
         if upsample:
             out.update(
                 upsampler_model=self.upsampler_model.config.name or "custom",

@@ -46,6 +46,12 @@ def configure_parser(parser) -> None:
         "--base", default=None, metavar="CKPT", help="base checkpoint (official .pt or project .safetensors)"
     )
     parser.add_argument("--upsampler", default=None, metavar="CKPT", help="upsampler checkpoint")
+    parser.add_argument(
+        "--reward-model",
+        default=None,
+        metavar="CKPT",
+        help="reward model for --reward-guidance (default: the one the base header names, if any)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -101,6 +107,7 @@ def run(args) -> int:
         precision=args.precision,
         compile=args.compile,
         profile=args.profile,
+        reward_model=args.reward_model,
     )
     settings = settings_from_args(args)
     out = pipe(

@@ -122,6 +122,19 @@ class SamplingSettings:
     cond_noise_tmax: float = _setting(
         0.9, "condition annealing: above this fraction t/T the encoded condition is noise only", low=0.0, high=1.0
     )
+    reward_guidance: float = _setting(
+        0.0,
+        "reward guidance: step of a reward model's gradient on each base step's predicted x0, 0 = none "
+        "(needs the pipeline's reward model)",
+        low=0.0,
+        high=10.0,
+    )
+    reward_guidance_tmin: float = _setting(
+        0.0, "reward guidance: applies from this fraction of the process, t/T", low=0.0, high=1.0
+    )
+    reward_guidance_tmax: float = _setting(
+        1.0, "reward guidance: applies below this fraction of the process, t/T", low=0.0, high=1.0
+    )
     sampler: str = _setting("dpmpp", "base sampler", choices=tuple(SAMPLERS))
     steps: str = _setting("20", "base steps: a number, or a respacing such as ddim50 or fast27")
     noise_scale: float = _setting(
@@ -158,6 +171,11 @@ class SamplingSettings:
             raise ConfigError(
                 f"cond_noise_tmin must be below cond_noise_tmax, "
                 f"got {self.cond_noise_tmin:g} >= {self.cond_noise_tmax:g}"
+            )
+        if self.reward_guidance_tmin >= self.reward_guidance_tmax:
+            raise ConfigError(
+                f"reward_guidance_tmin must be below reward_guidance_tmax, "
+                f"got {self.reward_guidance_tmin:g} >= {self.reward_guidance_tmax:g}"
             )
 
     def replace(self, **overrides) -> SamplingSettings:

@@ -169,6 +169,7 @@ def test_a_space_layout_serves_the_package_beside_the_app(tmp_path, scene):
     (space / "checkpoints" / "toy").mkdir(parents=True)
     for f in (ROOT / "checkpoints" / "toy").glob("piti-toy-depth-*.safetensors"):
         shutil.copy(f, space / "checkpoints" / "toy" / f.name)
+    shutil.copytree(ROOT / "checkpoints" / "toy" / "rewards", space / "checkpoints" / "toy" / "rewards")
     with ds.AppProcess(app=space / "app.py", env={"PITI_TASK": "depth"}) as url:
         c = gradio_client.Client(url, verbose=False)
         record = check_result(

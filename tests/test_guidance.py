@@ -1,5 +1,5 @@
 """Classifier-free guidance: the formulas, the moments of normalized guidance, the doubled batch; condition
-annealing (CADS)."""
+annealing (CADS); reward guidance."""
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from piti.diffusion import (
     guided_denoiser,
     normalized_guidance,
     plain_guidance,
+    reward_guided,
     sample,
 )
 from piti.diffusion.guidance import anneal_weight
@@ -205,3 +206,33 @@ def test_condition_annealer_acts_on_the_conditional_half_at_the_early_steps():
     unguided = guided_denoiser(model, cond, null, 0.0, anneal=anneal)
     unguided(x_t, torch.full((2,), 950.0))
     assert not torch.equal(model.batches[-1][2]["shift"], cond["shift"])
+
+
+# ---------------------------------------------------------------------------------------------- reward guidance
+
+
+def _x0(x_t, t, eps, abar):
+    a = abar[t.long()].view(-1, 1, 1, 1)
+    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def test_reward_guidance_moves_the_predicted_x0_down_the_rewards_gradient():
+    abar = torch.linspace(0.99, 0.05, 1000)
+    g = torch.Generator().manual_seed(0)
+    x_t, target = torch.randn(2, 3, 8, 8, generator=g) * 0.5, torch.rand(2, 3, 8, 8, generator=g) - 0.5
+    var = torch.randn(2, 3, 8, 8, generator=g)
+    denoise = lambda x, t: torch.cat([0.3 * x, var], 1)  # noqa: E731 (a made-up epsilon and variance)
+    loss = lambda x0: ((x0 - target) ** 2).sum(1).flatten(1).mean(1)  # noqa: E731 (per pixel, as a reward's)
+    t = torch.full((2,), 400.0)
+    plain = denoise(x_t, t)
+    out = reward_guided(denoise, loss, abar, 0.05)(x_t, t)
+    before, after = _x0(x_t, t, plain[:, :3], abar).clamp(-1, 1), _x0(x_t, t, out[:, :3], abar)
+    # one step of 0.05 * H W * grad of the mean squared error: x0 moves 10% of the way to the target
+    assert torch.allclose(after, before + 0.1 * (target - before), atol=1e-5)
+    assert torch.equal(out[:, 3:], var)  # the variance channels are the denoiser's
+    assert loss(after).mean() < loss(before).mean()
+    outside = reward_guided(denoise, loss, abar, 0.05, tmin=0.5)(x_t, t)  # t / T = 0.4 is below the window
+    assert torch.equal(outside, plain)
+    assert reward_guided(denoise, loss, abar, 0.0) is denoise
+    with pytest.raises(ConfigError, match="reward guidance"):
+        reward_guided(denoise, loss, abar, 0.05, tmin=0.6, tmax=0.5)

@@ -434,3 +434,42 @@ def test_bad_settings(mask_pipe):
         mask_pipe(synth_mask(), num_samples=0, **FEW)
     with pytest.raises(ConfigError, match="unknown sampling setting"):
         mask_pipe(synth_mask(), temperature=0.5, **FEW)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reward guidance
+
+
+@pytest.mark.parametrize("task", list(CONDITIONS))
+def test_reward_guidance_uses_the_reward_model_named_in_the_header(ckpts, tmp_path, task):
+    from piti.checkpoints import export_model
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    reward = RewardNet(RewardConfig(task=task, widths=(4, 8), groups=2))
+    save_reward_model(tmp_path / "rewards" / "r.safetensors", reward)
+    base = tmp_path / "base.safetensors"
+    sampling = {"palette": "synth"} if task == "mask" else {}
+    export_model(ckpts[task][0], base, role="base", task=task, sampling=sampling, reward_model="rewards/r.safetensors")
+    pipe = PITIPipeline.from_checkpoints(base, precision="fp32")
+    kwargs = dict(seed=2, sampler="ddpm", guidance=1.0, upsample=False, **FEW)
+    plain = pipe(CONDITIONS[task](), **kwargs)
+    guided = pipe(CONDITIONS[task](), reward_guidance=0.5, **kwargs)
+    assert (pixels(guided.images) != pixels(plain.images)).any()
+    assert guided.settings["reward_checkpoint"].endswith("r.safetensors") and "reward_checkpoint" not in plain.settings
+    window = pipe(CONDITIONS[task](), reward_guidance=0.5, reward_guidance_tmin=0.9995, **kwargs)
+    assert (pixels(window.images) == pixels(plain.images)).all()  # the last step is t / T = 0.999
+
+    (tmp_path / "rewards" / "r.safetensors").unlink()
+    with pytest.raises(MissingWeightsError, match="reward model"):
+        PITIPipeline.from_checkpoints(base, precision="fp32")
+
+
+def test_reward_guidance_without_a_reward_model_is_a_clear_error(mask_pipe, ckpts, tmp_path):
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    with pytest.raises(ConfigError, match="needs a reward model"):
+        mask_pipe(synth_mask(), reward_guidance=0.1, upsample=False, **FEW)
+    save_reward_model(tmp_path / "depth.safetensors", RewardNet(RewardConfig(task="depth", widths=(4, 8), groups=2)))
+    with pytest.raises(ConfigError, match="reward model"):
+        PITIPipeline.from_checkpoints(*ckpts["mask"], reward_model=tmp_path / "depth.safetensors")

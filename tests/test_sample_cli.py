@@ -100,6 +100,20 @@ def test_cli_official_guidance_scale_and_bf16(ckpts, tmp_path):
     assert s["guidance"] == 1.5 and s["guidance_scale_official"] == 2.5 and s["precision"] == "bf16"
 
 
+def test_cli_reward_guidance_needs_and_takes_a_reward_model(ckpts, tmp_path, capsys):
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    cond, out, reward = tmp_path / "labels.png", tmp_path / "r", tmp_path / "mask-reward.safetensors"
+    synth_mask().save(cond)
+    err = one_clean_error(capsys, sample_cmd(ckpts, "mask", cond, out, "--reward-guidance", "0.1"))
+    assert "needs a reward model" in err
+    save_reward_model(reward, RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    argv = sample_cmd(ckpts, "mask", cond, out, "--reward-guidance", "0.1", "--reward-model", str(reward))
+    assert main(argv) == 0
+    s = json.loads((out / "settings.json").read_text())["settings"]
+    assert s["reward_guidance"] == 0.1 and s["reward_checkpoint"] == str(reward)
+
+
 def test_cli_no_upsample_and_sketch_from_photo(ckpts, tmp_path):
     photo = tmp_path / "photo.png"
     yy, xx = np.mgrid[0:48, 0:48]

@@ -12,6 +12,7 @@ from piti.diffusion.guidance import (
     guided_denoiser,
     normalized_guidance,
     plain_guidance,
+    reward_guided,
 )
 from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sampler_options
 from piti.diffusion.schedules import get_betas, space_timesteps
@@ -32,4 +33,5 @@ __all__ = [
     "condition_annealer",
     "normalized_guidance",
     "plain_guidance",
+    "reward_guided",
 ]

@@ -50,6 +50,9 @@ SETTING_KEYS = (
     "cond_noise",
     "cond_noise_tmin",
     "cond_noise_tmax",
+    "reward_guidance",
+    "reward_guidance_tmin",
+    "reward_guidance_tmax",
     "upsample_noise_scale",
     "precision",
     "device",
@@ -291,8 +294,15 @@ def evaluate_toy_task(
     return result
 
 
-# the variety check's reference: the official ancestral sampler's noise, the condition as it is (no annealing)
-OFFICIAL_NOISE = {"sampler": "ddpm", "noise_scale": 1.0, "noise_scale_tmax": 1.0, "cond_noise": 0.0}
+# the variety check's reference: the official ancestral sampler's noise, the condition as it is (no annealing),
+# no reward guidance
+OFFICIAL_NOISE = {
+    "sampler": "ddpm",
+    "noise_scale": 1.0,
+    "noise_scale_tmax": 1.0,
+    "cond_noise": 0.0,
+    "reward_guidance": 0.0,
+}
 
 
 def evaluate_toy_diversity(
@@ -308,8 +318,9 @@ def evaluate_toy_diversity(
 ) -> dict:
     """Variety: ``samples`` images of each of ``num`` held-out conditions, at ``settings`` (the recommended ones
     when empty) and at the same settings with the official ancestral sampler's noise (:data:`OFFICIAL_NOISE`: DDPM,
-    the full noise at every step, no condition annealing). Returns each run's toy feature and pixel diversity
-    (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety kept)."""
+    the full noise at every step, no condition annealing, no reward guidance). Returns each run's toy feature and
+    pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety
+    kept)."""
     from piti.evaluation.diversity import feature_diversity, pixel_l1_diversity
 
     if samples < 2:
