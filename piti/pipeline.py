@@ -103,8 +103,9 @@ def to_pil(x: torch.Tensor) -> list:
 # Loading
 
 
-def _load_reward(path, base_path, header: dict, task: str):
-    """The reward model given, else the one the base header names (relative to the base file), else None."""
+def _load_reward(path, base_path, header: dict, task: str, needed: bool):
+    """The reward model given, else the one the base header names (relative to the base file), else None.
+    A named file that is missing is an error only where reward guidance is ``needed``."""
     named = header.get("reward_model") if path is None else None
     if path is None and not named:
         return None
@@ -113,6 +114,8 @@ def _load_reward(path, base_path, header: dict, task: str):
     if path is None:
         path = (Path(base_path).resolve().parent / named).resolve()
         if not path.is_file():
+            if not needed:
+                return None
             raise MissingWeightsError(
                 f"the base model's header names the reward model {named!r} for its recommended reward guidance, "
                 f"but {path} is missing; give reward_model=PATH (eval/train_reward_models.py trains one), "
@@ -249,7 +252,8 @@ class PITIPipeline:
         official = not header  # official files carry no project header
         sampling = header.get("sampling")
         recommended = settings_from_header(sampling) if isinstance(sampling, dict) else {}
-        reward = _load_reward(reward_model, base, header, base_model.config.task)
+        needed = float({**recommended, **defaults}.get("reward_guidance") or 0) > 0
+        reward = _load_reward(reward_model, base, header, base_model.config.task, needed)
         return cls(
             base_model,
             up_model,

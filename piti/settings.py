@@ -167,16 +167,10 @@ class SamplingSettings:
     def __post_init__(self):
         for spec in setting_specs().values():
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
-        if self.cond_noise_tmin >= self.cond_noise_tmax:
-            raise ConfigError(
-                f"cond_noise_tmin must be below cond_noise_tmax, "
-                f"got {self.cond_noise_tmin:g} >= {self.cond_noise_tmax:g}"
-            )
-        if self.reward_guidance_tmin >= self.reward_guidance_tmax:
-            raise ConfigError(
-                f"reward_guidance_tmin must be below reward_guidance_tmax, "
-                f"got {self.reward_guidance_tmin:g} >= {self.reward_guidance_tmax:g}"
-            )
+        for window in ("cond_noise", "reward_guidance"):  # the t/T windows
+            low, high = getattr(self, f"{window}_tmin"), getattr(self, f"{window}_tmax")
+            if low >= high:
+                raise ConfigError(f"{window}_tmin must be below {window}_tmax, got {low:g} >= {high:g}")
 
     def replace(self, **overrides) -> SamplingSettings:
         """A copy with ``overrides`` (None = keep), checked; ConfigError for an unknown name or a bad value."""

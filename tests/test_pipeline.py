@@ -461,8 +461,18 @@ def test_reward_guidance_uses_the_reward_model_named_in_the_header(ckpts, tmp_pa
     assert (pixels(window.images) == pixels(plain.images)).all()  # the last step is t / T = 0.999
 
     (tmp_path / "rewards" / "r.safetensors").unlink()
+    assert PITIPipeline.from_checkpoints(base, precision="fp32").reward_model is None  # the header asks for none
+    export_model(
+        ckpts[task][0],
+        base,
+        role="base",
+        task=task,
+        sampling={**sampling, "reward_guidance": 0.1},
+        reward_model="rewards/r.safetensors",
+    )
     with pytest.raises(MissingWeightsError, match="reward model"):
         PITIPipeline.from_checkpoints(base, precision="fp32")
+    assert PITIPipeline.from_checkpoints(base, precision="fp32", reward_guidance=0.0).reward_model is None
 
 
 def test_reward_guidance_without_a_reward_model_is_a_clear_error(mask_pipe, ckpts, tmp_path):

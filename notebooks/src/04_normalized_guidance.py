@@ -30,10 +30,11 @@ from piti.evaluation.alignment import judge, sample_heldout
 plotting.setup()
 FAST = plotting.fast_mode()
 STEPS = plotting.pick("25", "4")
-pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")
+# the guidance study at 0.7 of the official noise and without the header's reward guidance (the last section)
+pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32", noise_scale=0.7, reward_guidance=0.0)
 conds = [SynthDataset(length=4, task="mask", seed=7, image_size=64, cond_size=128)[i]["cond"] for i in range(4)]
 print({k: v for k, v in pipe(conds[0], steps="2", upsample=False, progress=False).settings.items()
-       if k in ("guidance", "guidance_mode", "guidance_sigma", "sampler", "noise_scale")})
+       if k in ("guidance", "guidance_mode", "guidance_sigma", "sampler", "noise_scale", "reward_guidance")})
 
 # %% [markdown]
 # **The statistics along a plainly guided run** (w = 5, the toy recipe's strength; the shipped files say 3; 2
@@ -139,3 +140,45 @@ fig.tight_layout()
 # alignment and FID-T up to w = 5; at w = 8 and 12 normalized guidance is slightly worse on both (8 scenes
 # per point). The paper reports its gain for full-size GLIDE models; at toy scale this notebook does not
 # reproduce a gain, and the embedded models' recommended w = 3 lies where the two modes agree.
+
+# %% [markdown]
+# ## Reward guidance: faithfulness without lowering the temperature
+#
+# Guidance by a *reward model* (not official; `reward_guidance`, docs/sampling.md) acts on another axis: at
+# every base step the predicted x0 is moved down the gradient of a small network's disagreement with the
+# condition (here the mask reward model of the consistency-feedback stage, `checkpoints/toy/rewards/`, a
+# segmenter that is not the judge), and epsilon is re-derived from it. The toy models were made faithful by
+# sampling below the posterior's noise (`noise_scale` 0.7), which narrows their variety; reward guidance lets
+# them sample at the official noise. Four 64-px samples of one label map (one seed, the same in every row), in
+# three settings:
+
+# %%
+variants = {"s = 0.7": dict(noise_scale=0.7, reward_guidance=0.0),
+            "s = 1": dict(noise_scale=1.0, reward_guidance=0.0),
+            "s = 1, reward 0.15": dict(noise_scale=1.0, reward_guidance=0.15)}
+samples = plotting.pick(4, 2)
+rows = [pipe(conds[2], num_samples=samples, seed=0, upsample=False, progress=False, steps=STEPS, **kw).images
+        for kw in variants.values()]
+label_map = plotting.condition_pictures("mask", conds[2])["colour map"]
+plotting.image_grid([[label_map] + list(row) for row in rows],
+                    ["label map"] + [f"sample {i + 1}" for i in range(samples)], row_labels=list(variants), size=1.5);
+
+# %% [markdown]
+# And judged as above on held-out scenes (mIoU ratio and FID-T at 64 px):
+
+# %%
+rows = []
+for name, kw in variants.items():
+    data = sample_heldout(pipe, "mask", num, start=100, upsample=False, settings=dict(steps=STEPS, **kw))
+    r = judge(segmenter, data["generated"], data["real"], data["labels"])
+    rows.append([name, r["miou_ratio"], r["fid_t"]])
+display(Markdown(plotting.markdown_table(rows, ["setting", "mIoU ratio", f"FID-T ({num} images)"])))
+
+# %% [markdown]
+# **What the toy model shows.** In the full run committed here (8 scenes), the official noise alone costs
+# the mask model about a quarter of its mIoU ratio against s = 0.7, and the reward's gradient gives most of it
+# back (0.93 against 0.97 and 0.74). It is not free: where the reward model pushes hardest, on small objects such
+# as the sails above, it paints high-frequency patches that a segmenter reads as the right class (FID-T 1.9
+# against 0.9), a reminder that the reward and the judge are networks of the same kind. The model card reports
+# the shipped settings on 50 scenes at 128 px, after the upsampler.
+
