@@ -49,11 +49,10 @@ from piti.errors import CheckpointError, ConfigError, MissingWeightsError
 from piti.precision import Policy, make_policy
 from piti.settings import PROFILES, SamplingSettings, check_names, settings_from_header
 from piti.tasks import TASKS
+from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models live
 
 __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uint8", "toy_checkpoint_paths"]
 
-# Where the embedded default models live (trained by `make toy-models`).
-TOY_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "toy"
 TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together
 
 
@@ -158,6 +157,7 @@ class PITIPipeline:
         defaults: settings that override the profile (e.g. from a checkpoint's header).
         reward_model: a reward model of the task (:class:`piti.train.rewards.RewardNet`) for reward guidance
             (the ``reward_guidance`` setting), or None.
+        notes: notes from loading, added to every call's notes.
     """
 
     def __init__(
@@ -172,6 +172,7 @@ class PITIPipeline:
         profile="fast",
         defaults: dict | None = None,
         reward_model=None,
+        notes: list | None = None,
     ):
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
@@ -204,6 +205,7 @@ class PITIPipeline:
             "reward": getattr(reward_model, "checkpoint_path", None),
         }
         self._diffusions: dict = {}
+        self.load_notes = list(notes or [])
 
     @classmethod
     def from_checkpoints(
@@ -252,8 +254,17 @@ class PITIPipeline:
         official = not header  # official files carry no project header
         sampling = header.get("sampling")
         recommended = settings_from_header(sampling) if isinstance(sampling, dict) else {}
-        needed = float({**recommended, **defaults}.get("reward_guidance") or 0) > 0
+        asked = defaults.get("reward_guidance")  # None: the header's recommendation
+        needed = float(asked) > 0 if asked is not None else False
         reward = _load_reward(reward_model, base, header, base_model.config.task, needed)
+        notes = []
+        if reward is None and asked is None and float(recommended.get("reward_guidance") or 0) > 0:
+            # a file copied without its reward model still samples, without the guidance, and says so
+            recommended = {**recommended, "reward_guidance": 0.0}
+            notes.append(
+                f"the header's reward model {header.get('reward_model')!r} is missing beside {base}: "
+                "sampling without its reward guidance"
+            )
         return cls(
             base_model,
             up_model,
@@ -264,6 +275,7 @@ class PITIPipeline:
             profile=profile or ("official" if official else "fast"),
             defaults={**recommended, **defaults},
             reward_model=reward,
+            notes=notes,
         )
 
     @classmethod
@@ -537,7 +549,7 @@ class PITIPipeline:
         refs, notes = self.prepare_conditions(
             condition, upsample, s, snap=snap, from_photo=sketch_from_photo, source=source
         )
-        notes = list(self.policy.notes) + notes
+        notes = list(self.policy.notes) + self.load_notes + notes
         base_ref = refs[self.base_model.config.cond_size]
 
         # 3. the base model, guided

@@ -30,6 +30,10 @@ from torch import nn
 
 from piti.errors import CheckpointError, MissingWeightsError
 
+# Where the embedded default models live (trained by `make toy-models`); here, in a module that imports no other
+# part of the package, so that the judges and the pipeline can both name it.
+TOY_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "toy"
+
 __all__ = [
     "ENV_VAR",
     "WeightSpec",

@@ -470,8 +470,11 @@ def test_reward_guidance_uses_the_reward_model_named_in_the_header(ckpts, tmp_pa
         sampling={**sampling, "reward_guidance": 0.1},
         reward_model="rewards/r.safetensors",
     )
-    with pytest.raises(MissingWeightsError, match="reward model"):
-        PITIPipeline.from_checkpoints(base, precision="fp32")
+    pipe = PITIPipeline.from_checkpoints(base, precision="fp32")  # recommended by the header only: a note
+    assert pipe.reward_model is None and pipe.defaults.reward_guidance == 0
+    assert any("reward model" in n for n in pipe(CONDITIONS[task](), **kwargs).notes)
+    with pytest.raises(MissingWeightsError, match="reward model"):  # asked for by the caller: an error
+        PITIPipeline.from_checkpoints(base, precision="fp32", reward_guidance=0.1)
     assert PITIPipeline.from_checkpoints(base, precision="fp32", reward_guidance=0.0).reward_model is None
 
 

@@ -349,7 +349,7 @@ def evaluate_segmenter(model: Segmenter, num: int, size: int, render_size: int |
 
 def default_segmenter_path() -> Path:
     """``checkpoints/toy/segmenter.safetensors``, beside the embedded default models."""
-    from piti.pipeline import TOY_CHECKPOINT_DIR
+    from piti.weights import TOY_CHECKPOINT_DIR
 
     return TOY_CHECKPOINT_DIR / "segmenter.safetensors"
 
