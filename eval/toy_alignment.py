@@ -13,7 +13,8 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
 
 * **the task's own controllability**, as a ratio to the same judge on the real images of the same scenes (1 = as
   faithful as the real images): mIoU of the segmenter (mask), Canny edge F1 against the input sketch within 2 px
-  (sketch), RMSE of the toy depth estimator against the input depth (depth; ratio real / generated);
+  (sketch), RMSE of the toy depth estimator against the input depth (depth; ratio real / generated), with its 90%
+  bootstrap interval over the scenes (what another draw of as many scenes could read; docs/evaluation.md);
 * **mIoU** of the segmenter on the generated images against the scene's label map, next to its mIoU on
   the real images of the same scenes, and their ratio, for every task (sketch and depth do not name the classes,
   so this is a looser check for them);
@@ -26,7 +27,8 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
   through the upsampler, judged by the task's own measure (what the upsampler adds or loses where the base is right);
 * with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
   settings and at the same settings with the official sampler's noise (DDPM, ``noise_scale`` 1), their toy feature and
-  pixel diversity and the ratios (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
+  pixel diversity and the ratios, the feature ratio with its 90% bootstrap interval over the conditions
+  (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
 
 With an upsampler, the figures are given at its size (the final images) and at the base size (the 64-px
 base samples, against real scenes reduced as the base model's training data). Writes a JSON file
@@ -44,7 +46,12 @@ from pathlib import Path
 import torch
 
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError, PitiError
-from piti.evaluation.alignment import evaluate_toy_diversity, evaluate_toy_task, evaluate_upsampler_ceiling
+from piti.evaluation.alignment import (
+    evaluate_toy_diversity,
+    evaluate_toy_task,
+    evaluate_upsampler_ceiling,
+    interval_text,
+)
 from piti.evaluation.diversity import FEATURE_NOTE
 from piti.evaluation.fid import FID_T_NOTE
 from piti.evaluation.scenes import HELDOUT_STREAM
@@ -55,10 +62,14 @@ from piti.tasks import TASKS
 
 
 def print_table(results: dict, start: int = 0) -> None:
-    print(f"\n{'task':<7} {'size':>4} {'own measure':>11} {'generated':>9} {'real':>6} {'ratio':>6}")
+    head = f"{'own measure':>11} {'generated':>9} {'real':>6} {'ratio':>6} {'90% interval':>12}"
+    print(f"\n{'task':<7} {'size':>4} {head}")
     for task, r in results.items():
         c = r["control"]
-        print(f"{task:<7} {r['size']:>4} {c['measure']:>11} {c['generated']:9.3f} {c['real']:6.3f} {c['ratio']:6.2f}")
+        print(
+            f"{task:<7} {r['size']:>4} {c['measure']:>11} {c['generated']:9.3f} {c['real']:6.3f} {c['ratio']:6.2f} "
+            f"{interval_text(c.get('ratio_interval')):>12}"
+        )
     for task, r in results.items():
         bands = r["control"].get("by_distance")
         if bands:
@@ -84,7 +95,7 @@ def print_table(results: dict, start: int = 0) -> None:
                 b, u = c["bicubic"], c["upsampler"]
                 print(f"{task:<7} {b['measure'] + ' ratio':<30} {b['ratio']:8.3f} {u['ratio']:10.3f} {1:6.3f}")
     if any("diversity" in r for r in results.values()):
-        head = f"{'features':>9} {'official':>9} {'ratio':>6} {'pixel L1':>9} {'official':>9}"
+        head = f"{'features':>9} {'official':>9} {'ratio':>6} {'90% interval':>12} {'pixel L1':>9} {'official':>9}"
         print(f"\n{'task':<7} {'variety':>8} {head}")
         for task, r in results.items():
             d = r.get("diversity")
@@ -92,7 +103,8 @@ def print_table(results: dict, start: int = 0) -> None:
                 rec, off = d["recommended"], d["official_noise"]
                 print(
                     f"{task:<7} {d['samples']:>4} x{d['num']:<3} {rec['features']:9.4f} {off['features']:9.4f} "
-                    f"{d['features_ratio']:6.2f} {rec['pixel_l1']:9.4f} {off['pixel_l1']:9.4f}"
+                    f"{d['features_ratio']:6.2f} {interval_text(d.get('features_ratio_interval')):>12} "
+                    f"{rec['pixel_l1']:9.4f} {off['pixel_l1']:9.4f}"
                 )
     print(f"\n{'task':<7} {'size':>4} {'mIoU gen':>9} {'mIoU real':>10} {'ratio':>6} {'FID-T':>8} {'s/image':>8}")
     for task, r in results.items():

@@ -291,7 +291,7 @@ def _configure_align(p) -> None:
 
 
 def _run_align(args) -> int:
-    from piti.evaluation.alignment import align_folder
+    from piti.evaluation.alignment import align_folder, interval_text
 
     out = _check_out(args.out)
     r = align_folder(
@@ -312,6 +312,8 @@ def _run_align(args) -> int:
             f"RMSE generated {r['rmse_generated']:.2f} m, real {r['rmse_real']:.2f} m, ratio (real/generated) "
             f"{r['rmse_ratio']:.2f}; AbsRel {r['absrel_generated']:.3f} / {r['absrel_real']:.3f}"
         )
+    if r.get("ratio_interval"):
+        line += f" (90% interval of the ratio over the images {interval_text(r['ratio_interval'])})"
     print(f"{args.task} ({r['num']} images, {r['size']} px): {line}")
     return 0
 

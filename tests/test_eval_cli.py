@@ -163,6 +163,8 @@ def test_align_reports_generated_real_and_ratio(generated, judges, task, tmp_pat
         assert r["edge_f1_ratio"] == pytest.approx(r["edge_f1_generated"] / r["edge_f1_real"])
     if task == "depth":
         assert r["rmse_ratio"] == pytest.approx(r["rmse_real"] / r["rmse_generated"])
+    lo, hi = r["ratio_interval"]  # what another draw of as many images could read
+    assert np.isfinite(lo) and lo <= hi
     assert task in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""mIoU, the Fréchet distance (clean-fid's), FID-T, edge F1 and depth errors."""
+"""mIoU, the Fréchet distance (clean-fid's), FID-T, edge F1, depth errors and the bootstrap interval."""
 
 import warnings
 
@@ -10,15 +10,20 @@ from scipy import linalg
 from piti.errors import ConfigError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.metrics import (
+    bootstrap_interval,
+    class_overlaps,
     confusion_matrix,
     depth_error_shares,
     depth_errors,
     depth_errors_by_range,
+    depth_squared_errors,
+    edge_counts,
     edge_f1,
     feature_statistics,
     frechet_distance,
     iou_from_confusion,
     miou,
+    miou_from_overlaps,
 )
 from piti.evaluation.segmenter import Segmenter, SegmenterConfig
 
@@ -223,3 +228,51 @@ def test_depth_error_shares_by_hand():
     assert depth_error_shares(target, target) == pytest.approx([0.0, 0.0])  # no error: no share, no division by 0
     with pytest.raises(ConfigError, match=r"\(N, H, W\)"):
         depth_error_shares(pred[0], target[0])
+
+
+def test_edge_counts_per_image_sum_to_edge_f1():
+    edges = np.zeros((2, 40, 40), bool)
+    edges[0, 10, 5:35] = edges[1, 5:35, 20] = True
+    pred = edges.copy()
+    pred[1] = False  # image 1: nothing drawn
+    counts = edge_counts(pred, edges)
+    assert counts.tolist() == [[30, 30, 30, 30], [0, 0, 0, 30]]
+    assert edge_f1(pred, edges)["recall"] == pytest.approx(30 / 60) and edge_f1(pred, edges)["precision"] == 1.0
+
+
+def test_depth_squared_errors_per_image_give_the_rmse_back():
+    target = np.array([[[2.0, 4.0], [0.0, 8.0]], [[2.0, 2.0], [2.0, 2.0]]])  # image 0 has a pixel without depth
+    pred = np.array([[[3.0, 4.0], [9.0, 6.0]], [[2.0, 2.0], [2.0, 5.0]]])
+    per = depth_squared_errors(pred, target)
+    assert per.tolist() == [[5.0, 3.0], [9.0, 4.0]]
+    assert np.sqrt(per[:, 0].sum() / per[:, 1].sum()) == pytest.approx(depth_errors(pred, target)["rmse"])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(5, 1, 10), rng.normal(5, 1, 400)
+    lo, hi = bootstrap_interval(np.mean, few)
+    assert lo < few.mean() < hi
+    lo2, hi2 = bootstrap_interval(np.mean, many)
+    assert lo2 < many.mean() < hi2 and hi2 - lo2 < (hi - lo) / 3  # the width falls as 1 / sqrt(n)
+    assert bootstrap_interval(np.mean, few) == (lo, hi)  # seeded
+    assert bootstrap_interval(np.mean, np.full(8, 3.0)) == (3.0, 3.0)
+    # paired: the same indices for every array, so a ratio that holds per item holds on every resampling
+    b = rng.uniform(1, 2, 20)
+    assert bootstrap_interval(lambda x, y: x.mean() / y.mean(), 2 * b, b) == pytest.approx((2.0, 2.0))
+    with pytest.raises(ConfigError, match="same number"):
+        bootstrap_interval(lambda x, y: 0.0, b, b[:5])
+    with pytest.raises(ConfigError, match=">= 2 items"):
+        bootstrap_interval(np.mean, b[:1])
+    with pytest.raises(ConfigError, match="level"):
+        bootstrap_interval(np.mean, b, level=1.5)
+
+
+def test_class_overlaps_per_image_give_the_datasets_miou_back():
+    rng = np.random.default_rng(0)
+    pred, target = rng.integers(0, 5, (6, 16, 16)), rng.integers(0, 5, (6, 16, 16))
+    target[0, :4] = 255  # unlabelled rows
+    per = class_overlaps(pred, target, 5, ignore_index=255)
+    assert per.shape == (6, 2, 5) and (per[:, 0] <= per[:, 1]).all()
+    assert miou_from_overlaps(per) == pytest.approx(miou(pred, target, 5, ignore_index=255))
+    assert miou_from_overlaps(per[2:3]) == pytest.approx(miou(pred[2], target[2], 5))  # any subset of the images

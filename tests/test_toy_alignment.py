@@ -190,10 +190,14 @@ def test_each_task_is_judged_by_its_own_measure(task):
     # the real images judged as if generated: as faithful as the real images
     same = alignment.toy_control(task, {**data, "generated": data["real"]}, seg)
     assert same["measure"] == alignment.CONTROL_MEASURES[task] and same["ratio"] == pytest.approx(1.0)
+    assert same["ratio_interval"] == pytest.approx([1.0, 1.0])  # every resampling of the scenes reads 1
     # other scenes' real images follow these conditions less
     other = heldout_examples(task, 3, 10, 64, 64)["real"]
     worse = alignment.toy_control(task, {**data, "generated": other}, seg)
     assert worse["real"] == same["real"] and worse["ratio"] < 1
+    lo, hi = worse["ratio_interval"]
+    assert 0 <= lo < hi < 1 + 1e-9  # three scenes resolve little, but none of them follows the others' condition
+    assert alignment.interval_text(worse["ratio_interval"]) == f"{lo:.2f}-{hi:.2f}"
     if task == "sketch":
         assert same["real"] > 0.9  # the synthetic sketch is the Canny edges of the image itself
 
@@ -205,11 +209,15 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
     wide = alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 3, upsample=False, settings=settings)
     assert wide["samples"] == 3 and wide["size"] == 64
     assert wide["features_ratio"] == pytest.approx(1.0) and wide["pixel_l1_ratio"] == pytest.approx(1.0)
+    assert wide["features_ratio_interval"] == pytest.approx([1.0, 1.0])
+    assert len(wide["recommended"]["features_per_condition"]) == 2
     narrow = alignment.evaluate_toy_diversity(
         "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "noise_scale": 0.0}
     )
     assert narrow["official_noise"] == wide["official_noise"]  # the reference: the same seeds at noise 1
     assert narrow["pixel_l1_ratio"] < 1 and narrow["features_ratio"] < 1
+    lo, hi = narrow["features_ratio_interval"]  # two conditions: the bounds are each one's own ratio
+    assert lo < narrow["features_ratio"] < hi
     # a deterministic sampler is compared with the official ancestral sampler too, not with itself
     ddim = alignment.evaluate_toy_diversity(
         "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "sampler": "ddim"}

@@ -25,12 +25,17 @@ from piti.errors import ConfigError, DatasetError
 from piti.evaluation.fid import fid_t
 from piti.evaluation.images import condition_picture, save_grid, unit_to_uint8
 from piti.evaluation.metrics import (
+    bootstrap_interval,
+    class_overlaps,
     confusion_matrix,
     depth_error_shares,
     depth_errors,
     depth_errors_by_range,
-    edge_f1,
+    depth_squared_errors,
+    edge_counts,
+    f1_from_counts,
     iou_from_confusion,
+    miou_from_overlaps,
 )
 from piti.evaluation.scenes import heldout_examples
 
@@ -119,15 +124,27 @@ def hed_edges(images: np.ndarray, model, threshold: float = 0.6, batch_size: int
     return np.concatenate(out)
 
 
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else float("nan")
+
+
+def _f1_ratio(gen_counts: np.ndarray, real_counts: np.ndarray) -> float:
+    """Edge-F1 ratio generated / real of per-image :func:`~piti.evaluation.metrics.edge_counts`."""
+    return _ratio(f1_from_counts(gen_counts.sum(0))["f1"], f1_from_counts(real_counts.sum(0))["f1"])
+
+
 def judge_sketch(
     fake_edges: np.ndarray, real_edges: np.ndarray, sketches: np.ndarray, tolerance: int = EDGE_TOLERANCE
 ) -> dict:
-    """Edge F1 of the generated and of the real images' edges against the input ``sketches``, and their ratio."""
-    gen, real = edge_f1(fake_edges, sketches, tolerance), edge_f1(real_edges, sketches, tolerance)
+    """Edge F1 of the generated and of the real images' edges against the input ``sketches``, their ratio, and
+    the ratio's 90% bootstrap interval over the images (``ratio_interval``, :func:`bootstrap_interval`)."""
+    counts = {k: edge_counts(e, sketches, tolerance) for k, e in (("generated", fake_edges), ("real", real_edges))}
+    gen, real = f1_from_counts(counts["generated"].sum(0)), f1_from_counts(counts["real"].sum(0))
     return {
         "edge_f1_generated": gen["f1"],
         "edge_f1_real": real["f1"],
-        "edge_f1_ratio": gen["f1"] / real["f1"] if real["f1"] > 0 else float("nan"),
+        "edge_f1_ratio": _ratio(gen["f1"], real["f1"]),
+        "ratio_interval": _interval(_f1_ratio, counts["generated"], counts["real"]),
         "precision_generated": gen["precision"],
         "recall_generated": gen["recall"],
         "precision_real": real["precision"],
@@ -136,7 +153,22 @@ def judge_sketch(
     }
 
 
+def _interval(stat, *items) -> list[float] | None:
+    """:func:`bootstrap_interval` as a JSON-ready pair; None for fewer than 2 images."""
+    return list(bootstrap_interval(stat, *items)) if len(items[0]) >= 2 else None
+
+
+def interval_text(interval) -> str:
+    """A ratio's interval as printed: ``0.79-0.91``; ``-`` where there is none (one image, or older results)."""
+    return "-" if not interval else f"{interval[0]:.2f}-{interval[1]:.2f}"
+
+
 # ------------------------------------------------------------------------------------------ depth
+
+
+def _rmse_ratio(gen_sq: np.ndarray, real_sq: np.ndarray) -> float:
+    """RMSE ratio real / generated of per-image :func:`~piti.evaluation.metrics.depth_squared_errors`."""
+    return _ratio(np.sqrt(real_sq[:, 0].sum() / real_sq[:, 1].sum()), np.sqrt(gen_sq[:, 0].sum() / gen_sq[:, 1].sum()))
 
 
 WORST_SCENES = 5  # judge_depth lists this many images with the largest share of the squared error
@@ -145,11 +177,13 @@ WORST_SCENES = 5  # judge_depth lists this many images with the largest share of
 def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.ndarray) -> dict:
     """RMSE and AbsRel of ``estimator`` (``predict(images) -> metres (N, H, W)``) on generated and real images
     against the input ``depth`` (metres, 0 = no depth), the ratios real / generated, the RMSE by distance
-    (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each), and the images holding most of
-    the generated images' squared error (``worst_scenes``: index in the batch, its share, the real image's share)."""
+    (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each), the images holding most of
+    the generated images' squared error (``worst_scenes``: index in the batch, its share, the real image's share),
+    and the RMSE ratio's 90% bootstrap interval over the images (``ratio_interval``)."""
     pred_gen, pred_real = estimator.predict(generated), estimator.predict(real)
     gen, real_err = depth_errors(pred_gen, depth), depth_errors(pred_real, depth)
     share_gen, share_real = depth_error_shares(pred_gen, depth), depth_error_shares(pred_real, depth)
+    per_image = [depth_squared_errors(p, depth) for p in (pred_gen, pred_real)]
     worst = np.argsort(-share_gen, kind="stable")[:WORST_SCENES]
     return {
         "worst_scenes": [
@@ -163,6 +197,7 @@ def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.nd
         "rmse_generated": gen["rmse"],
         "rmse_real": real_err["rmse"],
         "rmse_ratio": real_err["rmse"] / gen["rmse"] if gen["rmse"] > 0 else float("nan"),
+        "ratio_interval": _interval(_rmse_ratio, *per_image),
         "absrel_generated": gen["absrel"],
         "absrel_real": real_err["absrel"],
         "absrel_ratio": real_err["absrel"] / gen["absrel"] if gen["absrel"] > 0 else float("nan"),
@@ -216,16 +251,30 @@ def sample_heldout(
 CONTROL_MEASURES = {"mask": "mIoU", "sketch": "edge F1", "depth": "depth RMSE"}  # each task's own judge
 
 
+def _miou_ratio(gen: np.ndarray, real: np.ndarray) -> float:
+    """mIoU ratio generated / real of per-image :func:`~piti.evaluation.metrics.class_overlaps`."""
+    return _ratio(miou_from_overlaps(gen), miou_from_overlaps(real))
+
+
 def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> dict:
     """The task's own controllability of :func:`sample_heldout`'s images at their final size: ``measure``, the
     ``generated`` and ``real`` scores and their ``ratio`` (1 = as faithful as the real images), plus the judge's
     details. mask: the segmenter's mIoU; sketch: Canny edge F1 against the input sketch; depth: the depth
-    estimator's RMSE (metres; ratio real / generated)."""
+    estimator's RMSE (metres; ratio real / generated). ``ratio_interval``: the ratio's 90% bootstrap interval over
+    the scenes (:func:`~piti.evaluation.metrics.bootstrap_interval`), what another draw of as many scenes could read."""
     generated, real = data["generated"], data["real"]
     size = generated.shape[1]
     if task == "mask":
-        r = judge(segmenter, generated, real, data["labels"], with_fid_t=False)
-        return {"measure": "mIoU", "generated": r["miou_generated"], "real": r["miou_real"], "ratio": r["miou_ratio"]}
+        k = segmenter.config.num_classes
+        per = [class_overlaps(segmenter.predict(x), data["labels"], k) for x in (generated, real)]
+        m_gen, m_real = (miou_from_overlaps(o) for o in per)
+        return {
+            "measure": "mIoU",
+            "generated": m_gen,
+            "real": m_real,
+            "ratio": _ratio(m_gen, m_real),
+            "ratio_interval": _interval(_miou_ratio, *per),
+        }
     if task == "sketch":
         from piti.data.conditions import resize_sketch
 
@@ -236,7 +285,7 @@ def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> 
             "generated": r["edge_f1_generated"],
             "real": r["edge_f1_real"],
             "ratio": r["edge_f1_ratio"],
-            **{k: r[k] for k in ("precision_generated", "recall_generated", "tolerance_px")},
+            **{k: r[k] for k in ("ratio_interval", "precision_generated", "recall_generated", "tolerance_px")},
         }
     if task == "depth":
         if depth_estimator is None:
@@ -249,7 +298,8 @@ def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> 
             "generated": r["rmse_generated"],
             "real": r["rmse_real"],
             "ratio": r["rmse_ratio"],
-            **{k: r[k] for k in ("absrel_generated", "absrel_real", "absrel_ratio", "by_distance", "worst_scenes")},
+            **{k: r[k] for k in ("ratio_interval", "absrel_generated", "absrel_real", "absrel_ratio")},
+            **{k: r[k] for k in ("by_distance", "worst_scenes")},
         }
     raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(CONTROL_MEASURES)}")
 
@@ -320,8 +370,8 @@ def evaluate_toy_diversity(
     when empty) and at the same settings with the official ancestral sampler's noise (:data:`OFFICIAL_NOISE`: DDPM,
     the full noise at every step, no condition annealing, no reward guidance). Returns each run's toy feature and
     pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety
-    kept)."""
-    from piti.evaluation.diversity import feature_diversity, pixel_l1_diversity
+    kept), with the feature ratio's 90% bootstrap interval over the conditions (``features_ratio_interval``)."""
+    from piti.evaluation.diversity import feature_distances, pixel_l1_diversity
 
     if samples < 2:
         raise ConfigError(f"diversity needs at least 2 samples per condition, got {samples}")
@@ -330,20 +380,30 @@ def evaluate_toy_diversity(
     cfg = pipe.base_model.config
     size = pipe.upsampler_model.config.image_size if upsample else cfg.image_size
     conds = heldout_examples(task, num, start, size, cfg.cond_size)["cond"]
-    runs = {}
+    runs, per_condition = {}, {}
     for name, extra in (("recommended", {}), ("official_noise", OFFICIAL_NOISE)):
         kwargs = dict(num_samples=samples, upsample=upsample, progress=False, **{**settings, **extra})
         outs = [pipe(c, seed=seed + i, **kwargs) for i, c in enumerate(conds)]
         groups = [np.stack([np.asarray(im) for im in out.images]) for out in outs]
-        runs[name] = {"features": feature_diversity(groups, segmenter), "pixel_l1": pixel_l1_diversity(groups)}
+        per_condition[name] = feature_distances(groups, segmenter)
+        runs[name] = {
+            "features": float(per_condition[name].mean()),
+            "features_per_condition": per_condition[name].tolist(),
+            "pixel_l1": pixel_l1_diversity(groups),
+        }
     return {
         "num": num,
         "samples": samples,
         "size": size,
         **runs,
         "features_ratio": runs["recommended"]["features"] / runs["official_noise"]["features"],
+        "features_ratio_interval": _interval(_mean_ratio, *per_condition.values()),
         "pixel_l1_ratio": runs["recommended"]["pixel_l1"] / runs["official_noise"]["pixel_l1"],
     }
+
+
+def _mean_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    return _ratio(float(a.mean()), float(b.mean()))
 
 
 def evaluate_upsampler_ceiling(
@@ -542,11 +602,13 @@ def align_folder(
         k = max(k, int(pred_gen.max()) + 1, int(pred_real.max()) + 1)
         m_gen = iou_from_confusion(confusion_matrix(pred_gen, truth, k, ignore_index))[0]
         m_real = iou_from_confusion(confusion_matrix(pred_real, truth, k, ignore_index))[0]
+        per = [class_overlaps(p, truth, k, ignore_index) for p in (pred_gen, pred_real)]
         out.update(
             judge=str(judge_path or "checkpoints/toy/segmenter.safetensors"),
             miou_generated=m_gen,
             miou_real=m_real,
-            miou_ratio=m_gen / m_real if m_real > 0 else float("nan"),
+            miou_ratio=_ratio(m_gen, m_real),
+            ratio_interval=_interval(_miou_ratio, *per),
         )
     elif task == "depth":
         out.update(

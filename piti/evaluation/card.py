@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from piti.errors import DatasetError
+from piti.evaluation.alignment import interval_text
 from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
 
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
@@ -152,14 +153,16 @@ def markdown(card: dict) -> str:
         if controls:
             lines += [
                 "Each task by its own measure, against the same judge on the real images (ratio: 1 = as faithful "
-                "as the real images; for the depth RMSE, real / generated):",
+                "as the real images; for the depth RMSE, real / generated; the 90% interval: what another draw of as "
+                "many scenes could read, a percentile bootstrap over the scenes):",
                 "",
-                "| task | measure | generated | real | ratio |",
-                "| --- | --- | ---: | ---: | ---: |",
+                "| task | measure | generated | real | ratio | 90% interval |",
+                "| --- | --- | ---: | ---: | ---: | ---: |",
             ]
             for task, c in controls.items():
                 lines.append(
-                    f"| {task} | {c['measure']} | {c['generated']:.3f} | {c['real']:.3f} | **{c['ratio']:.2f}** |"
+                    f"| {task} | {c['measure']} | {c['generated']:.3f} | {c['real']:.3f} | **{c['ratio']:.2f}** | "
+                    f"{interval_text(c.get('ratio_interval'))} |"
                 )
             lines += ["", "Every task by the segmenter (mIoU against the scenes' label maps) and FID-T:", ""]
         lines += [
@@ -201,16 +204,18 @@ def markdown(card: dict) -> str:
                 f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions at the "
                 f"recommended settings and with the official sampler's noise (DDPM, `noise_scale` 1, no condition "
                 "annealing or reward guidance); "
-                "mean distance between the samples of a condition (toy feature distance; pixel L1 at 64 px):",
+                "mean distance between the samples of a condition (toy feature distance, with the 90% bootstrap "
+                "interval of the share kept over the conditions; pixel L1 at 64 px):",
                 "",
-                "| task | features, recommended | features, official noise | kept | pixel L1, recommended | "
-                "pixel L1, official noise | kept |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| task | features, recommended | features, official noise | kept | 90% interval | "
+                "pixel L1, recommended | pixel L1, official noise | kept |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
             for task, d in variety.items():
                 rec, off = d["recommended"], d["official_noise"]
                 lines.append(
                     f"| {task} | {rec['features']:.4f} | {off['features']:.4f} | **{d['features_ratio']:.2f}** | "
+                    f"{interval_text(d.get('features_ratio_interval'))} | "
                     f"{rec['pixel_l1']:.4f} | {off['pixel_l1']:.4f} | {d['pixel_l1_ratio']:.2f} |"
                 )
             lines += ["", f"{align['diversity_note']}."]

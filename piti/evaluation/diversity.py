@@ -78,8 +78,8 @@ def feature_distance(segmenter, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def feature_diversity(samples, segmenter, size: int = 64) -> float:
-    """Mean pairwise :func:`feature_distance` between the samples of each condition, averaged over the conditions.
+def feature_distances(samples, segmenter, size: int = 64) -> np.ndarray:
+    """Per condition (num_conditions,), the mean pairwise :func:`feature_distance` between its samples.
 
     ``samples``: a list of uint8 stacks (K, S, S, 3), K >= 2, one per condition; images reduced to ``size`` (area)."""
     import torch.nn.functional as F
@@ -97,7 +97,12 @@ def feature_diversity(samples, segmenter, size: int = 64) -> float:
             per.append(float(feature_distance(segmenter, x[list(i)], x[list(j)]).mean()))
     finally:
         segmenter.train(was_training)
-    return float(np.mean(per))
+    return np.asarray(per)
+
+
+def feature_diversity(samples, segmenter, size: int = 64) -> float:
+    """:func:`feature_distances` averaged over the conditions."""
+    return float(np.mean(feature_distances(samples, segmenter, size)))
 
 
 def pixel_l1_diversity(samples) -> float:

@@ -3,6 +3,7 @@
 * :func:`miou` (and its confusion matrix): how well a segmenter's prediction matches a label map;
 * :func:`edge_f1`: how well two edge maps agree within a pixel tolerance (the sketch task's score);
 * :func:`depth_errors`: RMSE and AbsRel of a predicted depth map against the true one (the depth task's);
+* :func:`bootstrap_interval`: how much a score over a few scenes would move on another draw of them;
 * :func:`frechet_distance`: clean-fid's, the one Fréchet implementation of the project (FID-I, FID-C and
   FID-T all go through it; :mod:`piti.evaluation.fid`).
 """
@@ -62,6 +63,25 @@ def iou_from_confusion(conf: np.ndarray) -> tuple[float, np.ndarray]:
     if np.isnan(iou).all():
         raise ConfigError("mIoU is undefined: no pixel was counted (empty input, or every pixel ignored)")
     return float(np.nanmean(iou)), iou
+
+
+def class_overlaps(pred, target, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Per image, each class's intersection (TP) and union (TP + FP + FN): int64 (N, 2, K) for (N, H, W) label
+    maps. Summed over the images they give :func:`iou_from_confusion`'s IoU (:func:`miou_from_overlaps`), so that a
+    score over a set of images can be recomputed on any subset of them."""
+    out = []
+    for p, t in zip(_as_labels(pred, "pred"), _as_labels(target, "target")):
+        conf = confusion_matrix(p, t, num_classes, ignore_index)
+        tp = np.diag(conf)
+        out.append([tp, conf.sum(0) + conf.sum(1) - tp])
+    return np.asarray(out, np.int64).reshape(-1, 2, num_classes)
+
+
+def miou_from_overlaps(overlaps: np.ndarray) -> float:
+    """mIoU of summed :func:`class_overlaps` (classes with an empty union left out); NaN when none is present."""
+    inter, union = np.asarray(overlaps).sum(0)
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
 
 
 def miou(pred, target, num_classes: int, ignore_index: int | None = None) -> float:
@@ -129,6 +149,34 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 # ------------------------------------------------------------------------------------------ sketch
 
 
+def edge_counts(pred, target, tolerance: int = 2) -> np.ndarray:
+    """Per-image counts of :func:`edge_f1` (int64 (N, 4): matched predicted edge pixels, predicted edge pixels,
+    found target edge pixels, target edge pixels) of edge maps (H, W) or stacks (N, H, W)."""
+    pred, target = np.asarray(pred) > 0, np.asarray(target) > 0
+    if pred.shape != target.shape:
+        raise ConfigError(f"edge maps differ in shape: {pred.shape} vs {target.shape}")
+    if pred.ndim == 2:
+        pred, target = pred[None], target[None]
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    counts = []
+    for p, t in zip(pred, target):
+        # distance of every pixel to the nearest edge pixel of the other map (inf when that map is empty)
+        dist_t = ndimage.distance_transform_edt(~t) if t.any() else np.full(t.shape, np.inf)
+        dist_p = ndimage.distance_transform_edt(~p) if p.any() else np.full(p.shape, np.inf)
+        counts.append([(dist_t[p] <= tolerance).sum(), p.sum(), (dist_p[t] <= tolerance).sum(), t.sum()])
+    return np.asarray(counts, np.int64).reshape(-1, 4)
+
+
+def f1_from_counts(counts) -> dict:
+    """``{"f1", "precision", "recall"}`` of summed :func:`edge_counts` (4,); with no edge in either map, F1 is 1."""
+    hit_p, n_p, hit_t, n_t = (int(c) for c in counts)
+    precision = hit_p / n_p if n_p else float(n_t == 0)
+    recall = hit_t / n_t if n_t else float(n_p == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall}
+
+
 def edge_f1(pred, target, tolerance: int = 2) -> dict:
     """Edge F1 of the edge map ``pred`` against ``target`` (boolean or 0/255 arrays (H, W), or stacks (N, H, W)).
 
@@ -138,25 +186,7 @@ def edge_f1(pred, target, tolerance: int = 2) -> dict:
     (dataset-level, as mIoU). Returns ``{"f1", "precision", "recall", "tolerance"}``; with no edge in either
     map, F1 is 1 (both empty) and precision/recall follow.
     """
-    pred, target = np.asarray(pred) > 0, np.asarray(target) > 0
-    if pred.shape != target.shape:
-        raise ConfigError(f"edge maps differ in shape: {pred.shape} vs {target.shape}")
-    if pred.ndim == 2:
-        pred, target = pred[None], target[None]
-    if tolerance < 0:
-        raise ConfigError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    hit_p = hit_t = 0
-    for p, t in zip(pred, target):
-        # distance of every pixel to the nearest edge pixel of the other map (inf when that map is empty)
-        dist_t = ndimage.distance_transform_edt(~t) if t.any() else np.full(t.shape, np.inf)
-        dist_p = ndimage.distance_transform_edt(~p) if p.any() else np.full(p.shape, np.inf)
-        hit_p += int((dist_t[p] <= tolerance).sum())
-        hit_t += int((dist_p[t] <= tolerance).sum())
-    n_p, n_t = int(pred.sum()), int(target.sum())
-    precision = hit_p / n_p if n_p else float(n_t == 0)
-    recall = hit_t / n_t if n_t else float(n_p == 0)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"f1": f1, "precision": precision, "recall": recall, "tolerance": tolerance}
+    return {**f1_from_counts(edge_counts(pred, target, tolerance).sum(0)), "tolerance": tolerance}
 
 
 # ------------------------------------------------------------------------------------------ depth
@@ -187,13 +217,20 @@ def depth_errors(pred, target, valid=None) -> dict:
     }
 
 
+def depth_squared_errors(pred, target) -> np.ndarray:
+    """Per image, the summed squared error (metres^2) over the valid pixels and their number: float64 (N, 2) for
+    (N, H, W) arrays (``sqrt(sum of column 0 / sum of column 1)`` is :func:`depth_errors`' RMSE)."""
+    pred, target, valid = _depth_pair(pred, target)
+    if pred.ndim != 3:
+        raise ConfigError(f"per-image depth errors need (N, H, W) depth maps, got shape {pred.shape}")
+    sq = np.where(valid, (pred - target) ** 2, 0.0).reshape(len(pred), -1).sum(1)
+    return np.stack([sq, valid.reshape(len(pred), -1).sum(1)], 1)
+
+
 def depth_error_shares(pred, target) -> np.ndarray:
     """Each image's share of the squared error of :func:`depth_errors` (all images together): (N,) for (N, H, W)
     arrays, so that an RMSE that is a few scenes' doing shows as such."""
-    pred, target, valid = _depth_pair(pred, target)
-    if pred.ndim != 3:
-        raise ConfigError(f"depth_error_shares needs (N, H, W) depth maps, got shape {pred.shape}")
-    sq = np.where(valid, (pred - target) ** 2, 0.0).reshape(len(pred), -1).sum(1)
+    sq = depth_squared_errors(pred, target)[:, 0]
     return sq / sq.sum() if sq.sum() > 0 else sq
 
 
@@ -221,3 +258,23 @@ def depth_errors_by_range(pred, target, edges=DEPTH_RANGES) -> list[dict]:
             }
         )
     return bands
+
+
+# ------------------------------------------------------------------------------------------ resolution
+
+
+def bootstrap_interval(stat, *items, num: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(*items)`` over the items' first axis (scenes, conditions): ``num``
+    resamplings with replacement, the same indices for every array (paired), the central ``level`` share of
+    the values. What a score would read on another draw of as many scenes; not a bound on the judge's own error."""
+    items = [np.asarray(a) for a in items]
+    n = len(items[0]) if items else 0
+    if n < 2 or any(len(a) != n for a in items):
+        sizes = [len(a) for a in items]
+        raise ConfigError(f"bootstrap_interval needs >= 2 items, the same number in each array, got {sizes}")
+    if not 0 < level < 1 or num < 1:
+        raise ConfigError(f"bootstrap_interval needs 0 < level < 1 and num >= 1, got {level}, {num}")
+    rng = np.random.default_rng(seed)
+    values = [stat(*(a[idx] for a in items)) for idx in rng.integers(0, n, size=(num, n))]
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
