@@ -600,9 +600,10 @@ def align_folder(
         )
         pred_gen, pred_real = judge_model.predict(fake), judge_model.predict(real)
         k = max(k, int(pred_gen.max()) + 1, int(pred_real.max()) + 1)
-        m_gen = iou_from_confusion(confusion_matrix(pred_gen, truth, k, ignore_index))[0]
-        m_real = iou_from_confusion(confusion_matrix(pred_real, truth, k, ignore_index))[0]
-        per = [class_overlaps(p, truth, k, ignore_index) for p in (pred_gen, pred_real)]
+        per = [class_overlaps(p, truth, k, ignore_index) for p in (pred_gen, pred_real)]  # per image, for the interval
+        m_gen, m_real = (miou_from_overlaps(o) for o in per)
+        if np.isnan(m_real):  # the truth holds no counted pixel
+            raise ConfigError("mIoU is undefined: no pixel was counted (every ground-truth pixel is ignored)")
         out.update(
             judge=str(judge_path or "checkpoints/toy/segmenter.safetensors"),
             miou_generated=m_gen,

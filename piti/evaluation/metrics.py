@@ -57,12 +57,16 @@ def iou_from_confusion(conf: np.ndarray) -> tuple[float, np.ndarray]:
     """
     conf = np.asarray(conf, dtype=np.float64)
     tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp  # TP + FP + FN
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
+    iou = _iou(tp, conf.sum(0) + conf.sum(1) - tp)  # union: TP + FP + FN
     if np.isnan(iou).all():
         raise ConfigError("mIoU is undefined: no pixel was counted (empty input, or every pixel ignored)")
     return float(np.nanmean(iou)), iou
+
+
+def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """Per-class IoU, NaN where a class has an empty union."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
 
 
 def class_overlaps(pred, target, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
@@ -79,9 +83,8 @@ def class_overlaps(pred, target, num_classes: int, ignore_index: int | None = No
 
 def miou_from_overlaps(overlaps: np.ndarray) -> float:
     """mIoU of summed :func:`class_overlaps` (classes with an empty union left out); NaN when none is present."""
-    inter, union = np.asarray(overlaps).sum(0)
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
+    iou = _iou(*np.asarray(overlaps, np.float64).sum(0))
+    return float("nan") if np.isnan(iou).all() else float(np.nanmean(iou))
 
 
 def miou(pred, target, num_classes: int, ignore_index: int | None = None) -> float:
