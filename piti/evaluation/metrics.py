@@ -55,12 +55,16 @@ def iou_from_confusion(conf: np.ndarray) -> tuple[float, np.ndarray]:
     A class absent from both prediction and target (TP + FP + FN = 0) has IoU NaN and is left
     out of the mean. Raises ConfigError when no class is present at all.
     """
-    conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diag(conf)
-    iou = _iou(tp, conf.sum(0) + conf.sum(1) - tp)  # union: TP + FP + FN
+    iou = _iou(*_overlaps(np.asarray(conf, dtype=np.float64)))
     if np.isnan(iou).all():
         raise ConfigError("mIoU is undefined: no pixel was counted (empty input, or every pixel ignored)")
     return float(np.nanmean(iou)), iou
+
+
+def _overlaps(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's intersection (TP) and union (TP + FP + FN) of a confusion matrix."""
+    tp = np.diag(conf)
+    return tp, conf.sum(0) + conf.sum(1) - tp
 
 
 def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -75,9 +79,7 @@ def class_overlaps(pred, target, num_classes: int, ignore_index: int | None = No
     score over a set of images can be recomputed on any subset of them."""
     out = []
     for p, t in zip(_as_labels(pred, "pred"), _as_labels(target, "target")):
-        conf = confusion_matrix(p, t, num_classes, ignore_index)
-        tp = np.diag(conf)
-        out.append([tp, conf.sum(0) + conf.sum(1) - tp])
+        out.append(_overlaps(confusion_matrix(p, t, num_classes, ignore_index)))
     return np.asarray(out, np.int64).reshape(-1, 2, num_classes)
 
 
