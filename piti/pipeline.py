@@ -374,6 +374,9 @@ class PITIPipeline:
             stats=settings.guidance_stats,
             sigma=settings.guidance_sigma,
             anneal=anneal,
+            tmin=settings.guidance_tmin,
+            tmax=settings.guidance_tmax,
+            num_timesteps=self.base_model.config.diffusion_steps,
         )
         if settings.reward_guidance == 0:
             return denoise

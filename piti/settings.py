@@ -110,6 +110,16 @@ class SamplingSettings:
         "normalized guidance: the guided eps's std measured, or the paper's analytic sqrt((1+w)^2 s_c^2 + w^2 s_u^2)",
         choices=SIGMAS,
     )
+    guidance_tmin: float = _setting(
+        0.0, "guidance interval: guidance applies from this fraction of the process, t/T (0 = official)", low=0.0, high=1.0
+    )
+    guidance_tmax: float = _setting(
+        1.0,
+        "guidance interval: guidance applies below this fraction t/T; the steps outside run the conditional "
+        "prediction alone (1 = official)",
+        low=0.0,
+        high=1.0,
+    )
     cond_noise: float = _setting(
         0.0,
         "condition annealing (CADS): noise mixed into the encoded condition at the early base steps, 0 = none",
@@ -167,7 +177,7 @@ class SamplingSettings:
     def __post_init__(self):
         for spec in setting_specs().values():
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
-        for window in ("cond_noise", "reward_guidance"):  # the t/T windows
+        for window in ("guidance", "cond_noise", "reward_guidance"):  # the t/T windows
             low, high = getattr(self, f"{window}_tmin"), getattr(self, f"{window}_tmax")
             if low >= high:
                 raise ConfigError(f"{window}_tmin must be below {window}_tmax, got {low:g} >= {high:g}")

@@ -162,6 +162,22 @@ def test_bad_guidance_settings():
         guided_denoiser(model, cond, {"shift": torch.zeros(3, 3), "gain": null["gain"]}, 1.0)
 
 
+def test_guidance_interval_runs_the_conditional_batch_alone_outside_it():
+    model = ToyConditional()
+    cond, null = toy_conds()
+    full = guided_denoiser(ToyConditional(), cond, null, 1.5)
+    denoise = guided_denoiser(model, cond, null, 1.5, tmin=0.2, tmax=0.8, num_timesteps=1000)
+    x_t = torch.randn(2, 3, 8, 8)
+    for t, inside in ((100.0, False), (200.0, True), (500.0, True), (799.0, True), (800.0, False), (999.0, False)):
+        ts = torch.full((2,), t)
+        out = denoise(x_t, ts)
+        assert model.batches[-1][0] == (4 if inside else 2)  # the null half only inside the interval
+        expected = full(x_t, ts) if inside else ToyConditional()(x_t, ts, cond)
+        assert torch.equal(out, expected)
+    with pytest.raises(ConfigError, match="guidance interval"):
+        guided_denoiser(model, cond, null, 1.5, tmin=0.8, tmax=0.8)
+
+
 def test_anneal_weight_is_one_below_tmin_zero_above_tmax_and_linear_between():
     assert [anneal_weight(f, 0.5, 0.9) for f in (0.0, 0.5, 0.7, 0.9, 1.0)] == pytest.approx([1, 1, 0.5, 0, 0])
 

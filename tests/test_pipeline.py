@@ -227,6 +227,16 @@ def test_condition_annealing_varies_the_samples_reproducibly(mask_pipe):
         mask_pipe(synth_mask(), cond_noise=1.0, cond_noise_tmin=0.9, cond_noise_tmax=0.5, **FEW)
 
 
+def test_a_guidance_interval_that_holds_no_step_is_no_guidance(mask_pipe):
+    kwargs = dict(seed=4, sampler="ddpm", upsample=False, **FEW)
+    unguided = mask_pipe(synth_mask(), guidance=0.0, **kwargs)
+    outside = mask_pipe(synth_mask(), guidance=3.0, guidance_tmin=0.9995, **kwargs)  # the first (noisiest) step is t/T 0.999
+    inside = mask_pipe(synth_mask(), guidance=3.0, guidance_tmax=0.5, **kwargs)
+    assert (pixels(outside.base_images) == pixels(unguided.base_images)).all()
+    assert (pixels(inside.base_images) != pixels(unguided.base_images)).any()
+    assert outside.settings["guidance_tmin"] == 0.9995
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
 def test_guidance_zero_equals_the_conditional_sampler(mask_pipe, sampler):
     """Guidance 0 (paper w, the official s = 1) runs the plain conditional model, nothing else."""

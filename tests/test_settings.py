@@ -107,7 +107,9 @@ def test_each_sampler_gets_its_own_knobs_from_the_settings():
         sampler_options("heun", s)
 
 
-def test_the_annealing_and_reward_windows_must_be_open():
+def test_the_guidance_annealing_and_reward_windows_must_be_open():
+    with pytest.raises(ConfigError, match="guidance_tmin must be below"):
+        SamplingSettings(guidance_tmin=0.8, guidance_tmax=0.2)
     with pytest.raises(ConfigError, match="cond_noise_tmin must be below"):
         SamplingSettings(cond_noise=1.0, cond_noise_tmin=0.9, cond_noise_tmax=0.9)
     with pytest.raises(ConfigError, match="reward_guidance_tmin must be below"):

@@ -46,6 +46,8 @@ SETTING_KEYS = (
     "guidance_mode",
     "guidance_w",
     "guidance_stats",
+    "guidance_tmin",
+    "guidance_tmax",
     "sampler",
     "steps",
     "upsample_sampler",
@@ -344,10 +346,12 @@ def evaluate_toy_task(
     return result
 
 
-# the variety check's reference: the official ancestral sampler's noise, the condition as it is (no annealing),
-# no reward guidance
+# the variety check's reference: the official ancestral sampler's noise, guidance at every step, the condition as it
+# is (no annealing), no reward guidance
 OFFICIAL_NOISE = {
     "sampler": "ddpm",
+    "guidance_tmin": 0.0,
+    "guidance_tmax": 1.0,
     "noise_scale": 1.0,
     "noise_scale_tmax": 1.0,
     "cond_noise": 0.0,
