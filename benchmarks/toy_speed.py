@@ -5,15 +5,17 @@
     python benchmarks/toy_speed.py --quick             # one task, 2 + 2 steps, one call: checks the script
     python benchmarks/toy_speed.py --tasks mask --reps 3 --profile   # and torch.profiler's top operators
     python benchmarks/toy_speed.py --tasks depth --no-reward         # and "now" without the header's reward guidance
+    python benchmarks/toy_speed.py --variant guidance_tmax=1          # and "now" at other settings (repeatable)
 
 One image per call (base + upsampler), as a user runs it: ``PITIPipeline.from_checkpoints(task=...)`` with the
 checkpoint's recommended settings (``--steps``/``--upsample-steps`` override them). The time of the whole call
 is given with its split into the base model (guided, batch 2) and the upsampler, median over ``--reps``
 calls after ``--warm`` warm-up calls. Two worker processes hold the pipelines: ``now`` runs the code as it
 is; ``before`` the path before the CPU fixes of ``piti.precision`` (GroupNorms through an fp32 copy, glibc's
-default allocator); with ``--no-reward`` a third, ``now, no reward``, runs ``now`` with ``reward_guidance`` 0, the
-cost of the headers' reward guidance beside it. Call i uses seed i, and each variant's images are compared with
-fp32 before's of the same seeds (mean absolute difference of the 8-bit pixels). The calls go round-robin over
+default allocator); each ``--variant K=V,K=V`` adds a worker that runs ``now`` at those sampling settings, named
+by them (``--no-reward`` is ``--variant reward_guidance=0``: the cost of the headers' reward guidance). Call i
+uses seed i, and each variant's images are compared with fp32 before's of the same seeds (mean absolute difference
+of the 8-bit pixels). The calls go round-robin over
 tasks, precisions and workers, so a busy machine slows every variant alike; the load average is printed at start
 and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX) unless ``--precisions`` asks.
 """
@@ -33,10 +35,25 @@ import time
 import numpy as np
 import torch
 
+from piti.errors import ConfigError
 from piti.precision import cpu_has_native_bf16
 
 WORKERS = ("before", "now")
-NO_REWARD = "now, no reward"  # the optional third worker
+
+
+def parse_variant(text: str) -> dict:
+    """``"guidance_tmax=1,steps=20"`` -> the sampling settings it names, each checked by its declaration."""
+    from piti.settings import setting_specs
+
+    specs, out = setting_specs(), {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in specs:
+            raise ConfigError(f"--variant takes NAME=VALUE pairs of sampling settings, got {item!r}")
+        out[name.strip()] = specs[name.strip()].check(value.strip())
+    if not out:
+        raise ConfigError("--variant names no setting")
+    return out
 
 
 def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str) -> None:
@@ -50,8 +67,8 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
     torch.set_num_threads(threads)
     if name == "before":
         pol.tune_malloc = lambda: False  # glibc's default allocator, as before
-    if name == NO_REWARD:
-        overrides = {**overrides, "reward_guidance": 0.0}
+    if name not in WORKERS:  # a variant: "now" at the settings its name lists
+        overrides = {**overrides, **parse_variant(name)}
     scene = ds.write_examples(folder, 1, 128, "synth")[0]
     conditions = {"mask": scene.colormap, "sketch": scene.sketch, "depth": scene.depth}
     pipes = {}
@@ -88,6 +105,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="mask only, 2 + 2 steps, one call: checks the script")
     p.add_argument("--profile", action="store_true", help="then profile one call of the first task, each variant")
     p.add_argument("--no-reward", action="store_true", help="also run 'now' without reward guidance (its cost)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also run 'now' at these settings, e.g. guidance_tmax=0.8,steps=20",
+    )
     args = p.parse_args(argv)
     native = cpu_has_native_bf16()
     precisions = (args.precisions or ("fp32,bf16" if native else "fp32")).split(",")
@@ -96,6 +119,12 @@ def main(argv=None) -> int:
     if args.quick:
         tasks, args.reps, args.warm, overrides = tasks[:1], 1, 0, {"steps": "2", "upsample_steps": "2"}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    variants = args.variant + (["reward_guidance=0"] if args.no_reward else [])
+    try:
+        for variant in variants:
+            parse_variant(variant)  # checked before the workers start
+    except ConfigError as err:
+        p.error(str(err))
     if not set(tasks) <= {"mask", "sketch", "depth"} or not set(precisions) <= {"fp32", "bf16"}:
         p.error("tasks are mask, sketch, depth; precisions fp32, bf16")
 
@@ -108,7 +137,7 @@ def main(argv=None) -> int:
     )
     ctx, workers = mp.get_context("spawn"), {}
     with tempfile.TemporaryDirectory(prefix="piti-toy-speed-") as folder:
-        for name in WORKERS + ((NO_REWARD,) if args.no_reward else ()):
+        for name in WORKERS + tuple(variants):
             conn, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, name, tasks, precisions, args.threads, overrides, folder))
             proc.start()

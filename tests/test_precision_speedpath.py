@@ -111,7 +111,10 @@ def test_toy_speed_benchmark_quick_runs():
     # the script's plumbing only: speed is never asserted
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_speed.py"
     run = subprocess.run(
-        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", "--no-reward"],
+        [
+            *(sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", "--no-reward"),
+            *("--variant", "guidance_tmax=0.5"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,6 +122,8 @@ def test_toy_speed_benchmark_quick_runs():
     )
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
-    assert [r.split("|")[3].strip() for r in rows] == ["before", "now", "now, no reward"]
+    assert [r.split("|")[3].strip() for r in rows] == ["before", "now", "guidance_tmax=0.5", "reward_guidance=0"]
     assert rows[0].split("|")[-2].strip() == "0.00"  # fp32 before against itself
     assert "load average" in run.stdout and "native bf16" in run.stdout
+    bad = subprocess.run([sys.executable, str(script), "--quick", "--variant", "guidance_tmax=2"], capture_output=True)
+    assert bad.returncode == 2 and b"guidance_tmax must be in [0, 1]" in bad.stderr
