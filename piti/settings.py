@@ -111,7 +111,10 @@ class SamplingSettings:
         choices=SIGMAS,
     )
     guidance_tmin: float = _setting(
-        0.0, "guidance interval: guidance applies from this fraction of the process, t/T (0 = official)", low=0.0, high=1.0
+        0.0,
+        "guidance interval: guidance applies from this fraction of the process, t/T (0 = official)",
+        low=0.0,
+        high=1.0,
     )
     guidance_tmax: float = _setting(
         1.0,

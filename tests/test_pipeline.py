@@ -230,7 +230,8 @@ def test_condition_annealing_varies_the_samples_reproducibly(mask_pipe):
 def test_a_guidance_interval_that_holds_no_step_is_no_guidance(mask_pipe):
     kwargs = dict(seed=4, sampler="ddpm", upsample=False, **FEW)
     unguided = mask_pipe(synth_mask(), guidance=0.0, **kwargs)
-    outside = mask_pipe(synth_mask(), guidance=3.0, guidance_tmin=0.9995, **kwargs)  # the first (noisiest) step is t/T 0.999
+    # the first (noisiest) step is t/T 0.999
+    outside = mask_pipe(synth_mask(), guidance=3.0, guidance_tmin=0.9995, **kwargs)
     inside = mask_pipe(synth_mask(), guidance=3.0, guidance_tmax=0.5, **kwargs)
     assert (pixels(outside.base_images) == pixels(unguided.base_images)).all()
     assert (pixels(inside.base_images) != pixels(unguided.base_images)).any()

@@ -205,7 +205,9 @@ def test_each_task_is_judged_by_its_own_measure(task):
 def test_variety_check_compares_with_the_official_noise(segmenter_file):
     pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")  # the embedded model: a trained one
     seg = load_segmenter(segmenter_file)
-    settings = dict(sampler="ddpm", steps="6", noise_scale=1.0, reward_guidance=0.0)  # not the header's
+    settings = dict(
+        sampler="ddpm", steps="6", noise_scale=1.0, reward_guidance=0.0, guidance_tmax=1.0
+    )  # not the header's
     wide = alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 3, upsample=False, settings=settings)
     assert wide["samples"] == 3 and wide["size"] == 64
     assert wide["features_ratio"] == pytest.approx(1.0) and wide["pixel_l1_ratio"] == pytest.approx(1.0)
@@ -233,6 +235,11 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
         "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "reward_guidance": 0.15}
     )
     assert rewarded["official_noise"] == wide["official_noise"] and rewarded["recommended"] != wide["recommended"]
+    # ... and a guidance interval
+    interval = alignment.evaluate_toy_diversity(
+        "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "guidance_tmax": 0.5}
+    )
+    assert interval["official_noise"] == wide["official_noise"] and interval["recommended"] != wide["recommended"]
     with pytest.raises(ConfigError, match="at least 2"):
         alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 1, upsample=False, settings=settings)
 
