@@ -16,7 +16,8 @@ default allocator); each ``--variant K=V,K=V`` adds a worker that runs ``now`` a
 by them (``--no-reward`` is ``--variant reward_guidance=0``: the cost of the headers' reward guidance). Call i
 uses seed i, and each variant's images are compared with fp32 before's of the same seeds (mean absolute difference
 of the 8-bit pixels). The calls go round-robin over tasks, precisions and workers, so a busy machine slows every
-variant alike; the load average is printed at start and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX) unless ``--precisions`` asks.
+variant alike; the load average is printed at start and end. bf16 runs only where the CPU computes it natively
+(AVX512-BF16 or AMX) unless ``--precisions`` asks.
 """
 
 from __future__ import annotations
