@@ -49,6 +49,12 @@ def _check(name: str, value: str, allowed: tuple) -> None:
         raise ConfigError(f"unknown guidance {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
+def _check_window(what: str, tmin: float, tmax: float) -> None:
+    """A t/T window [tmin, tmax) must be open and within [0, 1]."""
+    if not 0.0 <= tmin < tmax <= 1.0:
+        raise ConfigError(f"{what} needs 0 <= tmin < tmax <= 1, got tmin={tmin:g}, tmax={tmax:g}")
+
+
 def plain_guidance(eps_c, eps_u, w):
     """Classifier-free guidance: eps_c + w (eps_c - eps_u) (Ho & Salimans 2021, Eq. 6)."""
     if w == 0:
@@ -109,8 +115,7 @@ def condition_annealer(noise: float, tmin: float, tmax: float, num_timesteps: in
     (fractions of the trained process of ``num_timesteps`` steps); None when ``noise`` is 0."""
     if noise == 0:
         return None
-    if not 0.0 <= tmin < tmax <= 1.0:
-        raise ConfigError(f"condition annealing needs 0 <= tmin < tmax <= 1, got tmin={tmin:g}, tmax={tmax:g}")
+    _check_window("condition annealing", tmin, tmax)
 
     def anneal(cond, t):
         return anneal_condition(cond, anneal_weight(float(t[0]) / num_timesteps, tmin, tmax), noise, generator)
@@ -167,8 +172,7 @@ def guided_denoiser(
     _check("statistics", stats, STATS)
     _check("sigma", sigma, SIGMAS)
     w = float(w)
-    if not 0.0 <= tmin < tmax <= 1.0:
-        raise ConfigError(f"the guidance interval needs 0 <= tmin < tmax <= 1, got tmin={tmin:g}, tmax={tmax:g}")
+    _check_window("the guidance interval", tmin, tmax)
 
     def conditional(x_t, t):
         return model_fn(x_t, t, cond if anneal is None else anneal(cond, t))
@@ -206,8 +210,9 @@ def reward_guided(denoise, loss_fn, alphas_cumprod, scale, tmin=0.0, tmax=1.0, r
     ``tmin <= t / T < tmax``. ``rescaled``: the network's timesteps are ``t * 1000 / T`` (GLIDE's convention).
     ``scale`` 0 returns ``denoise`` unchanged.
     """
-    if scale < 0 or not 0.0 <= tmin < tmax <= 1.0:
-        raise ConfigError(f"reward guidance needs scale >= 0 and 0 <= tmin < tmax <= 1, got {scale}, {tmin}, {tmax}")
+    if scale < 0:
+        raise ConfigError(f"reward guidance needs scale >= 0, got {scale}")
+    _check_window("reward guidance", tmin, tmax)
     if scale == 0:
         return denoise
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
