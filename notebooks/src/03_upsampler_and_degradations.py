@@ -127,8 +127,8 @@ with torch.no_grad():
 
 # %% [markdown]
 # **The toy upsampler against bicubic.** Held-out 128-px images are reduced to 64 px (area), then enlarged
-# back by bicubic interpolation and by the toy upsampler, once as the pipeline runs it (10 DDPM steps from
-# the enlarged input noised to t = 0.1 T, `upsample_start`) and once from pure noise as the official
+# back by bicubic interpolation and by the toy upsampler, once as the pipeline runs it (its header's 5 DDPM
+# steps from the enlarged input noised to t = 0.1 T, `upsample_start`) and once from pure noise as the official
 # sampler does (27 steps). PSNR against the real image (higher is better). As the model card says, the
 # toy upsampler is not better than bicubic; from pure noise it also drifts in colour.
 
