@@ -192,6 +192,26 @@ def test_synth_dataset_is_deterministic_and_sized(tmp_path):
     assert len(make_dataset("synth", task="depth", length=7)) == 7
 
 
+def test_synth_items_carry_the_scene_labels_when_asked():
+    from piti.data.conditions import resize_nearest
+    from piti.data.synth import generate_scene
+
+    plain = SynthDataset(3, "depth", seed=4, image_size=16, cond_size=32)
+    ds = SynthDataset(3, "depth", seed=4, image_size=16, cond_size=32, labels=True)
+    assert "labels" not in plain[1] and torch.equal(plain[1]["image"], ds[1]["image"])
+    expected = resize_nearest(generate_scene((4, 1), 32).labels, (16, 16))
+    item = ds[1]
+    assert item["labels"].dtype == torch.int64 and np.array_equal(item["labels"].numpy(), expected)
+    flipping = SynthDataset(3, "depth", seed=4, image_size=16, cond_size=32, labels=True, flip=True)
+    torch.manual_seed(0)
+    flips = [flipping[1] for _ in range(8)]
+    for f in flips:  # the labels follow the image's flip
+        same = torch.equal(f["image"], item["image"])
+        assert same != torch.equal(f["image"], item["image"].flip(-1))
+        assert torch.equal(f["labels"], item["labels"] if same else item["labels"].flip(-1))
+    assert {torch.equal(f["image"], item["image"]) for f in flips} == {True, False}
+
+
 # ---------------------------------------------------------------- geometry
 
 

@@ -185,3 +185,57 @@ def test_shipped_reward_models_are_small_reward_files(task):
     assert path.stat().st_size < 1_000_000
     model = load_reward_model(path, task=task)
     assert model.config.task == task and model.checkpoint_metadata["results"]["seed"] != 0  # the judges' seed is 0
+
+
+# ---------------------------------------------------------------- class feedback (depth and sketch)
+
+
+def test_class_term_scores_x0_pred_against_the_scene_labels(tmp_path):
+    config = _config(
+        tmp_path, class_reward_model=str(_reward_file(tmp_path, "mask")), class_reward_weight=1.0, iterations=2
+    )
+    trainer = Trainer(config)
+    stage, reward = trainer.stage, trainer.stage.class_reward
+    assert stage.reward is None and not any(p.requires_grad for p in reward.parameters())
+    drawn = _draw(trainer)
+    n, size = drawn["x_start"].shape[0], drawn["x_start"].shape[-1]
+    assert drawn["labels"].shape == (n, size, size) and drawn["labels"].dtype == torch.int64
+
+    x_t = stage.diffusion.q_sample(drawn["x_start"], drawn["t"], drawn["noise"])
+    output = trainer.model(x_t, stage.diffusion.model_timesteps(drawn["t"]), **drawn["kwargs"])
+    terms = stage.diffusion.training_losses(output, drawn["x_start"], x_t, drawn["t"], drawn["noise"])
+    metrics = {}
+    term = stage.class_term(terms["x0_pred"], drawn, metrics)
+    expected = consistency_loss("mask", reward(terms["x0_pred"]), {"labels": drawn["labels"]}).mean()
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5) and metrics["class_reward"] == term.item()
+    shuffled = dict(drawn, labels=(drawn["labels"] + 1) % reward.config.out_channels)
+    assert stage.class_term(terms["x0_pred"], shuffled, {}).item() != pytest.approx(term.item())
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.decoder.parameters())
+    assert all(p.grad is None for p in reward.parameters())
+
+    # Above class_reward_max_t or with the null condition: nothing to score.
+    stage.config.class_reward_max_t = 200
+    assert stage.class_term(terms["x0_pred"], dict(drawn, t=torch.full_like(drawn["t"], 200)), {}).item() == 0
+    null = dict(drawn, kwargs={"ref": torch.ones_like(drawn["kwargs"]["ref"])})
+    assert stage.class_term(terms["x0_pred"], null, {}).item() == 0
+
+    trainer.train()
+    rows = (trainer.run_dir / "log.csv").read_text().splitlines()
+    column = rows[0].split(",").index("class_reward")
+    assert all(math.isfinite(float(r.split(",")[column])) for r in rows[1:])
+    assert load_checkpoint(trainer.run_dir / "model.safetensors").metadata["class_reward"]["weight"] == 1.0
+
+
+def test_a_wrong_class_reward_model_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="is a depth reward model; the class term reads classes"):
+        Trainer(_config(tmp_path, class_reward_model=str(_reward_file(tmp_path)), class_reward_weight=1.0))
+    with pytest.raises(ConfigError, match="class_reward_model and class_reward_weight"):
+        _config(tmp_path, class_reward_model=str(_reward_file(tmp_path, "mask")))
+    with pytest.raises(ConfigError, match="label maps"):
+        _config(
+            tmp_path,
+            class_reward_model=str(_reward_file(tmp_path, "mask")),
+            class_reward_weight=1.0,
+            data={"kind": "folder", "root": str(tmp_path)},
+        )

@@ -76,7 +76,8 @@ class RawPair:
     ``kind`` says what ``cond`` holds: ``"labels"`` (H, W) uint8 class indices,
     ``"sketch"`` (H, W) uint8 binary, ``"photo"`` (no file: the sketch is extracted
     from the image), ``"depth"`` a tuple (metres (H, W) float32, valid (H, W) bool,
-    normals (H, W, 3) float32 or None).
+    normals (H, W, 3) float32 or None). ``labels``: the scene's (H, W) class indices beside any condition
+    (synthetic scenes, for a class-feedback term), or None.
     """
 
     image: Image.Image
@@ -85,6 +86,7 @@ class RawPair:
     path: str
     cond_path: str
     caption: str | None = None
+    labels: np.ndarray | None = None
 
 
 def _sorted_images(folder: Path) -> list[Path]:
@@ -215,9 +217,13 @@ class PairDataset(Dataset):
             image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
         image_t = torch.from_numpy(to_unit(np.asarray(image)))
         cond_t = torch.from_numpy(np.ascontiguousarray(cond, dtype=np.float32))
-        if self.flip and torch.rand(()) < 0.5:  # the same horizontal flip for both
+        flipped = self.flip and bool(torch.rand(()) < 0.5)
+        if flipped:  # the same horizontal flip for both
             image_t, cond_t = image_t.flip(-1), cond_t.flip(-1)
         out = {"image": image_t, "cond": cond_t, "path": raw.path}
+        if raw.labels is not None:
+            labels_t = torch.from_numpy(resize_nearest(raw.labels, (self.image_size,) * 2, box).astype(np.int64))
+            out["labels"] = labels_t.flip(-1) if flipped else labels_t
         if self.has_captions:
             out["caption"] = raw.caption or ""
         return out
@@ -578,17 +584,18 @@ class SynthDataset(PairDataset):
 
     Scenes are drawn at ``max(image_size, cond_size)`` pixels; the sketch is
     re-extracted when the condition is smaller than that. ``flip`` defaults to False,
-    so an item depends only on (seed, index).
+    so an item depends only on (seed, index). With ``labels``, items also carry the scene's class indices at
+    the image size (``labels``, int64), whatever the task: the target of a class-feedback term.
     """
 
-    def __init__(self, length: int = 10000, task: str = "mask", seed: int = 0, **kwargs):
+    def __init__(self, length: int = 10000, task: str = "mask", seed: int = 0, labels: bool = False, **kwargs):
         kwargs.setdefault("flip", False)
         kwargs.setdefault("palette", SYNTH_PALETTE)
         kwargs["resize"] = "squash"  # scenes are square already
         super().__init__(task, **kwargs)
         if length < 1:
             raise ConfigError(f"SynthDataset length must be at least 1, got {length}")
-        self.length, self.seed = int(length), int(seed)
+        self.length, self.seed, self.labels = int(length), int(seed), bool(labels)
         self.has_captions = True
 
     def __len__(self) -> int:
@@ -600,14 +607,14 @@ class SynthDataset(PairDataset):
         size = max(self.image_size, self.cond_size)
         scene = generate_scene((self.seed, index), size)
         path = f"synth:{self.seed}/{index}"
-        image = Image.fromarray(scene.image)
+        image, labels = Image.fromarray(scene.image), scene.labels if self.labels else None
         if self.task == "mask":
-            return RawPair(image, "labels", scene.labels, path, path, scene.caption)
+            return RawPair(image, "labels", scene.labels, path, path, scene.caption, labels)
         if self.task == "sketch":
             if self.cond_size == size:
-                return RawPair(image, "sketch", scene.sketch, path, path, scene.caption)
-            return RawPair(image, "photo", None, path, path, scene.caption)
-        return RawPair(image, "depth", (scene.depth, scene.depth > 0, None), path, path, scene.caption)
+                return RawPair(image, "sketch", scene.sketch, path, path, scene.caption, labels)
+            return RawPair(image, "photo", None, path, path, scene.caption, labels)
+        return RawPair(image, "depth", (scene.depth, scene.depth > 0, None), path, path, scene.caption, labels)
 
 
 DATASETS = {

@@ -90,6 +90,11 @@ class TrainConfig:
     reward_model: str = ""  # a reward model file of the run's task (eval/train_reward_models.py); "" = off
     reward_weight: float = 0.0  # weight of the term beside the diffusion loss
     reward_max_t: int = 200  # only samples with t below this get the term (the one-step x0 is meaningful there)
+    # --- class feedback (not official), for depth and sketch on the synthetic scenes, whose conditions do not name
+    #     the classes: a frozen mask reward model scores x0_pred against the scene's label map ---
+    class_reward_model: str = ""  # a mask reward model file; "" = off
+    class_reward_weight: float = 0.0  # weight of the term beside the diffusion loss
+    class_reward_max_t: int = 1000  # only samples with t below this get the term
     # --- upsampler losses on x0_pred (official: both from step 100) ---
     perceptual_weight: float = 0.004  # 0 = off
     perceptual_kind: str = "vgg"  # vgg (official, VGG19 conv2_2) or lpips
@@ -164,8 +169,17 @@ class TrainConfig:
             bad(f"give reward_model and reward_weight > 0 together, got {self.reward_model!r} and {self.reward_weight}")
         if self.reward_model and self.stage not in ("encoder", "encoder-dropout", "joint"):
             bad(f"the reward term is for the base PITI stages (joint, encoder), not {self.stage}")
-        if self.reward_max_t < 1:
-            bad(f"reward_max_t must be >= 1, got {self.reward_max_t}")
+        if self.reward_max_t < 1 or self.class_reward_max_t < 1:
+            bad(f"reward_max_t and class_reward_max_t must be >= 1, got {self.reward_max_t}, {self.class_reward_max_t}")
+        if bool(self.class_reward_model) != (self.class_reward_weight > 0):
+            bad(
+                "give class_reward_model and class_reward_weight > 0 together, "
+                f"got {self.class_reward_model!r} and {self.class_reward_weight}"
+            )
+        if self.class_reward_model and self.stage not in ("encoder", "encoder-dropout", "joint"):
+            bad(f"the class reward term is for the base PITI stages (joint, encoder), not {self.stage}")
+        if self.class_reward_model and self.data.get("kind", "synth") != "synth":
+            bad(f"the class reward term needs the synthetic scenes' label maps, not {self.data['kind']}")
         if self.init and self.from_scratch:
             bad("give either init (a checkpoint) or from_scratch, not both")
 
@@ -258,7 +272,7 @@ def apply_overrides(d: dict, overrides: dict[str, Any]) -> dict:
 
 def _substitute(d: dict) -> dict:
     """Replace ``{task}`` and ``{name}`` in the string fields that name things."""
-    for k in ("model", "init", "out_dir", "reward_model"):
+    for k in ("model", "init", "out_dir", "reward_model", "class_reward_model"):
         if isinstance(d.get(k), str):
             d[k] = d[k].replace("{task}", str(d.get("task", ""))).replace("{name}", str(d.get("name", "")))
     return d

@@ -323,7 +323,10 @@ class Trainer:
                 csv.DictWriter(f, fieldnames=self.CSV_FIELDS).writeheader()
         return open(path, "a", newline="")
 
-    CSV_FIELDS = ["step", "loss", "mse", "vb", "reward", "perceptual", "adv", "disc", "lr", "grad_norm", "sec_per_step"]
+    CSV_FIELDS = [
+        "step", "loss", "mse", "vb", "reward", "class_reward", "perceptual", "adv", "disc", "lr", "grad_norm",
+        "sec_per_step",
+    ]  # fmt: skip
 
     def write_samples(self) -> Path:
         """A sample grid with the EMA weights (rank 0)."""

@@ -108,6 +108,8 @@ def build_dataset(config: TrainConfig, model_config) -> PairDataset:
     # GLIDE ignores the condition: draw it at the image size, the cheapest.
     cond_size = model_config.image_size if glide else model_config.cond_size
     task = spec.pop("task", "mask" if glide else config.task)
+    if config.class_reward_model:
+        spec["labels"] = True  # the class-feedback term's target
     ds = make_dataset(
         kind, root, task=task, image_size=model_config.image_size, cond_size=cond_size, flip=config.hflip, **spec
     )
@@ -278,6 +280,16 @@ class Stage:
             from piti.train.rewards import load_reward_model
 
             self.reward = load_reward_model(config.reward_model, task=mc.task, device=device)
+        self.class_reward = None  # frozen too: a mask reward model against the scene's label map
+        if config.class_reward_model:
+            from piti.train.rewards import load_reward_model
+
+            self.class_reward = load_reward_model(config.class_reward_model, device=device)
+            if self.class_reward.config.task != "mask":
+                raise ConfigError(
+                    f"class_reward_model {config.class_reward_model} is a {self.class_reward.config.task} reward "
+                    "model; the class term reads classes: give a mask reward model"
+                )
 
         model = create_model(mc)
         if ckpt is not None:
@@ -344,13 +356,16 @@ class Stage:
         x_start, kwargs = self.inputs(batch, gen, rng, self.config.uncond_p)
         t, weights = timestep_sampler.sample(x_start.shape[0], gen)
         noise = torch.randn(x_start.shape, generator=gen).to(self.device)
-        return {
+        drawn = {
             "x_start": x_start,
             "kwargs": kwargs,
             "t": t.to(self.device),
             "weights": weights.to(self.device),
             "noise": noise,
         }
+        if "labels" in batch:
+            drawn["labels"] = batch["labels"].to(self.device)
+        return drawn
 
     def loss(self, model_fn: Callable, drawn: dict, step: int, autocast, share: float = 1.0) -> StepOutput:
         """Diffusion loss (and the upsampler's extra terms) of a (micro)batch of :meth:`draw`'s output.
@@ -372,6 +387,8 @@ class Stage:
             loss = loss + self.config.x0_weight * (inv_snr * eps_err * drawn["weights"]).mean()
         if self.reward is not None:
             loss = loss + self.config.reward_weight * self.reward_term(terms["x0_pred"], drawn, metrics)
+        if self.class_reward is not None:
+            loss = loss + self.config.class_reward_weight * self.class_term(terms["x0_pred"], drawn, metrics)
         if self.extra is not None:
             loss = loss + self.extra.model_terms(terms["x0_pred"], x_start, step, share, metrics, autocast)
         metrics["loss"] = loss.item()
@@ -393,6 +410,21 @@ class Stage:
             )
             term = consistency_loss(task, self.reward(x0_pred[on]), target).sum() / x0_pred.shape[0]
         metrics["reward"] = term.item()
+        return term
+
+    def class_term(self, x0_pred: torch.Tensor, drawn: dict, metrics: dict) -> torch.Tensor:
+        """Class feedback: the frozen mask reward model's cross-entropy of the one-step ``x0_pred`` against the
+        scene's label map, for the samples with t < class_reward_max_t that kept their condition; normalised as
+        :meth:`reward_term`. Logged as ``class_reward``."""
+        from piti.train.rewards import consistency_loss
+
+        ref = drawn["kwargs"]["ref"]
+        on = (drawn["t"] < self.config.class_reward_max_t) & ~(ref == 1).flatten(1).all(1)
+        term = x0_pred.new_zeros(())
+        if on.any():
+            output = self.class_reward(x0_pred[on])
+            term = consistency_loss("mask", output, {"labels": drawn["labels"][on]}).sum() / x0_pred.shape[0]
+        metrics["class_reward"] = term.item()
         return term
 
     def after_step(self, step: int) -> None:
@@ -419,6 +451,8 @@ class Stage:
             meta["tokenizer"] = self.tokenizer.to_dict()
         if self.reward is not None:
             meta["reward"] = {"model": self.config.reward_model, "weight": self.config.reward_weight}
+        if self.class_reward is not None:
+            meta["class_reward"] = {"model": self.config.class_reward_model, "weight": self.config.class_reward_weight}
         if self.extra is not None:
             meta["perceptual_random_weights"] = self.extra.random_perceptual_weights
         return meta
