@@ -165,19 +165,14 @@ class TrainConfig:
                 f"stage {self.stage} trains the encoder against a frozen pretrained decoder; "
                 "from_scratch only makes sense for the joint and upsampler stages"
             )
-        if bool(self.reward_model) != (self.reward_weight > 0):
-            bad(f"give reward_model and reward_weight > 0 together, got {self.reward_model!r} and {self.reward_weight}")
-        if self.reward_model and self.stage not in ("encoder", "encoder-dropout", "joint"):
-            bad(f"the reward term is for the base PITI stages (joint, encoder), not {self.stage}")
-        if self.reward_max_t < 1 or self.class_reward_max_t < 1:
-            bad(f"reward_max_t and class_reward_max_t must be >= 1, got {self.reward_max_t}, {self.class_reward_max_t}")
-        if bool(self.class_reward_model) != (self.class_reward_weight > 0):
-            bad(
-                "give class_reward_model and class_reward_weight > 0 together, "
-                f"got {self.class_reward_model!r} and {self.class_reward_weight}"
-            )
-        if self.class_reward_model and self.stage not in ("encoder", "encoder-dropout", "joint"):
-            bad(f"the class reward term is for the base PITI stages (joint, encoder), not {self.stage}")
+        for term in ("reward", "class_reward"):
+            path, weight, max_t = (getattr(self, f"{term}_{k}") for k in ("model", "weight", "max_t"))
+            if bool(path) != (weight > 0):
+                bad(f"give {term}_model and {term}_weight > 0 together, got {path!r} and {weight}")
+            if path and self.stage not in ("encoder", "encoder-dropout", "joint"):
+                bad(f"the {term} term is for the base PITI stages (joint, encoder), not {self.stage}")
+            if max_t < 1:
+                bad(f"{term}_max_t must be >= 1, got {max_t}")
         if self.class_reward_model and self.data.get("kind", "synth") != "synth":
             bad(f"the class reward term needs the synthetic scenes' label maps, not {self.data['kind']}")
         if self.init and self.from_scratch:

@@ -99,6 +99,11 @@ def collate(items: list[dict]) -> dict:
     }
 
 
+def _scored(drawn: dict, max_t: int) -> torch.Tensor:
+    """The samples of a :meth:`Stage.draw` batch that a feedback term scores: t < ``max_t`` and the condition kept."""
+    return (drawn["t"] < max_t) & ~(drawn["kwargs"]["ref"] == 1).flatten(1).all(1)  # all ones: the null condition
+
+
 def build_dataset(config: TrainConfig, model_config) -> PairDataset:
     """The dataset of ``config.data`` (``kind`` + ``make_dataset`` options) at the model's sizes."""
     spec = dict(config.data)
@@ -275,15 +280,13 @@ class Stage:
                 "GLIDE or PITI checkpoint, or one of this project's) or from_scratch=true"
             )
         self.dataset = build_dataset(config, mc)
+        from piti.train.rewards import load_reward_model
+
         self.reward = None  # frozen, outside the model: no optimizer state, no EMA, not in the checkpoint
         if config.reward_model:
-            from piti.train.rewards import load_reward_model
-
             self.reward = load_reward_model(config.reward_model, task=mc.task, device=device)
         self.class_reward = None  # frozen too: a mask reward model against the scene's label map
         if config.class_reward_model:
-            from piti.train.rewards import load_reward_model
-
             self.class_reward = load_reward_model(config.class_reward_model, device=device)
             if self.class_reward.config.task != "mask":
                 raise ConfigError(
@@ -401,7 +404,7 @@ class Stage:
         from piti.train.rewards import condition_target, consistency_loss
 
         ref = drawn["kwargs"]["ref"]
-        on = (drawn["t"] < self.config.reward_max_t) & ~(ref == 1).flatten(1).all(1)  # all ones: the null condition
+        on = _scored(drawn, self.config.reward_max_t)
         term = x0_pred.new_zeros(())
         if on.any():
             task = self.model.config.task
@@ -418,8 +421,7 @@ class Stage:
         :meth:`reward_term`. Logged as ``class_reward``."""
         from piti.train.rewards import consistency_loss
 
-        ref = drawn["kwargs"]["ref"]
-        on = (drawn["t"] < self.config.class_reward_max_t) & ~(ref == 1).flatten(1).all(1)
+        on = _scored(drawn, self.config.class_reward_max_t)
         term = x0_pred.new_zeros(())
         if on.any():
             output = self.class_reward(x0_pred[on])
