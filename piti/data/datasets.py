@@ -607,14 +607,14 @@ class SynthDataset(PairDataset):
         size = max(self.image_size, self.cond_size)
         scene = generate_scene((self.seed, index), size)
         path = f"synth:{self.seed}/{index}"
-        image, labels = Image.fromarray(scene.image), scene.labels if self.labels else None
         if self.task == "mask":
-            return RawPair(image, "labels", scene.labels, path, path, scene.caption, labels)
-        if self.task == "sketch":
-            if self.cond_size == size:
-                return RawPair(image, "sketch", scene.sketch, path, path, scene.caption, labels)
-            return RawPair(image, "photo", None, path, path, scene.caption, labels)
-        return RawPair(image, "depth", (scene.depth, scene.depth > 0, None), path, path, scene.caption, labels)
+            kind, cond = "labels", scene.labels
+        elif self.task == "sketch":
+            kind, cond = ("sketch", scene.sketch) if self.cond_size == size else ("photo", None)
+        else:
+            kind, cond = "depth", (scene.depth, scene.depth > 0, None)
+        labels = scene.labels if self.labels else None
+        return RawPair(Image.fromarray(scene.image), kind, cond, path, path, scene.caption, labels)
 
 
 DATASETS = {
