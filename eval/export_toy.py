@@ -10,7 +10,8 @@ The base model comes from the ``joint`` run and the upsampler from the ``upsampl
 ``checkpoints/toy/piti-toy-{task}-{base,upsample}.safetensors`` with its training header kept and the
 recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
 read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
-changed by its flag. With reward guidance (``--reward-guidance``), the base header also names its reward model
+changed by its flag. With reward guidance (``--reward-guidance``, ``--upsample-reward-guidance``), the base header
+also names its reward model
 (``"reward_model"``, relative to the output folder).
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from piti.checkpoints import EXPORT_DTYPES, export_model
 from piti.errors import PitiError
-from piti.pipeline import TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
+from piti.pipeline import REWARD_SCALES, TOY_BUDGET_MB, TOY_CHECKPOINT_DIR
 from piti.settings import TOY_RECIPE, add_settings_arguments, settings_from_args
 from piti.tasks import TASKS
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
         "--reward-model",
         type=Path,
         help="reward model of the reward guidance, named in the base header "
-        "(default checkpoints/toy/rewards/TASK.safetensors when --reward-guidance > 0)",
+        "(default checkpoints/toy/rewards/TASK.safetensors when --reward-guidance or --upsample-reward-guidance > 0)",
     )
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     }
     sampling = settings_from_args(args)
     reward = args.reward_model
-    if reward is None and sampling.get("reward_guidance", 0) > 0:
+    if reward is None and any(sampling.get(k, 0) > 0 for k in REWARD_SCALES):
         reward = TOY_CHECKPOINT_DIR / "rewards" / f"{args.task}.safetensors"
     if reward is not None and not reward.is_file():
         print(f"error: the reward model {reward} is missing (eval/train_reward_models.py trains it)", file=sys.stderr)

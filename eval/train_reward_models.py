@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=1, help="training seed (default 1; the judges use 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--sizes", default="64", help="image sizes, alternated per step (default 64; 64,128 also reads the upsampler's)"
+    )
     p.add_argument("--eval-num", type=int, default=200, help="held-out scenes (default 200)")
     p.add_argument(
         "--out", type=Path, default=None, help="output file (default checkpoints/toy/rewards/TASK.safetensors)"
@@ -61,6 +64,12 @@ def main(argv=None) -> int:
     out = args.out or Path("checkpoints/toy/rewards") / f"{args.task}.safetensors"
     if args.probe:
         return probe(args, out)
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+    except ValueError:
+        p.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if any(v < 4 or v % 4 for v in sizes):
+        p.error(f"--sizes must be multiples of 4, got {args.sizes!r}")
     torch.manual_seed(args.seed)
     model = RewardNet(RewardConfig(task=args.task))
     n_params = sum(p.numel() for p in model.parameters())
@@ -69,19 +78,23 @@ def main(argv=None) -> int:
 
     wall, cpu = time.perf_counter(), time.process_time()
     losses = train_reward_model(
-        model, args.steps, args.batch_size, args.lr, args.seed, log_every=max(1, args.steps // 10)
+        model, args.steps, args.batch_size, args.lr, args.seed, log_every=max(1, args.steps // 10), sizes=sizes
     )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     final = sum(losses[-10:]) / len(losses[-10:])
     print(f"trained {len(losses)} steps x {args.batch_size} scenes in {wall:.0f}s wall, {cpu:.0f}s CPU time")
     print(f"final training loss {final:.4f} (mean of the last 10 steps)")
 
-    result = evaluate_reward_model(model, args.eval_num)
-    print(
-        "held-out real scenes (64 px): "
-        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-    )
+    result = {}
+    for size in sizes:
+        result[size] = evaluate_reward_model(model, args.eval_num, size=size)
+        print(
+            f"held-out real scenes ({size} px): "
+            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result[size].items())
+        )
+    result = result[sizes[0]] if len(sizes) == 1 else {str(k): v for k, v in result.items()}
     meta = {"command": command, "steps": len(losses), "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    meta["sizes"] = list(sizes)
     meta.update(train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1), threads=torch.get_num_threads())
     save_reward_model(out, model, metadata={"results": {**meta, "final_loss": final, "eval": result}})
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")

@@ -54,6 +54,7 @@ from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models
 __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uint8", "toy_checkpoint_paths"]
 
 TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together
+REWARD_SCALES = ("reward_guidance", "upsample_reward_guidance")  # the settings that use the reward model
 
 
 def toy_checkpoint_paths(task: str) -> tuple[Path, Path]:
@@ -254,13 +255,14 @@ class PITIPipeline:
         official = not header  # official files carry no project header
         sampling = header.get("sampling")
         recommended = settings_from_header(sampling) if isinstance(sampling, dict) else {}
-        asked = defaults.get("reward_guidance")  # None: the header's recommendation
-        needed = float(asked) > 0 if asked is not None else False
+        asked = {k: defaults.get(k) for k in REWARD_SCALES}  # None: the header's recommendation
+        needed = any(v is not None and float(v) > 0 for v in asked.values())
         reward = _load_reward(reward_model, base, header, base_model.config.task, needed)
         notes = []
-        if reward is None and asked is None and float(recommended.get("reward_guidance") or 0) > 0:
+        dropped = [k for k in REWARD_SCALES if asked[k] is None and float(recommended.get(k) or 0) > 0]
+        if reward is None and dropped:
             # a file copied without its reward model still samples, without the guidance, and says so
-            recommended = {**recommended, "reward_guidance": 0.0}
+            recommended = {**recommended, **dict.fromkeys(dropped, 0.0)}
             notes.append(
                 f"the header's reward model {header.get('reward_model')!r} is missing beside {base}: "
                 "sampling without its reward guidance"
@@ -380,29 +382,33 @@ class PITIPipeline:
         )
         if settings.reward_guidance == 0:
             return denoise
-        return self.reward_denoiser(denoise, ref[:1], batch, settings)
+        scale, window = settings.reward_guidance, (settings.reward_guidance_tmin, settings.reward_guidance_tmax)
+        return self.reward_denoiser(denoise, self.base_model, ref[:1], batch, settings, scale, window)
 
-    def reward_denoiser(self, denoise, ref: torch.Tensor, batch: int, settings: SamplingSettings):
-        """``denoise`` with reward guidance (:func:`piti.diffusion.reward_guided`) by the pipeline's reward model,
-        against the condition ``ref`` (1, C, S, S) read back as the reward's target at the base size."""
+    def reward_denoiser(
+        self, denoise, model, ref: torch.Tensor, batch: int, settings: SamplingSettings, scale: float, window=(0, 1)
+    ):
+        """``denoise`` of ``model`` (the base model or the upsampler) with reward guidance of strength ``scale`` in
+        the t/T ``window`` (:func:`piti.diffusion.reward_guided`) by the pipeline's reward model, against the
+        condition ``ref`` (1, C, S, S) read back as the reward's target at ``model``'s image size."""
         from piti.train.rewards import condition_target, consistency_loss
 
         if self.reward_model is None:
+            name = "reward_guidance" if model is self.base_model else "upsample_reward_guidance"
             raise ConfigError(
-                "reward_guidance > 0 needs a reward model: PITIPipeline.from_checkpoints(..., reward_model=PATH) "
-                "(eval/train_reward_models.py trains one for the toy world), or reward_guidance=0"
+                f"{name} > 0 needs a reward model: PITIPipeline.from_checkpoints(..., reward_model=PATH) "
+                f"(eval/train_reward_models.py trains one for the toy world), or {name}=0"
             )
-        cfg = self.base_model.config
+        cfg = model.config
         target = condition_target(self.task, ref.float(), cfg.image_size, palette=settings.palette)
         target = {k: v.expand(batch, *v.shape[1:]) for k, v in target.items()}
-        full = self.diffusion(self.base_model, cfg.diffusion_steps)  # the trained process's alphas
+        full = self.diffusion(model, cfg.diffusion_steps)  # the trained process's alphas
         return reward_guided(
             denoise,
             lambda x0: consistency_loss(self.task, self.reward_model(x0), target),
             full.alphas_cumprod,
-            settings.reward_guidance,
-            settings.reward_guidance_tmin,
-            settings.reward_guidance_tmax,
+            scale,
+            *window,
             rescaled=full.rescale_timesteps,
         )
 
@@ -477,6 +483,9 @@ class PITIPipeline:
             last = torch.full((batch,), diffusion.num_timesteps - 1, device=dev, dtype=torch.long)
             x_T = diffusion.q_sample(enlarged.to(dev), last, x_T)
         denoise = self.upsampler_denoiser(ref, low_res, encode_once=encode_once)
+        if s.upsample_reward_guidance > 0:
+            model = self.upsampler_model
+            denoise = self.reward_denoiser(denoise, model, ref[:1], batch, s, s.upsample_reward_guidance)
         return sample(
             s.upsample_sampler,
             denoise,
@@ -501,7 +510,7 @@ class PITIPipeline:
             base_checkpoint=self.sources["base"],
             base_size=self.base_model.config.image_size,
         )
-        if s.reward_guidance > 0:
+        if s.reward_guidance > 0 or (upsample and s.upsample_reward_guidance > 0):
             out["reward_checkpoint"] = self.sources["reward"]
         if upsample:
             out.update(

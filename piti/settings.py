@@ -174,6 +174,13 @@ class SamplingSettings:
         high=1.0,
         low_open=True,
     )
+    upsample_reward_guidance: float = _setting(
+        0.0,
+        "reward guidance of the upsampler: step of the reward model's gradient on each upsampler step's predicted "
+        "x0, at the upsampler's size, 0 = none (needs the pipeline's reward model)",
+        low=0.0,
+        high=10.0,
+    )
     quantize_low_res: bool = _setting(True, "quantise the base images to 8 bits before upsampling (official)")
     palette: str = _setting("coco-stuff", "mask task: the colour palette of the label maps", choices=tuple(PALETTES))
 

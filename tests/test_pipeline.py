@@ -489,6 +489,34 @@ def test_reward_guidance_uses_the_reward_model_named_in_the_header(ckpts, tmp_pa
     assert PITIPipeline.from_checkpoints(base, precision="fp32", reward_guidance=0.0).reward_model is None
 
 
+def test_upsample_reward_guidance_guides_the_upsampler_only(ckpts, tmp_path):
+    from piti.checkpoints import export_model
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    save_reward_model(tmp_path / "r.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32", reward_model=tmp_path / "r.safetensors")
+    kwargs = dict(seed=2, sampler="ddpm", upsample_sampler="ddpm", upsample_start=0.3, **FEW)
+    plain = pipe(synth_mask(), **kwargs)
+    guided = pipe(synth_mask(), upsample_reward_guidance=0.5, **kwargs)
+    assert (pixels(guided.base_images) == pixels(plain.base_images)).all()  # the base steps are untouched
+    assert (pixels(guided.images) != pixels(plain.images)).any()
+    assert guided.settings["reward_checkpoint"].endswith("r.safetensors") and "reward_checkpoint" not in plain.settings
+    assert guided.settings["upsample_reward_guidance"] == 0.5
+
+    base = tmp_path / "base.safetensors"  # recommended by a header whose reward model is missing: a note
+    sampling = {"palette": "synth", "upsample_reward_guidance": 0.1}
+    export_model(ckpts["mask"][0], base, role="base", task="mask", sampling=sampling, reward_model="gone.safetensors")
+    pipe = PITIPipeline.from_checkpoints(base, ckpts["mask"][1], precision="fp32")
+    assert pipe.reward_model is None and pipe.defaults.upsample_reward_guidance == 0
+    assert any("reward model" in n for n in pipe.load_notes)
+    with pytest.raises(MissingWeightsError, match="reward model"):  # asked for by the caller: an error
+        PITIPipeline.from_checkpoints(base, ckpts["mask"][1], precision="fp32", upsample_reward_guidance=0.1)
+    with pytest.raises(ConfigError, match="upsample_reward_guidance > 0 needs a reward model"):
+        plain_pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
+        plain_pipe(synth_mask(), upsample_reward_guidance=0.1, **FEW)
+
+
 def test_reward_guidance_without_a_reward_model_is_a_clear_error(mask_pipe, ckpts, tmp_path):
     from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
 

@@ -177,6 +177,21 @@ def test_a_tiny_reward_model_learns(task):
     assert not model.training
 
 
+def test_reward_batches_and_training_at_the_upsampler_size():
+    from piti.train.rewards import evaluate_reward_model, reward_batch
+
+    x, target = reward_batch("mask", [(7, 0), (7, 1)], torch.Generator(), size=128)
+    assert x.shape == (2, 3, 128, 128) and target["labels"].shape == (2, 128, 128)
+    small, _ = reward_batch("mask", [(7, 0)], torch.Generator(), augment=False)
+    assert small.shape[-1] == 64  # the base model's size by default
+    model = RewardNet(RewardConfig(task="depth", widths=(4, 8), groups=2))
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[-1]))
+    train_reward_model(model, steps=4, batch_size=1, seed=5, sizes=(64, 128))
+    assert seen == [64, 128, 64, 128]  # alternated per step
+    assert evaluate_reward_model(model, num=2, size=128)["size"] == 128
+
+
 @pytest.mark.parametrize("task", ["depth", "sketch", "mask"])
 def test_shipped_reward_models_are_small_reward_files(task):
     path = ROOT / "checkpoints/toy/rewards" / f"{task}.safetensors"

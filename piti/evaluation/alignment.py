@@ -61,6 +61,7 @@ SETTING_KEYS = (
     "reward_guidance_tmin",
     "reward_guidance_tmax",
     "upsample_noise_scale",
+    "upsample_reward_guidance",
     "precision",
     "device",
 )
@@ -356,6 +357,7 @@ OFFICIAL_NOISE = {
     "noise_scale_tmax": 1.0,
     "cond_noise": 0.0,
     "reward_guidance": 0.0,
+    "upsample_reward_guidance": 0.0,
 }
 
 

@@ -215,9 +215,9 @@ def condition_target(task: str, cond: torch.Tensor, size: int, palette=None, mas
 # ---------------------------------------------------------------------------------------------- training
 
 
-def reward_batch(task: str, scenes: list, g: torch.Generator, augment: bool = True):
-    """``(x (N, 3, 64, 64) in [-1, 1], target)`` from the scene seeds ``scenes``: drawn at 128 px, reduced to 64
-    as :class:`~piti.data.datasets.SynthDataset` does; with ``augment``, the judges' flips, colour jitter, blur
+def reward_batch(task: str, scenes: list, g: torch.Generator, augment: bool = True, size: int = SIZE):
+    """``(x (N, 3, size, size) in [-1, 1], target)`` from the scene seeds ``scenes``: drawn at 128 px, reduced to
+    ``size`` as :class:`~piti.data.datasets.SynthDataset` does; with ``augment``, the judges' flips, colour jitter, blur
     and noise (the look of one-step predictions). The sketch target is Canny of the augmented image."""
     from piti.data.conditions import extract_sketch, resize_nearest
     from piti.data.synth import generate_scene
@@ -227,9 +227,9 @@ def reward_batch(task: str, scenes: list, g: torch.Generator, augment: bool = Tr
     images, truth = [], []
     for key in scenes:
         scene = generate_scene(key, RENDER)
-        image, labels = reduce_scene(scene.image, scene.labels, SIZE)
+        image, labels = reduce_scene(scene.image, scene.labels, size)
         images.append(image)
-        truth.append(resize_nearest(scene.depth, (SIZE, SIZE)) if task == "depth" else labels.astype(np.int64))
+        truth.append(resize_nearest(scene.depth, (size, size)) if task == "depth" else labels.astype(np.int64))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     y = torch.from_numpy(np.stack(truth))
     if augment:
@@ -244,11 +244,18 @@ def reward_batch(task: str, scenes: list, g: torch.Generator, augment: bool = Tr
 
 
 def train_reward_model(
-    model: RewardNet, steps: int, batch_size: int = 32, lr: float = 3e-3, seed: int = 1, log_every: int = 0
+    model: RewardNet,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 1,
+    log_every: int = 0,
+    sizes: tuple = (SIZE,),
 ) -> list[float]:
     """Train ``model`` in place on fresh scenes ``(TRAIN_STREAM, REWARD_STREAM, seed, i)``; returns each step's loss.
 
-    AdamW on :func:`consistency_loss`, 5% warm-up, cosine decay to zero.
+    AdamW on :func:`consistency_loss`, 5% warm-up, cosine decay to zero; step k draws its images at
+    ``sizes[k % len(sizes)]`` px (64 reads the base model's images, 128 the upsampler's).
     """
     from piti.evaluation.scenes import TRAIN_STREAM
 
@@ -268,7 +275,7 @@ def train_reward_model(
     losses, start = [], time.perf_counter()
     for step in range(steps):
         keys = [(TRAIN_STREAM, REWARD_STREAM, seed, step * batch_size + i) for i in range(batch_size)]
-        x, target = reward_batch(task, keys, g)
+        x, target = reward_batch(task, keys, g, size=sizes[step % len(sizes)])
         loss = consistency_loss(task, model(x.to(device)), {k: v.to(device) for k, v in target.items()}).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -283,8 +290,8 @@ def train_reward_model(
 
 
 @torch.no_grad()
-def evaluate_reward_model(model: RewardNet, num: int = 100, batch_size: int = 50) -> dict:
-    """Held-out accuracy on real scenes ``(HELDOUT_STREAM, i)`` at 64 px (drawn at 128, no augmentation).
+def evaluate_reward_model(model: RewardNet, num: int = 100, batch_size: int = 50, size: int = SIZE) -> dict:
+    """Held-out accuracy on real scenes ``(HELDOUT_STREAM, i)`` at ``size`` px (drawn at 128, no augmentation).
 
     depth: RMSE (metres) and AbsRel over the pixels with a depth; sketch: pixel accuracy, and precision,
     recall and F1 of the edges at probability 0.5 (exact pixels, no tolerance); mask: mIoU.
@@ -298,12 +305,12 @@ def evaluate_reward_model(model: RewardNet, num: int = 100, batch_size: int = 50
     outs, targets = [], []
     for s in range(0, num, batch_size):
         keys = [(HELDOUT_STREAM, i) for i in range(s, min(num, s + batch_size))]
-        x, target = reward_batch(task, keys, torch.Generator(), augment=False)
+        x, target = reward_batch(task, keys, torch.Generator(), augment=False, size=size)
         outs.append(model(x.to(device)).cpu())
         targets.append(target)
     out = torch.cat(outs)
     target = {k: torch.cat([t[k] for t in targets]) for k in targets[0]}
-    result = {"task": task, "num": num, "size": SIZE, "loss": consistency_loss(task, out, target).mean().item()}
+    result = {"task": task, "num": num, "size": size, "loss": consistency_loss(task, out, target).mean().item()}
     if task == "depth":
         truth = torch.where(target["valid"], target["log_depth"].exp(), torch.zeros(()))
         result.update(depth_errors(out[:, 0].exp().clamp(0.5, 250.0).numpy(), truth.numpy()))
