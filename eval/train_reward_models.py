@@ -3,6 +3,7 @@
     python eval/train_reward_models.py --task depth     # checkpoints/toy/rewards/depth.safetensors
     python eval/train_reward_models.py --task sketch --steps 20 --out /tmp/sketch.safetensors   # a quick try
     python eval/train_reward_models.py --task depth --probe checkpoints/toy/piti-toy-depth-base.safetensors
+    python eval/train_reward_models.py --task mask --score --sizes 64,128   # the shipped file at both sizes
 
 ``--probe MODEL`` trains nothing: it prints how far a PITI base model's one-step x0_pred disagrees with its
 condition at each t, by the reward model (beside real images and mismatched conditions), i.e. at which t the
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--probe", type=Path, default=None, help="a PITI base model file: print consistency by t, train nothing"
     )
+    p.add_argument(
+        "--score", action="store_true", help="train nothing: score the reward model --out on held-out scenes at --sizes"
+    )
     p.add_argument("--probe-num", type=int, default=24, help="training scenes (seed 0) the probe scores (default 24)")
     args = p.parse_args(argv)
 
@@ -70,6 +74,11 @@ def main(argv=None) -> int:
         p.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if any(v < 4 or v % 4 for v in sizes):
         p.error(f"--sizes must be multiples of 4, got {args.sizes!r}")
+    if args.score:
+        model = load_reward_model(out, task=args.task)
+        for size in sizes:
+            print_scores(size, evaluate_reward_model(model, args.eval_num, size=size))
+        return 0
     torch.manual_seed(args.seed)
     model = RewardNet(RewardConfig(task=args.task))
     n_params = sum(p.numel() for p in model.parameters())
@@ -88,10 +97,7 @@ def main(argv=None) -> int:
     result = {}
     for size in sizes:
         result[size] = evaluate_reward_model(model, args.eval_num, size=size)
-        print(
-            f"held-out real scenes ({size} px): "
-            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result[size].items())
-        )
+        print_scores(size, result[size])
     result = result[sizes[0]] if len(sizes) == 1 else {str(k): v for k, v in result.items()}
     meta = {"command": command, "steps": len(losses), "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     meta["sizes"] = list(sizes)
@@ -99,6 +105,11 @@ def main(argv=None) -> int:
     save_reward_model(out, model, metadata={"results": {**meta, "final_loss": final, "eval": result}})
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
     return 0
+
+
+def print_scores(size: int, result: dict) -> None:
+    scores = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+    print(f"held-out real scenes ({size} px): {scores}")
 
 
 def probe(args, reward_path: Path) -> int:

@@ -192,6 +192,22 @@ def test_reward_batches_and_training_at_the_upsampler_size():
     assert evaluate_reward_model(model, num=2, size=128)["size"] == 128
 
 
+def test_score_cli_reads_a_reward_model_at_each_size(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_reward_models", ROOT / "eval/train_reward_models.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    path = tmp_path / "m.safetensors"
+    save_reward_model(path, RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    args = ["--task", "mask", "--score", "--sizes", "64,128", "--eval-num", "2", "--out", str(path)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(64 px): task mask, num 2, size 64" in out and "(128 px): task mask, num 2, size 128" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--task", "mask", "--score", "--sizes", "64,90", "--out", str(path)])
+
+
 @pytest.mark.parametrize("task", ["depth", "sketch", "mask"])
 def test_shipped_reward_models_are_small_reward_files(task):
     path = ROOT / "checkpoints/toy/rewards" / f"{task}.safetensors"
