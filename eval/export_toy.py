@@ -11,8 +11,7 @@ The base model comes from the ``joint`` run and the upsampler from the ``upsampl
 recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
 read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
 changed by its flag. With reward guidance (``--reward-guidance``, ``--upsample-reward-guidance``), the base header
-also names its reward model
-(``"reward_model"``, relative to the output folder).
+also names its reward model (``"reward_model"``, relative to the output folder).
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
