@@ -484,8 +484,8 @@ class PITIPipeline:
             x_T = diffusion.q_sample(enlarged.to(dev), last, x_T)
         denoise = self.upsampler_denoiser(ref, low_res, encode_once=encode_once)
         if s.upsample_reward_guidance > 0:
-            model = self.upsampler_model
-            denoise = self.reward_denoiser(denoise, model, ref[:1], batch, s, s.upsample_reward_guidance)
+            scale = s.upsample_reward_guidance
+            denoise = self.reward_denoiser(denoise, self.upsampler_model, ref[:1], batch, s, scale)
         return sample(
             s.upsample_sampler,
             denoise,

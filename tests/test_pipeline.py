@@ -512,8 +512,8 @@ def test_upsample_reward_guidance_guides_the_upsampler_only(ckpts, tmp_path):
     assert any("reward model" in n for n in pipe.load_notes)
     with pytest.raises(MissingWeightsError, match="reward model"):  # asked for by the caller: an error
         PITIPipeline.from_checkpoints(base, ckpts["mask"][1], precision="fp32", upsample_reward_guidance=0.1)
+    plain_pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
     with pytest.raises(ConfigError, match="upsample_reward_guidance > 0 needs a reward model"):
-        plain_pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
         plain_pipe(synth_mask(), upsample_reward_guidance=0.1, **FEW)
 
 
