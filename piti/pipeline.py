@@ -304,9 +304,10 @@ class PITIPipeline:
         return cls.from_checkpoints(base, upsampler, task=task, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
-    def diffusion(self, model, steps, start: float = 1.0):
+    def diffusion(self, model, steps, start: float = 1.0, skip_terminal: bool = False):
         """The respaced diffusion of ``model`` for ``steps`` (an int or a respacing such as ``"fast27"``),
-        over the whole schedule or, with ``start`` < 1, over its first ``start`` fraction (see ``upsample_start``)."""
+        over the whole schedule or, with ``start`` < 1, over its first ``start`` fraction (see ``upsample_start``);
+        ``skip_terminal`` drops its step at t = T (the setting of that name)."""
         cfg = model.config
         spec = str(steps).strip()
         last_step = None if float(start) >= 1.0 else max(1, round(float(start) * (cfg.diffusion_steps - 1)))
@@ -317,9 +318,11 @@ class PITIPipeline:
                 f"steps must be between 2 and {cfg.diffusion_steps}, got {spec}"
                 + (" (one respaced step is timestep 0 alone: nothing would be denoised)" if spec == "1" else "")
             )
-        key = (cfg.noise_schedule, cfg.diffusion_steps, spec, last_step)
+        key = (cfg.noise_schedule, cfg.diffusion_steps, spec, last_step, skip_terminal)
         if key not in self._diffusions:
-            self._diffusions[key] = create_diffusion(cfg.noise_schedule, cfg.diffusion_steps, spec, last_step=last_step)
+            self._diffusions[key] = create_diffusion(
+                cfg.noise_schedule, cfg.diffusion_steps, spec, last_step=last_step, skip_terminal=skip_terminal
+            )
         return self._diffusions[key]
 
     def resolve_settings(self, **overrides) -> SamplingSettings:
@@ -461,7 +464,7 @@ class PITIPipeline:
     def sample_base(self, ref, num_samples, s: SamplingSettings, generator, progress, encode_once) -> torch.Tensor:
         """Base samples (B, 3, S, S) in [-1, 1] (float32), guided."""
         cfg = self.base_model.config
-        diffusion = self.diffusion(self.base_model, s.steps)
+        diffusion = self.diffusion(self.base_model, s.steps, skip_terminal=s.skip_terminal)
         x_T = torch.randn(
             (num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device
         )

@@ -150,6 +150,11 @@ class SamplingSettings:
     )
     sampler: str = _setting("dpmpp", "base sampler", choices=tuple(SAMPLERS))
     steps: str = _setting("20", "base steps: a number, or a respacing such as ddim50 or fast27")
+    skip_terminal: bool = _setting(
+        False,
+        "skip the base sampler's step at t = T, where the cosine schedule leaves sqrt(alpha_bar) = 5e-5 and the "
+        "clamped x0 prediction is saturated noise; x_T is read as the next step's x_t (False = official)",
+    )
     noise_scale: float = _setting(
         1.0, "DDPM: factor of the noise added at each base step (1 = official)", low=0.0, high=1.5
     )

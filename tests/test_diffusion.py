@@ -187,3 +187,30 @@ def test_truncated_process_keeps_alpha_bar_and_original_steps():
         assert short.alphas_cumprod[i] == pytest.approx(float(full.alphas_cumprod[t]), rel=1e-9)
     with pytest.raises(ConfigError, match="last_step"):
         create_diffusion("linear", 1000, "10", last_step=1000)
+
+
+def test_skip_terminal_drops_the_step_at_T_only():
+    full = create_diffusion(timestep_respacing="25")
+    skipped = create_diffusion(timestep_respacing="25", skip_terminal=True)
+    assert full.timestep_map[-1] == 999 and skipped.timestep_map.tolist() == full.timestep_map[:-1].tolist()
+    assert np.allclose(skipped.alphas_cumprod, full.alphas_cumprod[:-1])
+    # where T - 1 is not kept, or the process is truncated, nothing changes
+    for kwargs in (dict(timestep_respacing="ddim50"), dict(timestep_respacing="10", last_step=100)):
+        assert create_diffusion(**kwargs, skip_terminal=True).timestep_map.tolist() == (
+            create_diffusion(**kwargs).timestep_map.tolist()
+        )
+    with pytest.raises(ConfigError, match="skip_terminal"):
+        create_diffusion(timestep_respacing="2", skip_terminal=True)
+
+
+def test_the_step_at_T_turns_a_small_epsilon_error_into_saturated_x0():
+    # why skip_terminal exists: at t = T - 1 (alpha_bar 2.4e-9) an epsilon off by 1e-3 implies x0 - 20, clamped
+    d = create_diffusion(timestep_respacing="25")
+    x0, eps = torch.rand(1, 3, 8, 8) - 0.5, torch.randn(1, 3, 8, 8)
+
+    def x0_pred(index):  # respaced step 24 is t = 999, 23 is t = 957
+        t = torch.tensor([index])
+        return d.p_mean_variance(torch.cat([eps + 1e-3, torch.zeros_like(eps)], 1), d.q_sample(x0, t, eps), t)
+
+    assert (x0_pred(24)["x0_pred"] == -1).all()
+    assert (x0_pred(23)["x0_pred"] - x0).abs().max() < 0.02

@@ -135,6 +135,27 @@ def test_upsample_start_begins_from_the_noised_base_image(mask_pipe):
         mask_pipe(synth_mask(), upsample_start=0.0, **FEW)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_skip_terminal_starts_the_base_sampler_below_T(mask_pipe, monkeypatch, sampler):
+    import piti.diffusion.samplers as samplers
+
+    seen = []
+    original = samplers._denoise
+
+    def spy(denoise, diffusion, x, t):
+        seen.append(int(diffusion.timestep_map[t[0]]))
+        return original(denoise, diffusion, x, t)
+
+    monkeypatch.setattr(samplers, "_denoise", spy)
+    run = dict(sampler=sampler, steps=5, upsample=False, progress=False)
+    official = mask_pipe(synth_mask(), seed=1, **run)
+    calls, seen[:] = list(seen), []
+    skipped = mask_pipe(synth_mask(), seed=1, skip_terminal=True, **run)
+    assert calls[0] == 999 and seen == calls[1:]  # the same steps but the one at T
+    assert official.settings["skip_terminal"] is False and skipped.settings["skip_terminal"] is True
+    assert not np.array_equal(pixels(skipped.base_images), pixels(official.base_images))
+
+
 def test_noise_scale_reaches_each_ddpm_sampler_only(mask_pipe, monkeypatch):
     import piti.diffusion.samplers as samplers
 

@@ -50,6 +50,7 @@ SETTING_KEYS = (
     "guidance_tmax",
     "sampler",
     "steps",
+    "skip_terminal",
     "upsample_sampler",
     "upsample_steps",
     "upsample_start",
@@ -355,6 +356,7 @@ OFFICIAL_NOISE = {
     "guidance_tmax": 1.0,
     "noise_scale": 1.0,
     "noise_scale_tmax": 1.0,
+    "skip_terminal": False,
     "cond_noise": 0.0,
     "reward_guidance": 0.0,
     "upsample_reward_guidance": 0.0,
@@ -374,9 +376,10 @@ def evaluate_toy_diversity(
 ) -> dict:
     """Variety: ``samples`` images of each of ``num`` held-out conditions, at ``settings`` (the recommended ones
     when empty) and at the same settings with the official ancestral sampler's noise (:data:`OFFICIAL_NOISE`: DDPM,
-    the full noise and guidance at every step, no condition annealing, no reward guidance). Returns each run's toy
-    feature and pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the
-    variety kept), with the feature ratio's 90% bootstrap interval over the conditions (``features_ratio_interval``)."""
+    the full noise and guidance at every step, the step at t = T kept, no condition annealing, no reward guidance).
+    Returns each run's toy feature and pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended
+    / official noise (the variety kept), with the feature ratio's 90% bootstrap interval over the conditions
+    (``features_ratio_interval``)."""
     from piti.evaluation.diversity import feature_distances, pixel_l1_diversity
 
     if samples < 2:
