@@ -67,6 +67,8 @@ class SettingSpec:
         """``value`` converted to this setting's type; ConfigError when it is not allowed."""
         try:
             if self.type is bool:
+                if isinstance(value, str):  # as written on a command line: --variant skip_terminal=true
+                    value = {"true": True, "1": True, "false": False, "0": False}[value.strip().lower()]
                 if not isinstance(value, (bool, int)) or value not in (0, 1):
                     raise ValueError
                 value = bool(value)
@@ -76,7 +78,7 @@ class SettingSpec:
                 value = float(value)
             else:
                 value = str(value).strip()
-        except (TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{self.name} must be {self.describe()}, got {value!r}") from None
         if self.choices and value not in self.choices:
             raise ConfigError(f"unknown {self.name} {value!r}; expected one of {', '.join(map(str, self.choices))}")

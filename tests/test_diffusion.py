@@ -194,13 +194,16 @@ def test_skip_terminal_drops_the_step_at_T_only():
     skipped = create_diffusion(timestep_respacing="25", skip_terminal=True)
     assert full.timestep_map[-1] == 999 and skipped.timestep_map.tolist() == full.timestep_map[:-1].tolist()
     assert np.allclose(skipped.alphas_cumprod, full.alphas_cumprod[:-1])
-    # where T - 1 is not kept, or the process is truncated, nothing changes
-    for kwargs in (dict(timestep_respacing="ddim50"), dict(timestep_respacing="10", last_step=100)):
+    # where T - 1 is not kept, the process is truncated, or only t = 0 would be left, nothing changes
+    cases = (
+        dict(timestep_respacing="ddim50"),
+        dict(timestep_respacing="10", last_step=100),
+        dict(timestep_respacing="2"),
+    )
+    for kwargs in cases:
         assert create_diffusion(**kwargs, skip_terminal=True).timestep_map.tolist() == (
             create_diffusion(**kwargs).timestep_map.tolist()
         )
-    with pytest.raises(ConfigError, match="skip_terminal"):
-        create_diffusion(timestep_respacing="2", skip_terminal=True)
 
 
 def test_the_step_at_T_turns_a_small_epsilon_error_into_saturated_x0():

@@ -58,6 +58,11 @@ def test_bad_values_are_refused_with_the_setting_named(bad):
 def test_replace_converts_keeps_none_and_refuses_unknown_names():
     s = PROFILES["official"].replace(steps=50, guidance=2, sampler=None)
     assert s.steps == "50" and s.guidance == 2.0 and isinstance(s.guidance, float) and s.sampler == "ddpm"
+    # booleans as a command line writes them (benchmarks' --variant), refused otherwise ("yes" above)
+    assert (
+        s.replace(skip_terminal="True").skip_terminal is True
+        and s.replace(quantize_low_res="0").quantize_low_res is False
+    )
     with pytest.raises(ConfigError, match="unknown sampling setting.*temperature"):
         s.replace(temperature=1.0)
 

@@ -310,10 +310,10 @@ def create_diffusion(
     respacing, for sampling that starts from a noised image at t0 instead of from pure noise
     (SDEdit, Meng et al. 2022); the model still sees the original step numbers.
 
-    ``skip_terminal`` drops the step t = T - 1 from the respacing where it holds it, so that a sampler reads x_T
-    as the next kept step's x_t. The cosine schedule clips its last beta to 0.999, which leaves alpha_bar = 2.4e-9
-    there: the x0 implied by an epsilon prediction is its error times 2e4, clamped to +-1, and the first respaced
-    step would hand that saturated noise on as the image (the sampling setting ``skip_terminal``).
+    ``skip_terminal`` drops the step t = T - 1 from the respacing where it holds it and two more, so that a sampler
+    reads x_T as the next kept step's x_t. The cosine schedule clips its last beta to 0.999, which leaves alpha_bar
+    = 2.4e-9 there: the x0 implied by an epsilon prediction is its error times 2e4, clamped to +-1, and the first
+    respaced step would hand that saturated noise on as the image (the sampling setting ``skip_terminal``).
     """
     betas = get_betas(noise_schedule, steps)
     if last_step is not None:
@@ -321,9 +321,8 @@ def create_diffusion(
             raise ConfigError(f"last_step must be in 1..{steps - 1}, got {last_step}")
         betas = betas[: int(last_step) + 1]  # alpha_bar of steps 0..t0 is unchanged
     use_timesteps = space_timesteps(len(betas), timestep_respacing)
-    if skip_terminal and steps - 1 in use_timesteps:  # absent from e.g. ddim50 (0, 20, ..., 980) or a truncation
-        if len(use_timesteps) < 3:
-            raise ConfigError(f"skip_terminal needs at least 3 respaced steps, got {len(use_timesteps)}")
+    # T - 1 is absent from e.g. ddim50 (0, 20, ..., 980) or a truncation; of two steps, t = 0 alone would be left
+    if skip_terminal and steps - 1 in use_timesteps and len(use_timesteps) > 2:
         use_timesteps = set(use_timesteps) - {steps - 1}
     new_betas, timestep_map = respace_betas(betas, use_timesteps)
     return GaussianDiffusion(

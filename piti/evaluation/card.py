@@ -203,7 +203,7 @@ def markdown(card: dict) -> str:
                 "",
                 f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions at the "
                 f"recommended settings and with the official sampler's noise (DDPM, `noise_scale` 1, guidance at "
-                "every step, no condition annealing or reward guidance); "
+                "every step, the step at t = T kept, no condition annealing or reward guidance); "
                 "mean distance between the samples of a condition (toy feature distance, with the 90% bootstrap "
                 "interval of the share kept over the conditions; pixel L1 at 64 px):",
                 "",
