@@ -206,7 +206,9 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
     pipe = PITIPipeline.from_checkpoints(task="mask", precision="fp32")  # the embedded model: a trained one
     seg = load_segmenter(segmenter_file)
     # not the header's settings
-    settings = dict(sampler="ddpm", steps="6", noise_scale=1.0, reward_guidance=0.0, guidance_tmax=1.0)
+    settings = dict(
+        sampler="ddpm", steps="6", noise_scale=1.0, reward_guidance=0.0, guidance_tmax=1.0, skip_terminal=False
+    )
     wide = alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 3, upsample=False, settings=settings)
     assert wide["samples"] == 3 and wide["size"] == 64
     assert wide["features_ratio"] == pytest.approx(1.0) and wide["pixel_l1_ratio"] == pytest.approx(1.0)
