@@ -310,10 +310,11 @@ def create_diffusion(
     respacing, for sampling that starts from a noised image at t0 instead of from pure noise
     (SDEdit, Meng et al. 2022); the model still sees the original step numbers.
 
-    ``skip_terminal`` drops the step t = T - 1 from the respacing where it holds it and two more, so that a sampler
-    reads x_T as the next kept step's x_t. The cosine schedule clips its last beta to 0.999, which leaves alpha_bar
-    = 2.4e-9 there: the x0 implied by an epsilon prediction is its error times 2e4, clamped to +-1, and the first
-    respaced step would hand that saturated noise on as the image (the sampling setting ``skip_terminal``).
+    ``skip_terminal`` drops the step t = T - 1 from a respacing that holds it and at least two other steps, so that
+    a sampler reads x_T as the next kept step's x_t. The cosine schedule clips its last beta to 0.999, which leaves
+    alpha_bar = 2.4e-9 there: the x0 implied by an epsilon prediction is its error times 2e4, clamped to +-1, and
+    the first respaced step would hand that saturated noise on as the image (the sampling setting
+    ``skip_terminal``).
     """
     betas = get_betas(noise_schedule, steps)
     if last_step is not None:
