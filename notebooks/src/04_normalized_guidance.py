@@ -239,6 +239,6 @@ display(Markdown(plotting.markdown_table(rows, ["step at t = T", "mIoU ratio", f
 # clamp, each sample's in a cast of one or two colours (top row), and the official sampler's images keep that
 # cast (middle row); with the step skipped the same starting noise gives the world's colours more often, and on
 # 8 held-out scenes FID-T falls from 15.8 to 5.3 (mIoU ratio 0.12 to 0.31). That is the depth model without
-# guidance at the official noise, where the cast is loudest; its header (guidance, 0.7 of the noise, reward
+# guidance at the official noise, where the cast is loudest; its header (guidance, less noise, reward
 # guidance) gains less, and the mask header most: FID-T 0.32 against 0.45 on 200 fresh scenes at 128 px (the
-# model card; docs/experiments.md, 2026-12-02 (latest)).
+# model card; docs/experiments.md, 2026-12-02 (afternoon)).
