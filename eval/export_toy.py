@@ -11,7 +11,8 @@ The base model comes from the ``joint`` run and the upsampler from the ``upsampl
 recommended sampling settings added (``"sampling"``: every field of :class:`piti.settings.SamplingSettings`,
 read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
 changed by its flag. With reward guidance (``--reward-guidance``, ``--upsample-reward-guidance``), the base header
-also names its reward model (``"reward_model"``, relative to the output folder).
+also names its reward model (``"reward_model"``, relative to the output folder); with particle guidance on classes
+(``--particle-guidance S --particle-features classes``), its class model (``"class_model"``, the mask reward model).
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -43,6 +44,12 @@ def main(argv=None) -> int:
         help="reward model of the reward guidance, named in the base header "
         "(default checkpoints/toy/rewards/TASK.safetensors when --reward-guidance or --upsample-reward-guidance > 0)",
     )
+    p.add_argument(
+        "--class-model",
+        type=Path,
+        help="class model of the particle guidance, named in the base header "
+        "(default checkpoints/toy/rewards/mask.safetensors with --particle-features classes)",
+    )
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
 
@@ -51,18 +58,30 @@ def main(argv=None) -> int:
         "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors"),
     }
     sampling = settings_from_args(args)
-    reward = args.reward_model
+    reward, classes = args.reward_model, args.class_model
     if reward is None and any(sampling.get(k, 0) > 0 for k in REWARD_SCALES):
         reward = TOY_CHECKPOINT_DIR / "rewards" / f"{args.task}.safetensors"
-    if reward is not None and not reward.is_file():
-        print(f"error: the reward model {reward} is missing (eval/train_reward_models.py trains it)", file=sys.stderr)
-        return 2
-    # the header names it relative to the model's folder, so a copied folder keeps working
-    reward = os.path.relpath(reward.resolve(), args.out_dir.resolve()) if reward is not None else None
+    if classes is None and sampling.get("particle_guidance", 0) > 0 and sampling.get("particle_features") == "classes":
+        classes = TOY_CHECKPOINT_DIR / "rewards" / "mask.safetensors"
+    for what, path in (("reward", reward), ("class", classes)):
+        if path is not None and not path.is_file():
+            print(f"error: the {what} model {path} is missing (eval/train_reward_models.py trains it)", file=sys.stderr)
+            return 2
+    # the header names them relative to the model's folder, so a copied folder keeps working
+    reward, classes = (os.path.relpath(f.resolve(), args.out_dir.resolve()) if f else None for f in (reward, classes))
     try:
         for role, src in sources.items():
             dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"
-            export_model(src, dst, role=role, task=args.task, sampling=sampling, dtype=args.dtype, reward_model=reward)
+            export_model(
+                src,
+                dst,
+                role=role,
+                task=args.task,
+                sampling=sampling,
+                dtype=args.dtype,
+                reward_model=reward,
+                class_model=classes,
+            )
             print(f"{src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, {args.dtype})")
     except PitiError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,14 +21,15 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
 * **FID-T**: the Fréchet distance between Gaussians fitted to the *segmenter's* penultimate features
   (32-D, pooled) of the generated and of the real images of the same scenes. It is not Inception FID
   and not comparable with any published number (``piti.evaluation.fid``, ``docs/segmenter.md``);
-* the **sampling time** per image (base + upsampler, one image per call, as a user runs it);
+* the **sampling time** per image (base + upsampler, one image per call, as a user runs it; with
+  ``--samples-per-call K``, scene i's picture is sample i mod K of a call of K, and the time the call's / K);
 * for depth, the estimator's **RMSE by distance** (generated and real; the far bands often dominate the RMSE);
 * with ``--upsampler-ceiling``, the **upsampler on perfect inputs**: the real 64-px images enlarged bicubically and
   through the upsampler, judged by the task's own measure (what the upsampler adds or loses where the base is right);
 * with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
   settings and at the same settings with the official sampler's noise (DDPM, ``noise_scale`` 1, guidance at every
-  step, the step at t = T kept, no condition annealing or reward guidance), their toy feature and pixel diversity
-  and the ratios, the feature ratio with its 90% bootstrap interval over the conditions
+  step, the step at t = T kept, no condition annealing, reward or particle guidance), their toy feature and pixel
+  diversity and the ratios, the feature ratio with its 90% bootstrap interval over the conditions
   (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
 
 With an upsampler, the figures are given at its size (the final images) and at the base size (the 64-px
@@ -147,6 +148,13 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=TOY_CHECKPOINT_DIR / "alignment.json", help="JSON results file")
     p.add_argument("--grid-dir", type=Path, help="folder of the PNG grids (default: beside --out)")
     p.add_argument("--grid-rows", type=int, default=8, help="scenes shown per grid (default 8)")
+    p.add_argument(
+        "--samples-per-call",
+        type=int,
+        default=1,
+        help="K > 1: scene i's picture is sample i mod K of a call of K samples, as particle guidance draws them "
+        "(default 1: one call per image)",
+    )
     p.add_argument("--diversity", type=int, default=0, help="K >= 2: also measure variety, K samples per condition")
     p.add_argument("--diversity-num", type=int, default=8, help="conditions of the variety check (default 8)")
     p.add_argument(
@@ -158,6 +166,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.num < 2:
         raise ConfigError(f"--num must be at least 2 (FID-T needs two images per set), got {args.num}")
+    if args.samples_per_call < 1:
+        raise ConfigError(f"--samples-per-call must be at least 1, got {args.samples_per_call}")
     if args.diversity == 1 or args.diversity < 0:
         raise ConfigError(f"--diversity must be 0 (off) or at least 2 samples per condition, got {args.diversity}")
     if args.upsampler_ceiling and args.no_upsample:
@@ -215,6 +225,7 @@ def main(argv=None) -> int:
                 settings=settings,
                 grid=args.grid_dir / f"toy_alignment_{task}.png",
                 grid_rows=args.grid_rows,
+                samples_per_call=args.samples_per_call,
             )
             if args.upsampler_ceiling:
                 print(f"{task}: the upsampler on the real base images of the same scenes ...", flush=True)

@@ -41,6 +41,7 @@ from piti.diffusion import (
     condition_annealer,
     create_diffusion,
     guided_denoiser,
+    repulsion,
     reward_guided,
     sample,
     sampler_options,
@@ -99,14 +100,22 @@ def to_pil(x: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in arr]
 
 
+def particle_features(x0: torch.Tensor, class_model=None) -> torch.Tensor:
+    """What particle guidance pushes apart, (B, D): each predicted x0's colours (``class_model`` None) or the class
+    model's class probabilities, averaged over an 8 x 8 grid."""
+    if class_model is not None:
+        x0 = class_model(x0).softmax(1)
+    return F.adaptive_avg_pool2d(x0, 8).flatten(1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading
 
 
-def _load_reward(path, base_path, header: dict, task: str, needed: bool):
-    """The reward model given, else the one the base header names (relative to the base file), else None.
-    A named file that is missing is an error only where reward guidance is ``needed``."""
-    named = header.get("reward_model") if path is None else None
+def _load_reward(path, base_path, header: dict, task: str, needed: bool, key="reward_model", use="reward_guidance"):
+    """The reward model given, else the one the base header names under ``key`` (relative to the base file), else
+    None. A named file that is missing is an error only where its use (the setting ``use``) is ``needed``."""
+    named = header.get(key) if path is None else None
     if path is None and not named:
         return None
     from piti.train.rewards import load_reward_model
@@ -117,9 +126,8 @@ def _load_reward(path, base_path, header: dict, task: str, needed: bool):
             if not needed:
                 return None
             raise MissingWeightsError(
-                f"the base model's header names the reward model {named!r} for its recommended reward guidance, "
-                f"but {path} is missing; give reward_model=PATH (eval/train_reward_models.py trains one), "
-                "or reward_guidance=0"
+                f"the base model's header names the {key.replace('_', ' ')} {named!r} for its recommended {use}, "
+                f"but {path} is missing; give {key}=PATH (eval/train_reward_models.py trains one), or {use}=0"
             )
     model = load_reward_model(path, task=task)
     model.checkpoint_path = str(path)
@@ -158,6 +166,8 @@ class PITIPipeline:
         defaults: settings that override the profile (e.g. from a checkpoint's header).
         reward_model: a reward model of the task (:class:`piti.train.rewards.RewardNet`) for reward guidance
             (the ``reward_guidance`` setting), or None.
+        class_model: a reward model of the mask task, whose class probabilities particle guidance pushes apart
+            (``particle_features="classes"``), or None.
         notes: notes from loading, added to every call's notes.
     """
 
@@ -173,6 +183,7 @@ class PITIPipeline:
         profile="fast",
         defaults: dict | None = None,
         reward_model=None,
+        class_model=None,
         notes: list | None = None,
     ):
         if profile not in PROFILES:
@@ -190,6 +201,8 @@ class PITIPipeline:
             raise ConfigError(
                 f"the base model is for {cfg.task!r} but the reward model for {reward_model.config.task!r}"
             )
+        if class_model is not None and class_model.config.task != "mask":
+            raise ConfigError(f"the class model must read classes (a mask reward model), not {class_model.config.task}")
         self.task = cfg.task
         self.profile = profile
         self.defaults: SamplingSettings = PROFILES[profile].replace(**(defaults or {}))
@@ -200,10 +213,12 @@ class PITIPipeline:
         self._base = self.policy.prepare(base)
         self._upsampler = self.policy.prepare(upsampler) if upsampler is not None else None
         self.reward_model = reward_model.eval().to(self.policy.device) if reward_model is not None else None
+        self.class_model = class_model.eval().to(self.policy.device) if class_model is not None else None
         self.sources = {
             "base": getattr(base, "checkpoint_path", None),
             "upsampler": getattr(upsampler, "checkpoint_path", None),
             "reward": getattr(reward_model, "checkpoint_path", None),
+            "class": getattr(class_model, "checkpoint_path", None),
         }
         self._diffusions: dict = {}
         self.load_notes = list(notes or [])
@@ -221,6 +236,7 @@ class PITIPipeline:
         compile=False,
         profile: str | None = None,
         reward_model=None,
+        class_model=None,
         **defaults,
     ) -> PITIPipeline:
         """Load official or project checkpoints (format detected from the file).
@@ -229,7 +245,8 @@ class PITIPipeline:
         a base-only pipeline. ``profile=None`` picks ``"official"`` for official checkpoints and ``"fast"``
         for the project's; ``**defaults`` override the sampling defaults (:class:`~piti.settings.SamplingSettings`).
         ``reward_model``: a reward model file for reward guidance; default the one the base file's header names
-        (``"reward_model"``, a path relative to the base file's folder), if any.
+        (``"reward_model"``, a path relative to the base file's folder), if any. ``class_model``: the same for the
+        class model of particle guidance (header ``"class_model"``).
         """
         if task is not None and task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -267,6 +284,21 @@ class PITIPipeline:
                 f"the header's reward model {header.get('reward_model')!r} is missing beside {base}: "
                 "sampling without its reward guidance"
             )
+        features = defaults.get("particle_features", recommended.get("particle_features"))
+        asked = defaults.get("particle_guidance")  # None: the header's recommendation
+        needed = features == "classes" and asked is not None and float(asked) > 0
+        classes = _load_reward(class_model, base, header, None, needed, key="class_model", use="particle_guidance")
+        if (
+            classes is None
+            and features == "classes"
+            and asked is None
+            and float(recommended.get("particle_guidance") or 0)
+        ):
+            recommended = {**recommended, "particle_guidance": 0.0}
+            notes.append(
+                f"the header's class model {header.get('class_model')!r} is missing beside {base}: "
+                "sampling without its particle guidance"
+            )
         return cls(
             base_model,
             up_model,
@@ -277,6 +309,7 @@ class PITIPipeline:
             profile=profile or ("official" if official else "fast"),
             defaults={**recommended, **defaults},
             reward_model=reward,
+            class_model=classes,
             notes=notes,
         )
 
@@ -383,10 +416,35 @@ class PITIPipeline:
             tmax=settings.guidance_tmax,
             num_timesteps=self.base_model.config.diffusion_steps,
         )
-        if settings.reward_guidance == 0:
+        if settings.reward_guidance > 0:
+            scale, window = settings.reward_guidance, (settings.reward_guidance_tmin, settings.reward_guidance_tmax)
+            denoise = self.reward_denoiser(denoise, self.base_model, ref[:1], batch, settings, scale, window)
+        if settings.particle_guidance > 0:
+            denoise = self.particle_denoiser(denoise, batch, settings)
+        return denoise
+
+    def particle_denoiser(self, denoise, batch: int, settings: SamplingSettings):
+        """``denoise`` with particle guidance between the ``batch`` samples of a call (:func:`piti.diffusion.repulsion`
+        as the loss of :func:`piti.diffusion.reward_guided`); a batch of one is left alone."""
+        classes = settings.particle_features == "classes"
+        if classes and self.class_model is None:
+            raise ConfigError(
+                "particle_features='classes' needs a class model: PITIPipeline.from_checkpoints(..., class_model=PATH) "
+                "(a mask reward model, eval/train_reward_models.py --task mask), or particle_features='pixels'"
+            )
+        if batch < 2:
             return denoise
-        scale, window = settings.reward_guidance, (settings.reward_guidance_tmin, settings.reward_guidance_tmax)
-        return self.reward_denoiser(denoise, self.base_model, ref[:1], batch, settings, scale, window)
+        full = self.diffusion(self.base_model, self.base_model.config.diffusion_steps)
+        model = self.class_model if classes else None
+        return reward_guided(
+            denoise,
+            lambda x0: repulsion(particle_features(x0, model)),
+            full.alphas_cumprod,
+            settings.particle_guidance,
+            settings.particle_guidance_tmin,
+            settings.particle_guidance_tmax,
+            rescaled=full.rescale_timesteps,
+        )
 
     def reward_denoiser(
         self, denoise, model, ref: torch.Tensor, batch: int, settings: SamplingSettings, scale: float, window=(0, 1)
@@ -515,6 +573,8 @@ class PITIPipeline:
         )
         if s.reward_guidance > 0 or (upsample and s.upsample_reward_guidance > 0):
             out["reward_checkpoint"] = self.sources["reward"]
+        if s.particle_guidance > 0 and s.particle_features == "classes":
+            out["class_checkpoint"] = self.sources["class"]
         if upsample:
             out.update(
                 upsampler_model=self.upsampler_model.config.name or "custom",

@@ -52,6 +52,12 @@ def configure_parser(parser) -> None:
         metavar="CKPT",
         help="reward model for --reward-guidance (default: the one the base header names, if any)",
     )
+    parser.add_argument(
+        "--class-model",
+        default=None,
+        metavar="CKPT",
+        help="class model (a mask reward model) for --particle-features classes (default: the base header's, if any)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -108,6 +114,7 @@ def run(args) -> int:
         compile=args.compile,
         profile=args.profile,
         reward_model=args.reward_model,
+        class_model=args.class_model,
     )
     settings = settings_from_args(args)
     out = pipe(

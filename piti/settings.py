@@ -150,6 +150,25 @@ class SamplingSettings:
     reward_guidance_tmax: float = _setting(
         1.0, "reward guidance: applies below this fraction of the process, t/T", low=0.0, high=1.0
     )
+    particle_guidance: float = _setting(
+        0.0,
+        "particle guidance: step of a repulsion between the samples of one call on each base step's predicted x0, "
+        "so they differ; 0 = none, no effect on a single sample",
+        low=0.0,
+        high=10.0,
+    )
+    particle_features: str = _setting(
+        "pixels",
+        "particle guidance: what it pushes apart, on an 8 x 8 grid: the colours, or the class probabilities of a "
+        "class model (needs the pipeline's class model)",
+        choices=("pixels", "classes"),
+    )
+    particle_guidance_tmin: float = _setting(
+        0.3, "particle guidance: applies from this fraction of the process, t/T", low=0.0, high=1.0
+    )
+    particle_guidance_tmax: float = _setting(
+        1.0, "particle guidance: applies below this fraction of the process, t/T", low=0.0, high=1.0
+    )
     sampler: str = _setting("dpmpp", "base sampler", choices=tuple(SAMPLERS))
     steps: str = _setting("20", "base steps: a number, or a respacing such as ddim50 or fast27")
     skip_terminal: bool = _setting(
@@ -194,7 +213,7 @@ class SamplingSettings:
     def __post_init__(self):
         for spec in setting_specs().values():
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
-        for window in ("guidance", "cond_noise", "reward_guidance"):  # the t/T windows
+        for window in ("guidance", "cond_noise", "reward_guidance", "particle_guidance"):  # the t/T windows
             low, high = getattr(self, f"{window}_tmin"), getattr(self, f"{window}_tmax")
             if low >= high:
                 raise ConfigError(f"{window}_tmin must be below {window}_tmax, got {low:g} >= {high:g}")

@@ -11,6 +11,7 @@ from piti.diffusion import (
     guided_denoiser,
     normalized_guidance,
     plain_guidance,
+    repulsion,
     reward_guided,
     sample,
 )
@@ -252,3 +253,19 @@ def test_reward_guidance_moves_the_predicted_x0_down_the_rewards_gradient():
     assert reward_guided(denoise, loss, abar, 0.0) is denoise
     with pytest.raises(ConfigError, match="reward guidance"):
         reward_guided(denoise, loss, abar, 0.05, tmin=0.6, tmax=0.5)
+
+
+def test_repulsion_pushes_the_samples_of_a_batch_apart():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(4, 6, generator=g)
+    loss = repulsion(f)
+    assert loss.shape == (4,) and (loss > 0).all() and (loss < 1).all()  # each kernel term is in (0, 1], over 4
+    near = torch.cat([f[:1], f[:1] + 0.01, f[2:]])  # two near copies repel each other most
+    assert repulsion(near)[:2].min() > loss[:2].max()
+    # one gradient step on the loss raises every pairwise distance's mean
+    v = f.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(repulsion(v).sum(), v)
+    assert torch.pdist(f - 0.5 * grad).mean() > torch.pdist(f).mean()
+    one = torch.randn(1, 6, generator=g, requires_grad=True)
+    (grad,) = torch.autograd.grad(repulsion(one).sum(), one)
+    assert repulsion(one).item() == 0 and torch.equal(grad, torch.zeros_like(grad))  # a batch of one: no push

@@ -538,6 +538,52 @@ def test_upsample_reward_guidance_guides_the_upsampler_only(ckpts, tmp_path):
         plain_pipe(synth_mask(), upsample_reward_guidance=0.1, **FEW)
 
 
+def test_particle_guidance_pushes_the_samples_of_one_call_apart(mask_pipe):
+    kwargs = dict(seed=2, sampler="ddpm", guidance=1.0, upsample=False, **FEW)
+    pushed = dict(particle_guidance=2.0, particle_guidance_tmin=0.0)
+
+    def spread(out):  # mean pairwise L1 between the samples of one call
+        return torch.pdist(torch.as_tensor(pixels(out.images), dtype=torch.float32).flatten(1), p=1).mean()
+
+    plain = mask_pipe(synth_mask(), num_samples=3, **kwargs)
+    apart = mask_pipe(synth_mask(), num_samples=3, **pushed, **kwargs)
+    assert spread(apart) > spread(plain)
+    assert apart.settings["particle_guidance"] == 2.0
+    one = [mask_pipe(synth_mask(), num_samples=1, **extra, **kwargs) for extra in ({}, pushed)]
+    assert (pixels(one[0].images) == pixels(one[1].images)).all()  # a single sample has nothing to be pushed from
+    with pytest.raises(ConfigError, match="particle_guidance_tmin must be below"):
+        mask_pipe(synth_mask(), particle_guidance=1.0, particle_guidance_tmin=0.5, particle_guidance_tmax=0.5)
+    with pytest.raises(ConfigError, match="needs a class model"):
+        mask_pipe(synth_mask(), particle_guidance=1.0, particle_features="classes", **FEW)
+
+
+def test_particle_guidance_on_classes_uses_the_class_model_named_in_the_header(ckpts, tmp_path):
+    from piti.checkpoints import export_model
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    save_reward_model(tmp_path / "c.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    save_reward_model(tmp_path / "d.safetensors", RewardNet(RewardConfig(task="depth", widths=(4, 8), groups=2)))
+    base = tmp_path / "base.safetensors"
+    sampling = dict(particle_guidance=2.0, particle_features="classes", particle_guidance_tmin=0.0)
+    export_model(ckpts["depth"][0], base, role="base", task="depth", sampling=sampling, class_model="c.safetensors")
+    pipe = PITIPipeline.from_checkpoints(base, precision="fp32")  # a depth model pushed apart by classes
+    kwargs = dict(seed=2, sampler="ddpm", guidance=1.0, num_samples=3, **FEW)
+    pushed = pipe(CONDITIONS["depth"](), **kwargs)
+    plain = pipe(CONDITIONS["depth"](), **kwargs, particle_guidance=0.0)
+    assert (pixels(pushed.images) != pixels(plain.images)).any()
+    assert pushed.settings["class_checkpoint"].endswith("c.safetensors") and "class_checkpoint" not in plain.settings
+    with pytest.raises(ConfigError, match="class model must read classes"):
+        PITIPipeline.from_checkpoints(base, precision="fp32", class_model=tmp_path / "d.safetensors")
+
+    (tmp_path / "c.safetensors").unlink()  # recommended by the header only: sampled without it, with a note
+    pipe = PITIPipeline.from_checkpoints(base, precision="fp32")
+    assert pipe.class_model is None and pipe.defaults.particle_guidance == 0
+    assert any("class model" in n for n in pipe(CONDITIONS["depth"](), **kwargs).notes)
+    with pytest.raises(MissingWeightsError, match="class model"):  # asked for by the caller: an error
+        PITIPipeline.from_checkpoints(base, precision="fp32", particle_guidance=0.5)
+
+
 def test_reward_guidance_without_a_reward_model_is_a_clear_error(mask_pipe, ckpts, tmp_path):
     from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
 

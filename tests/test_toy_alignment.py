@@ -131,6 +131,18 @@ def test_evaluate_toy_task_on_depth(ckpts, segmenter_file, tmp_path):
     assert r["settings"]["guidance"] == 0.5  # the checkpoint's recommendation
 
 
+def test_samples_drawn_together_are_judged_one_per_scene(ckpts):
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")
+    settings = dict(steps="2", upsample_steps="2", particle_guidance=1.0, particle_guidance_tmin=0.0)
+    data = alignment.sample_heldout(pipe, "mask", 3, 5, seed=4, settings=settings, samples_per_call=2)
+    for i, cond in enumerate(data["cond"]):  # scene i: sample i mod 2 of its own call of two
+        out = pipe(cond, num_samples=2, seed=4 + i, progress=False, **settings)
+        assert np.array_equal(data["generated"][i], np.asarray(out.images[i % 2]))
+        assert np.array_equal(data["base_images"][i], np.asarray(out.base_images[i % 2]))
+    with pytest.raises(ConfigError, match="samples_per_call"):
+        alignment.sample_heldout(pipe, "mask", 2, samples_per_call=0)
+
+
 def test_depth_is_also_judged_by_distance():
     data = heldout_examples("depth", 2, 0, 64, 64, depth=True)
     other = heldout_examples("depth", 2, 10, 64, 64)["real"]
@@ -241,6 +253,11 @@ def test_variety_check_compares_with_the_official_noise(segmenter_file):
         "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "guidance_tmax": 0.5}
     )
     assert interval["official_noise"] == wide["official_noise"] and interval["recommended"] != wide["recommended"]
+    # ... and particle guidance between the samples of a call
+    pushed = alignment.evaluate_toy_diversity(
+        "mask", pipe, seg, 2, 3, upsample=False, settings={**settings, "particle_guidance": 0.5}
+    )
+    assert pushed["official_noise"] == wide["official_noise"] and pushed["recommended"] != wide["recommended"]
     with pytest.raises(ConfigError, match="at least 2"):
         alignment.evaluate_toy_diversity("mask", pipe, seg, 2, 1, upsample=False, settings=settings)
 
@@ -334,6 +351,8 @@ def test_missing_checkpoint_and_bad_arguments_are_clear_errors(ckpts, segmenter_
     assert r.returncode == 2 and "one --tasks" in r.stderr
     r = run_script("toy_alignment", "--tasks", "mask", "--no-upsample", "--upsampler-ceiling")
     assert r.returncode == 2 and "drop --no-upsample" in r.stderr
+    r = run_script("toy_alignment", "--tasks", "mask", "--samples-per-call", "0")
+    assert r.returncode == 2 and "--samples-per-call must be at least 1" in r.stderr
 
 
 def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
@@ -389,6 +408,24 @@ def test_fp16_export_loads_into_the_pipeline(ckpts, tmp_path):
     same = TOY_RECIPE.replace(steps="2", upsample_steps="2", guidance=1.5).to_dict()
     b = np.asarray(ref(cond, seed=0, progress=False, **same).images[0], np.int16)
     assert np.abs(a - b).mean() < 2.0
+
+
+def test_export_names_the_class_model_of_particle_guidance(ckpts, tmp_path):
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    base, up = ckpts["depth"]
+    flags = ["--task", "depth", "--base", base, "--upsampler", up, "--particle-guidance", "0.3"]
+    classes = ["--particle-features", "classes", "--out-dir", tmp_path / "out"]
+    r = run_script("export_toy", *flags, *classes, "--class-model", tmp_path / "gone.safetensors")
+    assert r.returncode == 2 and "class model" in r.stderr and "gone.safetensors" in r.stderr
+    save_reward_model(tmp_path / "c.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    r = run_script("export_toy", *flags, *classes, "--class-model", tmp_path / "c.safetensors")
+    assert r.returncode == 0, r.stderr
+    pipe = PITIPipeline.from_checkpoints(
+        tmp_path / "out" / "piti-toy-depth-base.safetensors", precision="fp32"
+    )  # named relative to the folder
+    assert pipe.base_model.checkpoint_metadata["class_model"] == "../c.safetensors"
+    assert pipe.class_model is not None and pipe.defaults.particle_guidance == 0.3
 
 
 def test_export_checks_the_model_role(ckpts, tmp_path):

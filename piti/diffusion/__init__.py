@@ -12,6 +12,7 @@ from piti.diffusion.guidance import (
     guided_denoiser,
     normalized_guidance,
     plain_guidance,
+    repulsion,
     reward_guided,
 )
 from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sampler_options
@@ -33,5 +34,6 @@ __all__ = [
     "condition_annealer",
     "normalized_guidance",
     "plain_guidance",
+    "repulsion",
     "reward_guided",
 ]

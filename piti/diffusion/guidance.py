@@ -29,6 +29,12 @@ the backward pass through the network) nudges each step's predicted x0 down the 
 disagreement with the condition (:mod:`piti.train.rewards`), x0' = x0 - scale * H W * grad_x0 loss(x0), and
 re-derives epsilon from x0'. The reward model reads the picture the step is heading for and pushes back where it
 breaks the condition, so the sampler can keep its full noise (the variety) and still follow the condition.
+
+Particle guidance (Corso et al., ICLR 2024) takes the same step on a loss that couples the samples drawn together:
+a repulsion, the sum of an RBF kernel exp(-|f_i - f_j|^2 / h) over the other samples j of the batch, on features
+f = phi(x0) of each sample's predicted x0, with h the median of the pairwise squared distances / log(B + 1) (the
+paper's median heuristic). The samples of one call are pushed apart, so a grid of them shows different pictures of
+the same condition; a batch of one is left alone, and samples of separate calls are as independent as before.
 """
 
 from __future__ import annotations
@@ -200,6 +206,18 @@ def guided_denoiser(
         return torch.cat([eps_guided, out_c[:, channels:]], dim=1)
 
     return denoise
+
+
+def repulsion(features: torch.Tensor) -> torch.Tensor:
+    """Particle guidance's loss (module docstring): per sample (B,), the RBF kernel summed over the other samples
+    of the batch / B, on ``features`` (B, D); zeros for a batch of one."""
+    n = features.shape[0]
+    if n < 2:
+        return features.sum(1) * 0.0  # keeps the graph, so the gradient is zero
+    d2 = torch.cdist(features, features).pow(2)
+    others = ~torch.eye(n, dtype=torch.bool, device=features.device)
+    h = (d2[others].median().detach() / math.log(n + 1)).clamp(min=1e-6)  # the median heuristic
+    return (torch.exp(-d2 / h) * others).sum(1) / n
 
 
 def reward_guided(denoise, loss_fn, alphas_cumprod, scale, tmin=0.0, tmax=1.0, rescaled=True):

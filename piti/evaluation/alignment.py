@@ -221,10 +221,15 @@ def sample_heldout(
     upsample: bool = True,
     settings: dict | None = None,
     depth: bool = False,
+    samples_per_call: int = 1,
 ) -> dict:
     """One sample per held-out scene of ``task`` (scene i sampled with seed ``seed + i``, one call per image,
-    as a user runs it). Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images``
-    (uint8 stacks), ``seconds`` and ``timings`` per image, and ``settings`` (the first call's record)."""
+    as a user runs it). ``samples_per_call`` K > 1: scene i's picture is sample i mod K of a call of K samples, so
+    settings that act between the samples of a call (particle guidance) are judged as they draw; the time is the
+    call's / K. Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images`` (uint8 stacks),
+    ``seconds`` and ``timings`` per image, and ``settings`` (the first call's record)."""
+    if not isinstance(samples_per_call, int) or samples_per_call < 1:
+        raise ConfigError(f"samples_per_call must be a positive integer, got {samples_per_call!r}")
     settings = settings or {}
     upsample = upsample and pipe.upsampler_model is not None
     base_cfg = pipe.base_model.config
@@ -235,11 +240,12 @@ def sample_heldout(
     generated, base_images, seconds, timings, used = [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         t0 = time.perf_counter()
-        out = pipe(cond, num_samples=1, seed=seed + i, upsample=upsample, progress=False, **settings)
-        seconds.append(time.perf_counter() - t0)
-        generated.append(np.asarray(out.images[0]))
-        base_images.append(np.asarray(out.base_images[0]))
-        timings.append(out.settings["timings"])
+        k = samples_per_call
+        out = pipe(cond, num_samples=k, seed=seed + i, upsample=upsample, progress=False, **settings)
+        seconds.append((time.perf_counter() - t0) / k)
+        generated.append(np.asarray(out.images[i % k]))
+        base_images.append(np.asarray(out.base_images[i % k]))
+        timings.append({name: v / k for name, v in out.settings["timings"].items()})
         used = used or out.settings
     data.update(
         generated=np.stack(generated),
@@ -320,12 +326,15 @@ def evaluate_toy_task(
     grid=None,
     grid_rows: int = 8,
     depth_estimator=None,
+    samples_per_call: int = 1,
 ) -> dict:
     """The toy alignment check of one task: sample held-out scenes, judge them by the task's own measure
     (``control``, :func:`toy_control`) and with the segmenter (mIoU against the scenes' label maps, FID-T), at the
     final size and, with an upsampler, the segmenter also at the base size; time them; and write a grid
-    (condition / generated / real) to ``grid`` when given."""
-    data = sample_heldout(pipe, task, num, start, seed, upsample, settings, depth=task == "depth")
+    (condition / generated / real) to ``grid`` when given. ``samples_per_call``: see :func:`sample_heldout`."""
+    data = sample_heldout(
+        pipe, task, num, start, seed, upsample, settings, depth=task == "depth", samples_per_call=samples_per_call
+    )
     upsample, timings, used = data["upsample"], data["timings"], data["settings"]
     result = {
         "base": pipe.sources["base"],
@@ -334,6 +343,7 @@ def evaluate_toy_task(
         **judge(segmenter, data["generated"], data["real"], data["labels"]),
         "seconds_per_image": float(np.mean(data["seconds"])),
         "seconds_per_image_max": float(np.max(data["seconds"])),
+        "samples_per_call": samples_per_call,
         "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
         "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
         "settings": {k: used[k] for k in SETTING_KEYS if k in used},
@@ -349,7 +359,7 @@ def evaluate_toy_task(
 
 
 # the variety check's reference: the official ancestral sampler's noise, guidance at every step, the condition as it
-# is (no annealing), no reward guidance
+# is (no annealing), no reward or particle guidance
 OFFICIAL_NOISE = {
     "sampler": "ddpm",
     "guidance_tmin": 0.0,
@@ -360,6 +370,7 @@ OFFICIAL_NOISE = {
     "cond_noise": 0.0,
     "reward_guidance": 0.0,
     "upsample_reward_guidance": 0.0,
+    "particle_guidance": 0.0,
 }
 
 
@@ -374,12 +385,12 @@ def evaluate_toy_diversity(
     upsample: bool = True,
     settings: dict | None = None,
 ) -> dict:
-    """Variety: ``samples`` images of each of ``num`` held-out conditions, at ``settings`` (the recommended ones
-    when empty) and at the same settings with the official ancestral sampler's noise (:data:`OFFICIAL_NOISE`: DDPM,
-    the full noise and guidance at every step, the step at t = T kept, no condition annealing, no reward guidance).
-    Returns each run's toy feature and pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended
-    / official noise (the variety kept), with the feature ratio's 90% bootstrap interval over the conditions
-    (``features_ratio_interval``)."""
+    """Variety: ``samples`` images of each of ``num`` held-out conditions, drawn in one call per condition, at
+    ``settings`` (the recommended ones when empty) and at the same settings with the official ancestral sampler's
+    noise (:data:`OFFICIAL_NOISE`: DDPM, the full noise and guidance at every step, the step at t = T kept, no
+    condition annealing, no reward or particle guidance). Returns each run's toy feature and pixel diversity
+    (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety kept), with the
+    feature ratio's 90% bootstrap interval over the conditions (``features_ratio_interval``)."""
     from piti.evaluation.diversity import feature_distances, pixel_l1_diversity
 
     if samples < 2:

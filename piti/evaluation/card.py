@@ -144,9 +144,17 @@ def markdown(card: dict) -> str:
     lines += [f"| **total** | | **{card['total_mb']:.1f}** (budget {TOY_BUDGET_MB}) |", ""]
     align = card.get("alignment")
     if align:
+        per_call = {r.get("samples_per_call", 1) for r in align["tasks"].values()}
+        drawn = (
+            f"; scene i's picture is sample i mod {max(per_call)} of a call of {max(per_call)} samples, so settings "
+            "that act between the samples of a call are judged as they draw, and the time is the call's / "
+            f"{max(per_call)}"
+            if per_call != {1}
+            else "; one call per picture"
+        )
         lines += [
             f"**Alignment** (`{align['command']}`; {align['num']} held-out scenes per task, "
-            f"{align['threads']} threads)",
+            f"{align['threads']} threads{drawn})",
             "",
         ]
         controls = {task: r["control"] for task, r in align["tasks"].items() if "control" in r}
@@ -201,9 +209,10 @@ def markdown(card: dict) -> str:
             d0 = next(iter(variety.values()))
             lines += [
                 "",
-                f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions at the "
-                f"recommended settings and with the official sampler's noise (DDPM, `noise_scale` 1, guidance at "
-                "every step, the step at t = T kept, no condition annealing or reward guidance); "
+                f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions, drawn in one "
+                "call per condition, at the recommended settings and with the official sampler's noise (DDPM, "
+                "`noise_scale` 1, guidance at every step, the step at t = T kept, no condition annealing, reward or "
+                "particle guidance); "
                 "mean distance between the samples of a condition (toy feature distance, with the 90% bootstrap "
                 "interval of the share kept over the conditions; pixel L1 at 64 px):",
                 "",
