@@ -164,7 +164,7 @@ class SamplingSettings:
         choices=("pixels", "classes"),
     )
     particle_guidance_tmin: float = _setting(
-        0.3, "particle guidance: applies from this fraction of the process, t/T", low=0.0, high=1.0
+        0.5, "particle guidance: applies from this fraction of the process, t/T", low=0.0, high=1.0
     )
     particle_guidance_tmax: float = _setting(
         1.0, "particle guidance: applies below this fraction of the process, t/T", low=0.0, high=1.0

@@ -63,6 +63,10 @@ SETTING_KEYS = (
     "reward_guidance_tmax",
     "upsample_noise_scale",
     "upsample_reward_guidance",
+    "particle_guidance",
+    "particle_features",
+    "particle_guidance_tmin",
+    "particle_guidance_tmax",
     "precision",
     "device",
 )
