@@ -6,18 +6,20 @@
     python benchmarks/toy_speed.py --tasks mask --reps 3 --profile   # and torch.profiler's top operators
     python benchmarks/toy_speed.py --tasks depth --no-reward         # and "now" without the header's reward guidance
     python benchmarks/toy_speed.py --variant guidance_tmax=1          # and "now" at other settings (repeatable)
+    python benchmarks/toy_speed.py --tasks depth --samples 4 --variant particle_guidance=0   # 4 images per call
 
-One image per call (base + upsampler), as a user runs it: ``PITIPipeline.from_checkpoints(task=...)`` with the
-checkpoint's recommended settings (``--steps``/``--upsample-steps`` override them). The time of the whole call
-is given with its split into the base model (guided, batch 2) and the upsampler, median over ``--reps``
-calls after ``--warm`` warm-up calls. Two worker processes hold the pipelines: ``now`` runs the code as it
-is; ``before`` the path before the CPU fixes of ``piti.precision`` (GroupNorms through an fp32 copy, glibc's
-default allocator); each ``--variant K=V,K=V`` adds a worker that runs ``now`` at those sampling settings, named
-by them (``--no-reward`` is ``--variant reward_guidance=0``: the cost of the headers' reward guidance). Call i
-uses seed i, and each variant's images are compared with fp32 before's of the same seeds (mean absolute difference
-of the 8-bit pixels). The calls go round-robin over tasks, precisions and workers, so a busy machine slows every
-variant alike; the load average is printed at start and end. bf16 runs only where the CPU computes it natively
-(AVX512-BF16 or AMX) unless ``--precisions`` asks.
+One image per call (base + upsampler), as a user runs it (``--samples N``: N per call, the times given per image):
+``PITIPipeline.from_checkpoints(task=...)`` with the checkpoint's recommended settings
+(``--steps``/``--upsample-steps`` override them). The time of the whole call is given with its split into the base
+model (guided, batch 2) and the upsampler, median over ``--reps`` calls after ``--warm`` warm-up calls. Two worker
+processes hold the pipelines: ``now`` runs the code as it is; ``before`` the path before the CPU fixes of
+``piti.precision`` (GroupNorms through an fp32 copy, glibc's default allocator); each ``--variant K=V,K=V`` adds a
+worker that runs ``now`` at those sampling settings, named by them (``--no-reward`` is ``--variant
+reward_guidance=0``: the cost of the headers' reward guidance). Call i uses seed i, and each variant's images are
+compared with fp32 before's of the same seeds (mean absolute difference of the 8-bit pixels). The calls go
+round-robin over tasks, precisions and workers, so a busy machine slows every variant alike; the load average is
+printed at start and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX) unless
+``--precisions`` asks.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def parse_variant(text: str) -> dict:
     return out
 
 
-def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str) -> None:
+def _worker(
+    conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str, samples: int = 1
+) -> None:
     """Hold one pipeline per (task, precision); answer ("run", task, precision) with its timings, and
     ("profile", task, precision) with torch.profiler's table of the operators of one call."""
     from piti import demo_support as ds
@@ -87,10 +91,11 @@ def _worker(conn, name: str, tasks: list, precisions: list, threads: int, overri
             conn.send(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
             continue
         start = time.perf_counter()
-        out = pipes[task, precision](str(conditions[task]), seed=seed, progress=False, **overrides)
+        out = pipes[task, precision](str(conditions[task]), seed=seed, num_samples=samples, progress=False, **overrides)
         timings = out.settings["timings"]
         image = np.asarray(out.images[0], dtype=np.float64)
-        conn.send((time.perf_counter() - start, timings["base_s"], timings["upsample_s"], image))
+        seconds = (time.perf_counter() - start, timings["base_s"], timings["upsample_s"])
+        conn.send((*(t / samples for t in seconds), image))
 
 
 def main(argv=None) -> int:
@@ -102,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)")
     p.add_argument("--steps", default=None, help="base steps (default: the checkpoint's)")
     p.add_argument("--upsample-steps", default=None, help="upsampler steps (default: the checkpoint's)")
+    p.add_argument("--samples", type=int, default=1, help="images per call; times are per image (default 1)")
     p.add_argument("--quick", action="store_true", help="mask only, 2 + 2 steps, one call: checks the script")
     p.add_argument("--profile", action="store_true", help="then profile one call of the first task, each variant")
     p.add_argument("--no-reward", action="store_true", help="also run 'now' without reward guidance (its cost)")
@@ -125,6 +131,8 @@ def main(argv=None) -> int:
             parse_variant(variant)  # checked before the workers start
     except ConfigError as err:
         p.error(str(err))
+    if args.samples < 1:
+        p.error(f"--samples must be at least 1, got {args.samples}")
     if not set(tasks) <= {"mask", "sketch", "depth"} or not set(precisions) <= {"fp32", "bf16"}:
         p.error("tasks are mask, sketch, depth; precisions fp32, bf16")
 
@@ -139,7 +147,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="piti-toy-speed-") as folder:
         for name in WORKERS + tuple(variants):
             conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, name, tasks, precisions, args.threads, overrides, folder))
+            worker_args = (child, name, tasks, precisions, args.threads, overrides, folder, args.samples)
+            proc = ctx.Process(target=_worker, args=worker_args)
             proc.start()
             workers[name] = (conn, proc)
         for conn, _ in workers.values():
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
         print(f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {speedup} | {diff} |")
     settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the checkpoints' recommended settings"
     print(
-        f"\n# {settings}; median of {args.reps} call(s) after {args.warm} warm-up, seeds {args.warm}.."
+        f"\n# {settings}; {args.samples} image(s) per call; median of {args.reps} call(s) after {args.warm} warm-up, "
+        f"seeds {args.warm}.."
         f"{args.warm + args.reps - 1}; load average {load_end:.1f} at end"
     )
     for (precision, name), table in profiles.items():

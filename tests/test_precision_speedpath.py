@@ -113,7 +113,7 @@ def test_toy_speed_benchmark_quick_runs():
     run = subprocess.run(
         [
             *(sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", "--no-reward"),
-            *("--variant", "guidance_tmax=0.5"),
+            *("--variant", "guidance_tmax=0.5", "--samples", "2"),
         ],
         capture_output=True,
         text=True,
@@ -124,6 +124,8 @@ def test_toy_speed_benchmark_quick_runs():
     rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
     assert [r.split("|")[3].strip() for r in rows] == ["before", "now", "guidance_tmax=0.5", "reward_guidance=0"]
     assert rows[0].split("|")[-2].strip() == "0.00"  # fp32 before against itself
-    assert "load average" in run.stdout and "native bf16" in run.stdout
+    assert "load average" in run.stdout and "native bf16" in run.stdout and "2 image(s) per call" in run.stdout
+    few = subprocess.run([sys.executable, str(script), "--quick", "--samples", "0"], capture_output=True)
+    assert few.returncode == 2 and b"--samples must be at least 1" in few.stderr
     bad = subprocess.run([sys.executable, str(script), "--quick", "--variant", "guidance_tmax=2"], capture_output=True)
     assert bad.returncode == 2 and b"guidance_tmax must be in [0, 1]" in bad.stderr
