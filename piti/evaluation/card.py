@@ -144,12 +144,11 @@ def markdown(card: dict) -> str:
     lines += [f"| **total** | | **{card['total_mb']:.1f}** (budget {TOY_BUDGET_MB}) |", ""]
     align = card.get("alignment")
     if align:
-        per_call = {r.get("samples_per_call", 1) for r in align["tasks"].values()}
+        k = max(r.get("samples_per_call", 1) for r in align["tasks"].values())  # one value: the script's flag
         drawn = (
-            f"; scene i's picture is sample i mod {max(per_call)} of a call of {max(per_call)} samples, so settings "
-            "that act between the samples of a call are judged as they draw, and the time is the call's / "
-            f"{max(per_call)}"
-            if per_call != {1}
+            f"; scene i's picture is sample i mod {k} of a call of {k} samples, so settings that act between the "
+            f"samples of a call are judged as they draw, and the time is the call's / {k}"
+            if k > 1
             else "; one call per picture"
         )
         lines += [
