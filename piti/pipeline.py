@@ -434,16 +434,11 @@ class PITIPipeline:
             )
         if batch < 2:
             return denoise
-        full = self.diffusion(self.base_model, self.base_model.config.diffusion_steps)
         model = self.class_model if classes else None
-        return reward_guided(
-            denoise,
-            lambda x0: repulsion(particle_features(x0, model)),
-            full.alphas_cumprod,
-            settings.particle_guidance,
-            settings.particle_guidance_tmin,
-            settings.particle_guidance_tmax,
-            rescaled=full.rescale_timesteps,
+        window = (settings.particle_guidance_tmin, settings.particle_guidance_tmax)
+        push = settings.particle_guidance
+        return self._loss_guided(
+            denoise, self.base_model, lambda x0: repulsion(particle_features(x0, model)), push, window
         )
 
     def reward_denoiser(
@@ -463,15 +458,14 @@ class PITIPipeline:
         cfg = model.config
         target = condition_target(self.task, ref.float(), cfg.image_size, palette=settings.palette)
         target = {k: v.expand(batch, *v.shape[1:]) for k, v in target.items()}
-        full = self.diffusion(model, cfg.diffusion_steps)  # the trained process's alphas
-        return reward_guided(
-            denoise,
-            lambda x0: consistency_loss(self.task, self.reward_model(x0), target),
-            full.alphas_cumprod,
-            scale,
-            *window,
-            rescaled=full.rescale_timesteps,
+        return self._loss_guided(
+            denoise, model, lambda x0: consistency_loss(self.task, self.reward_model(x0), target), scale, window
         )
+
+    def _loss_guided(self, denoise, model, loss_fn, scale: float, window):
+        """:func:`piti.diffusion.reward_guided` over ``denoise`` of ``model``, with its trained process's alphas."""
+        full = self.diffusion(model, model.config.diffusion_steps)
+        return reward_guided(denoise, loss_fn, full.alphas_cumprod, scale, *window, rescaled=full.rescale_timesteps)
 
     def upsampler_denoiser(self, ref: torch.Tensor, low_res: torch.Tensor, encode_once: bool = True):
         """The unguided ``denoise(x_t, t_model)`` of the upsampler for the 64-px images ``low_res``."""
