@@ -1,6 +1,7 @@
-"""The CPU speed path of piti.precision: bf16 GroupNorms without the fp32 copy, and the tuned allocator.
+"""The CPU speed path of piti.precision: bf16 GroupNorms without the fp32 copy, and the tuned allocator; the
+CPU dropout of piti.nn.layers.
 
-Both must leave the numbers as they were: the mixed-precision GroupNorm gives what the fp32 round trip
+The first two must leave the numbers as they were: the mixed-precision GroupNorm gives what the fp32 round trip
 gives, and the bf16 model with it stays as close to fp32 as the bf16 model without it.
 """
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from piti import precision
-from piti.nn.layers import GroupNorm32, set_norm_upcast
+from piti.nn.layers import Dropout, GroupNorm32, set_norm_upcast
 from piti.precision import cpu_has_native_bf16, make_policy
 
 from conftest import tiny_model
@@ -129,3 +130,72 @@ def test_toy_speed_benchmark_quick_runs():
     assert few.returncode == 2 and b"--samples must be at least 1" in few.stderr
     bad = subprocess.run([sys.executable, str(script), "--quick", "--variant", "guidance_tmax=2"], capture_output=True)
     assert bad.returncode == 2 and b"guidance_tmax must be in [0, 1]" in bad.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_p_and_keeps_the_mean(dtype, p):
+    drop = Dropout(p).train()
+    x = torch.ones(4, 64, 33, 31, dtype=dtype)  # an odd element count: the last 64-bit draw is cut
+    torch.manual_seed(0)
+    y = drop(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 0.01  # 262k elements: the binomial's sd is under 0.001
+    kept = y[y != 0].float()
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - p)), rtol=1e-2)  # bf16 rounds 1 / 0.9
+    assert abs(y.double().mean().item() - 1) < 0.02
+    lanes = torch.stack([y.flatten()[i::4] == 0 for i in range(4)]).double().mean(1)  # each 16-bit lane alike
+    assert (lanes - p).abs().max() < 0.02
+
+
+def test_cpu_dropout_follows_the_seed_and_the_gradient_follows_the_mask():
+    drop = Dropout(0.3).train()
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    torch.manual_seed(5)
+    a = drop(x)
+    torch.manual_seed(5)
+    b = drop(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, drop(x))  # the next draw differs
+    a.sum().backward()
+    assert torch.equal(x.grad, (a != 0).float() / 0.7)
+    drop.eval()
+    assert drop(x) is x or torch.equal(drop(x), x)  # identity when not training
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_cpu_dropout_replays_under_activation_checkpointing():
+    # a checkpointed ResBlock recomputes its forward in the backward pass: the replayed mask must be the same
+    from piti.nn.unet import ResBlock
+
+    torch.manual_seed(0)
+    plain = ResBlock(32, 16, dropout=0.5).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.use_checkpoint = True
+    x, emb = torch.randn(2, 32, 8, 8), torch.randn(2, 16)
+    grads = []
+    for block in (plain, ckpt):
+        torch.manual_seed(1)
+        block(x, emb).square().sum().backward()
+        grads.append(torch.cat([q.grad.flatten() for q in block.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_toy_train_speed_benchmark_quick_runs():
+    # the script's plumbing only: speed is never asserted
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_train_speed.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["before", "now"]
+    assert rows[0].split("|")[-2].strip() == "1.00x"
+    assert "load average" in run.stdout and "native bf16" in run.stdout
+    bad = subprocess.run([sys.executable, str(script), "--quick", "--precisions", "fp16"], capture_output=True)
+    assert bad.returncode == 2 and b"precisions are fp32, bf16" in bad.stderr

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from piti.errors import ConditionError
-from piti.nn.layers import GroupNorm32, attention, maybe_checkpoint, timestep_embedding, zero_module
+from piti.nn.layers import Dropout, GroupNorm32, attention, maybe_checkpoint, timestep_embedding, zero_module
 
 
 class Downsample(nn.Module):
@@ -76,7 +76,7 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             GroupNorm32(out_channels, swish=not use_scale_shift_norm),
             nn.SiLU() if use_scale_shift_norm else nn.Identity(),
-            nn.Dropout(p=dropout),
+            Dropout(p=dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
