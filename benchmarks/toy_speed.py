@@ -13,13 +13,13 @@ One image per call (base + upsampler), as a user runs it (``--samples N``: N per
 (``--steps``/``--upsample-steps`` override them). The time of the whole call is given with its split into the base
 model (guided, batch 2) and the upsampler, median over ``--reps`` calls after ``--warm`` warm-up calls. Two worker
 processes hold the pipelines: ``now`` runs the code as it is; ``before`` the path before the CPU fixes of
-``piti.precision`` (GroupNorms through an fp32 copy, glibc's default allocator); each ``--variant K=V,K=V`` adds a
-worker that runs ``now`` at those sampling settings, named by them (``--no-reward`` is ``--variant
-reward_guidance=0``: the cost of the headers' reward guidance). Call i uses seed i, and each variant's images are
-compared with fp32 before's of the same seeds (mean absolute difference of the 8-bit pixels). The calls go
-round-robin over tasks, precisions and workers, so a busy machine slows every variant alike; the load average is
-printed at start and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX) unless
-``--precisions`` asks.
+``piti.precision`` (GroupNorms through an fp32 copy, glibc's default allocator, the reward and class models in
+fp32); each ``--variant K=V,K=V`` adds a worker that runs ``now`` at those sampling settings, named by them
+(``--no-reward`` is ``--variant reward_guidance=0``: the cost of the headers' reward guidance). Call i uses seed i,
+and each variant's images are compared with fp32 before's of the same seeds (mean absolute difference of the 8-bit
+pixels). The calls go round-robin over tasks, precisions and workers, so a busy machine slows every variant alike;
+the load average is printed at start and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX)
+unless ``--precisions`` asks.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+def _fp32(forward):
+    """``forward`` outside autocast, in fp32: the reward and class models as before they ran in the policy's
+    precision."""
+
+    def run(x, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float(), *args, **kwargs)
+
+    return run
+
+
 def _worker(
     conn, name: str, tasks: list, precisions: list, threads: int, overrides: dict, folder: str, samples: int = 1
 ) -> None:
@@ -82,6 +93,8 @@ def _worker(
             if name == "before":
                 for model in (pipe.base_model, pipe.upsampler_model):
                     set_norm_upcast(model, True)
+                for model in filter(None, (pipe.reward_model, pipe.class_model)):
+                    model.forward = _fp32(model.forward)
             pipes[task, precision] = pipe
     conn.send("ready")
     for what, task, precision, seed in iter(conn.recv, None):

@@ -463,9 +463,15 @@ class PITIPipeline:
         )
 
     def _loss_guided(self, denoise, model, loss_fn, scale: float, window):
-        """:func:`piti.diffusion.reward_guided` over ``denoise`` of ``model``, with its trained process's alphas."""
+        """:func:`piti.diffusion.reward_guided` over ``denoise`` of ``model``, with its trained process's alphas; the
+        loss (its reward or class model) runs under the policy's autocast, as the networks do."""
         full = self.diffusion(model, model.config.diffusion_steps)
-        return reward_guided(denoise, loss_fn, full.alphas_cumprod, scale, *window, rescaled=full.rescale_timesteps)
+
+        def policy_loss(x0):
+            with self.policy.autocast():
+                return loss_fn(x0).float()
+
+        return reward_guided(denoise, policy_loss, full.alphas_cumprod, scale, *window, rescaled=full.rescale_timesteps)
 
     def upsampler_denoiser(self, ref: torch.Tensor, low_res: torch.Tensor, encode_once: bool = True):
         """The unguided ``denoise(x_t, t_model)`` of the upsampler for the 64-px images ``low_res``."""

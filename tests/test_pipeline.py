@@ -538,6 +538,21 @@ def test_upsample_reward_guidance_guides_the_upsampler_only(ckpts, tmp_path):
         plain_pipe(synth_mask(), upsample_reward_guidance=0.1, **FEW)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_reward_model_runs_in_the_pipelines_precision(ckpts, tmp_path, precision):
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    save_reward_model(tmp_path / "r.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision=precision, reward_model=tmp_path / "r.safetensors")
+    conv = next(m for m in pipe.reward_model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    out = pipe(synth_mask(), seed=2, sampler="ddpm", upsample_sampler="ddpm", reward_guidance=0.5, **FEW)
+    assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert np.isfinite(pixels(out.images)).all() and pipe.reward_model.training is False
+
+
 def test_particle_guidance_pushes_the_samples_of_one_call_apart(mask_pipe):
     kwargs = dict(seed=2, sampler="ddpm", guidance=1.0, upsample=False, **FEW)
     pushed = dict(particle_guidance=2.0, particle_guidance_tmin=0.0)
