@@ -142,6 +142,21 @@ def test_joint_from_scratch_trains_encoder_and_decoder(tmp_path):
     assert load_checkpoint(trainer.run_dir / "model.safetensors").metadata["stage"] == "joint"
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_resolves_per_machine_and_is_kept_for_resume(tmp_path, monkeypatch, native):
+    from piti.train import loop
+
+    monkeypatch.setattr(loop, "auto_precision", lambda device: "bf16" if native else "fp32")
+    trainer = Trainer(tiny_config(tmp_path, "joint", precision="auto", iterations=1))
+    want = "bf16" if native else "fp32"
+    assert trainer.config.precision == want
+    assert (trainer.autocast().__class__.__name__ == "autocast") == native  # fp32: no autocast at all
+    trainer.train()
+    assert TrainConfig.load(trainer.run_dir / "config.yaml").precision == want  # a resume elsewhere keeps it
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        tiny_config(tmp_path, "joint", precision="bf8").validate()
+
+
 def test_joint_needs_pretrained_weights_or_from_scratch(tmp_path):
     with pytest.raises(ConfigError, match="from_scratch"):
         Trainer(tiny_config(tmp_path, "joint", from_scratch=False))

@@ -35,7 +35,7 @@ from piti.errors import ConfigError
 from piti.precision import DTYPES
 
 STAGES = ("pretrain", "encoder", "encoder-dropout", "joint", "upsampler")
-PRECISIONS = tuple(DTYPES)  # fp32, bf16, fp16: training takes an explicit precision
+PRECISIONS = (*DTYPES, "auto")  # fp32, bf16, fp16, or auto: resolved when a run starts (piti.train.loop)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TrainConfig:
     ema_warmup: bool = False  # decay min(ema_rate, (1+step)/(10+step)): for short runs (not official)
     uncond_p: float = 0.0  # probability of replacing the condition by the null condition
     schedule_sampler: str = "uniform"  # timestep sampler: uniform or loss-second-moment
-    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA)
+    precision: str = "fp32"  # fp32, bf16 (autocast, CPU or CUDA), fp16 (autocast + GradScaler, CUDA) or auto
     activation_checkpointing: bool = False  # recompute activations in backward (full-size models)
     device: str = "auto"  # auto (CUDA if present), cpu, cuda
     seed: int = 0

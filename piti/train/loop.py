@@ -46,7 +46,7 @@ from piti.checkpoints import save_checkpoint
 from piti.diffusion.resample import make_timestep_sampler
 from piti.errors import CheckpointError, ConfigError, PitiError
 from piti.fileio import atomic_write
-from piti.precision import autocast, check_precision, resolve_device, tune_malloc
+from piti.precision import auto_precision, autocast, check_precision, resolve_device, tune_malloc
 from piti.train.config import TrainConfig
 from piti.train.ema import EMA
 from piti.train.stages import NamedItems, Stage, collate
@@ -207,6 +207,9 @@ class Trainer:
         self.dist = setup_distributed(cfg.device)
         self.device = self.dist.device
         world = self.dist.world_size
+        if cfg.precision == "auto":  # bf16 where the device computes it, else fp32 (CPU) or fp16 (old GPUs)
+            cfg.precision = auto_precision(self.device)  # the run's config.yaml keeps what it resolved to
+            log.info("precision auto: %s on %s", cfg.precision, self.device)
         check_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             tune_malloc()  # keep freed activations for the next step (piti.precision)
