@@ -108,24 +108,27 @@ def test_tune_malloc_is_idempotent_and_respects_glibc_tunables(monkeypatch):
     assert precision.tune_malloc() is False  # the user's setting wins
 
 
-def test_toy_speed_benchmark_quick_runs():
-    # the script's plumbing only: speed is never asserted
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_speed.py"
+def quick_benchmark(name: str, *args: str) -> tuple[Path, str, list[str]]:
+    """Run ``benchmarks/NAME --quick`` on one thread, fp32: (the script, its output, its table's mask fp32 rows).
+    The scripts' plumbing only: speed is never asserted."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / name
     run = subprocess.run(
-        [
-            *(sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", "--no-reward"),
-            *("--variant", "guidance_tmax=0.5", "--samples", "2"),
-        ],
+        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", *args],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
+    return script, run.stdout, [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
+
+
+def test_toy_speed_benchmark_quick_runs():
+    extra = ("--no-reward", "--variant", "guidance_tmax=0.5", "--samples", "2")
+    script, stdout, rows = quick_benchmark("toy_speed.py", *extra)
     assert [r.split("|")[3].strip() for r in rows] == ["before", "now", "guidance_tmax=0.5", "reward_guidance=0"]
     assert rows[0].split("|")[-2].strip() == "0.00"  # fp32 before against itself
-    assert "load average" in run.stdout and "native bf16" in run.stdout and "2 image(s) per call" in run.stdout
+    assert "load average" in stdout and "native bf16" in stdout and "2 image(s) per call" in stdout
     few = subprocess.run([sys.executable, str(script), "--quick", "--samples", "0"], capture_output=True)
     assert few.returncode == 2 and b"--samples must be at least 1" in few.stderr
     bad = subprocess.run([sys.executable, str(script), "--quick", "--variant", "guidance_tmax=2"], capture_output=True)
@@ -183,19 +186,9 @@ def test_cpu_dropout_replays_under_activation_checkpointing():
 
 
 def test_toy_train_speed_benchmark_quick_runs():
-    # the script's plumbing only: speed is never asserted
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_train_speed.py"
-    run = subprocess.run(
-        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| mask | fp32 |")]
+    script, stdout, rows = quick_benchmark("toy_train_speed.py")
     assert [r.split("|")[3].strip() for r in rows] == ["before", "now"]
     assert rows[0].split("|")[-2].strip() == "1.00x"
-    assert "load average" in run.stdout and "native bf16" in run.stdout
+    assert "load average" in stdout and "native bf16" in stdout
     bad = subprocess.run([sys.executable, str(script), "--quick", "--precisions", "fp16"], capture_output=True)
     assert bad.returncode == 2 and b"precisions are fp32, bf16" in bad.stderr
