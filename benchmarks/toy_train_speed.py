@@ -56,16 +56,13 @@ def make_trainer(task: str, precision: str, batch: int, out_dir: str):
     return trainer, [next(data) for _ in range(2)]
 
 
-def set_dropout(model: nn.Module, path: str) -> int:
-    """Swap every dropout of ``model`` to PyTorch's (``before``) or the project's (``now``); returns how many."""
+def set_dropout(model: nn.Module, path: str) -> None:
+    """Swap every dropout of ``model`` to PyTorch's (``before``) or the project's (``now``)."""
     kind = nn.Dropout if path == "before" else Dropout
-    count = 0
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Dropout):
                 setattr(parent, name, kind(p=child.p))
-                count += 1
-    return count
 
 
 def main(argv=None) -> int:
