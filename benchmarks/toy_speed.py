@@ -7,6 +7,7 @@
     python benchmarks/toy_speed.py --tasks depth --no-reward         # and "now" without the header's reward guidance
     python benchmarks/toy_speed.py --variant guidance_tmax=1          # and "now" at other settings (repeatable)
     python benchmarks/toy_speed.py --tasks depth --samples 4 --variant particle_guidance=0   # 4 images per call
+    python benchmarks/toy_speed.py --tasks mask --issue-baseline      # and "before" at the settings issue 18 timed
 
 One image per call (base + upsampler), as a user runs it (``--samples N``: N per call, the times given per image):
 ``PITIPipeline.from_checkpoints(task=...)`` with the checkpoint's recommended settings
@@ -15,7 +16,9 @@ model (guided, batch 2) and the upsampler, median over ``--reps`` calls after ``
 processes hold the pipelines: ``now`` runs the code as it is; ``before`` the path before the CPU fixes of
 ``piti.precision`` (GroupNorms through an fp32 copy, glibc's default allocator, the reward and class models in
 fp32); each ``--variant K=V,K=V`` adds a worker that runs ``now`` at those sampling settings, named by them
-(``--no-reward`` is ``--variant reward_guidance=0``: the cost of the headers' reward guidance). Call i uses seed i,
+(``--variant before:K=V`` runs ``before`` at them; ``--no-reward`` is ``--variant reward_guidance=0``: the cost of the
+headers' reward guidance; ``--issue-baseline`` is ``before`` at the settings of the files that issue 18 timed on a
+2-core AMX Xeon, so that its times can be scaled by the ratio measured here). Call i uses seed i,
 and each variant's images are compared with fp32 before's of the same seeds (mean absolute difference of the 8-bit
 pixels). The calls go round-robin over tasks, precisions and workers, so a busy machine slows every variant alike;
 the load average is printed at start and end. bf16 runs only where the CPU computes it natively (AVX512-BF16 or AMX)
@@ -41,6 +44,23 @@ from piti.errors import ConfigError
 from piti.precision import cpu_has_native_bf16
 
 WORKERS = ("before", "now")
+# the toy files' recommended settings when issue 18 timed them (1.91 s fp32, 1.36 s bf16 per mask image on a 2-core
+# AMX Xeon): DDPM 25 base steps guided at every step from t = T, 10 upsampler steps from 0.1 T, no reward guidance
+ISSUE_SECONDS = {"fp32": 1.91, "bf16": 1.36}
+ISSUE_SETTINGS = (
+    "steps=25,upsample_steps=10,upsample_start=0.1,guidance=5,noise_scale=0.7,guidance_tmax=1,skip_terminal=false,"
+    "reward_guidance=0,upsample_reward_guidance=0,particle_guidance=0"
+)
+ISSUE = f"before:{ISSUE_SETTINGS}"
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """A worker's name -> (its code path, the sampling settings it names): ``"now"`` -> ("now", ""),
+    ``"guidance_tmax=1"`` -> ("now", "guidance_tmax=1"), ``"before:steps=25"`` -> ("before", "steps=25")."""
+    if name in WORKERS:
+        return name, ""
+    path, sep, text = name.partition(":")
+    return (path, text) if sep and path in WORKERS else ("now", name)
 
 
 def parse_variant(text: str) -> dict:
@@ -80,17 +100,18 @@ def _worker(
     from piti.pipeline import PITIPipeline
 
     torch.set_num_threads(threads)
-    if name == "before":
+    path, settings = split_variant(name)
+    if path == "before":
         pol.tune_malloc = lambda: False  # glibc's default allocator, as before
-    if name not in WORKERS:  # a variant: "now" at the settings its name lists
-        overrides = {**overrides, **parse_variant(name)}
+    if settings:  # a variant: the path at the settings its name lists (--steps, --upsample-steps, --quick win)
+        overrides = {**parse_variant(settings), **overrides}
     scene = ds.write_examples(folder, 1, 128, "synth")[0]
     conditions = {"mask": scene.colormap, "sketch": scene.sketch, "depth": scene.depth}
     pipes = {}
     for task in tasks:
         for precision in precisions:
             pipe = PITIPipeline.from_checkpoints(task=task, precision=precision)
-            if name == "before":
+            if path == "before":
                 for model in (pipe.base_model, pipe.upsampler_model):
                     set_norm_upcast(model, True)
                 for model in filter(None, (pipe.reward_model, pipe.class_model)):
@@ -128,7 +149,12 @@ def main(argv=None) -> int:
         "--variant",
         action="append",
         default=[],
-        help="also run 'now' at these settings, e.g. guidance_tmax=0.8,steps=20",
+        help="also run 'now' at these settings, e.g. guidance_tmax=0.8,steps=20 ('before:...' runs 'before' at them)",
+    )
+    p.add_argument(
+        "--issue-baseline",
+        action="store_true",
+        help="also run 'before' at the settings issue 18 timed on an AMX Xeon, and scale its times by the ratio",
     )
     args = p.parse_args(argv)
     native = cpu_has_native_bf16()
@@ -139,9 +165,10 @@ def main(argv=None) -> int:
         tasks, args.reps, args.warm, overrides = tasks[:1], 1, 0, {"steps": "2", "upsample_steps": "2"}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     variants = args.variant + (["reward_guidance=0"] if args.no_reward else [])
+    variants += [ISSUE] if args.issue_baseline else []
     try:
         for variant in variants:
-            parse_variant(variant)  # checked before the workers start
+            parse_variant(split_variant(variant)[1])  # checked before the workers start
     except ConfigError as err:
         p.error(str(err))
     if args.samples < 1:
@@ -198,13 +225,25 @@ def main(argv=None) -> int:
         if key in times:
             speedup = f"{statistics.median(r[0] for r in times[key]) / image:.2f}x"
             diff = f"{np.mean([np.abs(a - b).mean() for a, b in zip(images[task, precision, name], images[key])]):.2f}"
-        print(f"| {task} | {precision} | {name} | {image:.2f} | {base:.2f} | {up:.2f} | {speedup} | {diff} |")
+        label = "before, issue 18's settings" if name == ISSUE else name
+        print(f"| {task} | {precision} | {label} | {image:.2f} | {base:.2f} | {up:.2f} | {speedup} | {diff} |")
     settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the checkpoints' recommended settings"
     print(
         f"\n# {settings}; {args.samples} image(s) per call; median of {args.reps} call(s) after {args.warm} warm-up, "
         f"seeds {args.warm}.."
         f"{args.warm + args.reps - 1}; load average {load_end:.1f} at end"
     )
+    for precision in ISSUE_SECONDS if args.issue_baseline and not overrides and args.samples == 1 else ():
+        # the issue's call is the same for the three tasks (networks of one size, no reward): its calls pooled
+        then = statistics.median(r[0] for task in tasks for r in times.get((task, precision, ISSUE), []))
+        for task in tasks if precision in precisions else ():
+            now = statistics.median(r[0] for r in times[task, precision, "now"])
+            print(
+                f"# projection, {task} {precision}: issue 18's AMX Xeon read {ISSUE_SECONDS[precision]:.2f} s per mask "
+                f"image at its settings; scaled by the header's call / the issue's here ({now:.2f} / {then:.2f} s, "
+                f"the latter pooled over the tasks): {ISSUE_SECONDS[precision] * now / then:.2f} s (assumes that "
+                "machine speeds both calls alike)"
+            )
     for (precision, name), table in profiles.items():
         print(f"\n# torch.profiler, one {tasks[0]} call, {precision} {name}:\n{table}")
     return 0

@@ -124,10 +124,14 @@ def quick_benchmark(name: str, *args: str) -> tuple[Path, str, list[str]]:
 
 
 def test_toy_speed_benchmark_quick_runs():
-    extra = ("--no-reward", "--variant", "guidance_tmax=0.5", "--samples", "2")
-    script, stdout, rows = quick_benchmark("toy_speed.py", *extra)
-    assert [r.split("|")[3].strip() for r in rows] == ["before", "now", "guidance_tmax=0.5", "reward_guidance=0"]
+    extra = ("--no-reward", "--variant", "guidance_tmax=0.5", "--variant", "before:guidance_tmax=0.5", "--samples", "2")
+    script, stdout, rows = quick_benchmark("toy_speed.py", *extra, "--issue-baseline")
+    names = [r.split("|")[3].strip() for r in rows]
+    assert names == ["before", "now", "guidance_tmax=0.5", "before:guidance_tmax=0.5", "reward_guidance=0"] + [
+        "before, issue 18's settings"
+    ]
     assert rows[0].split("|")[-2].strip() == "0.00"  # fp32 before against itself
+    assert "projection" not in stdout  # --quick's steps are not the header's: nothing to scale
     assert "load average" in stdout and "native bf16" in stdout and "2 image(s) per call" in stdout
     few = subprocess.run([sys.executable, str(script), "--quick", "--samples", "0"], capture_output=True)
     assert few.returncode == 2 and b"--samples must be at least 1" in few.stderr
