@@ -233,10 +233,11 @@ def main(argv=None) -> int:
         f"seeds {args.warm}.."
         f"{args.warm + args.reps - 1}; load average {load_end:.1f} at end"
     )
-    for precision in ISSUE_SECONDS if args.issue_baseline and not overrides and args.samples == 1 else ():
+    scaled = args.issue_baseline and not overrides and args.samples == 1  # the headers' calls, one image each
+    for precision in [p for p in precisions if p in ISSUE_SECONDS] if scaled else ():
         # the issue's call is the same for the three tasks (networks of one size, no reward): its calls pooled
-        then = statistics.median(r[0] for task in tasks for r in times.get((task, precision, ISSUE), []))
-        for task in tasks if precision in precisions else ():
+        then = statistics.median(r[0] for task in tasks for r in times[task, precision, ISSUE])
+        for task in tasks:
             now = statistics.median(r[0] for r in times[task, precision, "now"])
             print(
                 f"# projection, {task} {precision}: issue 18's AMX Xeon read {ISSUE_SECONDS[precision]:.2f} s per mask "
