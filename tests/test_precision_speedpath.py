@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,24 @@ def test_toy_speed_benchmark_quick_runs():
     assert few.returncode == 2 and b"--samples must be at least 1" in few.stderr
     bad = subprocess.run([sys.executable, str(script), "--quick", "--variant", "guidance_tmax=2"], capture_output=True)
     assert bad.returncode == 2 and b"guidance_tmax must be in [0, 1]" in bad.stderr
+
+
+def test_toy_speed_projects_the_issue_times_by_the_measured_ratio():
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_speed.py"
+    args = ["--tasks", "mask", "--precisions", "fp32", "--threads", "1", "--reps", "1", "--warm", "0"]
+    run = subprocess.run(
+        [sys.executable, str(script), *args, "--issue-baseline"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r.split("|")[3].strip(): float(r.split("|")[4]) for r in run.stdout.splitlines() if r.startswith("| mask")}
+    (line,) = [r for r in run.stdout.splitlines() if r.startswith("# projection, mask fp32")]
+    now, then, projected = re.search(r"\(([\d.]+) / ([\d.]+) s,.*: ([\d.]+) s", line).groups()
+    assert (float(now), float(then)) == (rows["now"], rows["before, issue 18's settings"])
+    assert abs(float(projected) - 1.91 * float(now) / float(then)) < 0.01  # the issue's fp32 time, scaled (rounding)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
