@@ -109,12 +109,12 @@ def test_tune_malloc_is_idempotent_and_respects_glibc_tunables(monkeypatch):
     assert precision.tune_malloc() is False  # the user's setting wins
 
 
-def quick_benchmark(name: str, *args: str) -> tuple[Path, str, list[str]]:
-    """Run ``benchmarks/NAME --quick`` on one thread, fp32: (the script, its output, its table's mask fp32 rows).
-    The scripts' plumbing only: speed is never asserted."""
+def run_benchmark(name: str, *args: str, quick: bool = True) -> tuple[Path, str, list[str]]:
+    """Run ``benchmarks/NAME --quick`` (or without ``--quick``) on one thread, fp32: (the script, its output, its
+    table's mask fp32 rows). The scripts' plumbing only: speed is never asserted."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / name
     run = subprocess.run(
-        [sys.executable, str(script), "--quick", "--threads", "1", "--precisions", "fp32", *args],
+        [sys.executable, str(script), *(["--quick"] if quick else []), "--threads", "1", "--precisions", "fp32", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -126,7 +126,7 @@ def quick_benchmark(name: str, *args: str) -> tuple[Path, str, list[str]]:
 
 def test_toy_speed_benchmark_quick_runs():
     extra = ("--no-reward", "--variant", "guidance_tmax=0.5", "--variant", "before:guidance_tmax=0.5", "--samples", "2")
-    script, stdout, rows = quick_benchmark("toy_speed.py", *extra, "--issue-baseline")
+    script, stdout, rows = run_benchmark("toy_speed.py", *extra, "--issue-baseline")
     names = [r.split("|")[3].strip() for r in rows]
     assert names == ["before", "now", "guidance_tmax=0.5", "before:guidance_tmax=0.5", "reward_guidance=0"] + [
         "before, issue 18's settings"
@@ -141,18 +141,10 @@ def test_toy_speed_benchmark_quick_runs():
 
 
 def test_toy_speed_projects_the_issue_times_by_the_measured_ratio():
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "toy_speed.py"
-    args = ["--tasks", "mask", "--precisions", "fp32", "--threads", "1", "--reps", "1", "--warm", "0"]
-    run = subprocess.run(
-        [sys.executable, str(script), *args, "--issue-baseline"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = {r.split("|")[3].strip(): float(r.split("|")[4]) for r in run.stdout.splitlines() if r.startswith("| mask")}
-    (line,) = [r for r in run.stdout.splitlines() if r.startswith("# projection, mask fp32")]
+    args = ("--tasks", "mask", "--reps", "1", "--warm", "0", "--issue-baseline")
+    _, stdout, mask_rows = run_benchmark("toy_speed.py", *args, quick=False)  # the header's settings: scaled
+    rows = {r.split("|")[3].strip(): float(r.split("|")[4]) for r in mask_rows}
+    (line,) = [r for r in stdout.splitlines() if r.startswith("# projection, mask fp32")]
     now, then, projected = re.search(r"\(([\d.]+) / ([\d.]+) s,.*: ([\d.]+) s", line).groups()
     assert (float(now), float(then)) == (rows["now"], rows["before, issue 18's settings"])
     assert abs(float(projected) - 1.91 * float(now) / float(then)) < 0.01  # the issue's fp32 time, scaled (rounding)
@@ -209,7 +201,7 @@ def test_cpu_dropout_replays_under_activation_checkpointing():
 
 
 def test_toy_train_speed_benchmark_quick_runs():
-    script, stdout, rows = quick_benchmark("toy_train_speed.py")
+    script, stdout, rows = run_benchmark("toy_train_speed.py")
     assert [r.split("|")[3].strip() for r in rows] == ["before", "now"]
     assert rows[0].split("|")[-2].strip() == "1.00x"
     assert "load average" in stdout and "native bf16" in stdout
