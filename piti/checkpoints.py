@@ -9,13 +9,15 @@ Formats understood by :func:`load_checkpoint` (detected from the keys, not the f
                  (``piti`` metadata key) with the preset config, the training step and provenance.
 
 Loading is always strict. A mismatch raises one :class:`~piti.errors.CheckpointError` listing the missing,
-unexpected and wrongly shaped keys (the first few of each, with counts), never torch's bare RuntimeError.
+unexpected and wrongly shaped keys (the first few of each, with counts), never torch's bare RuntimeError. One
+exception: a PITI file without ``cond_hint`` weights loads into a model with them, whose hint then adds zero.
 Nothing is ever downloaded: a missing file says which file is expected and where it is published.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Mapping
@@ -47,6 +49,8 @@ OFFICIAL_SOURCES = {
 }
 
 # Keys of GLIDE's text stack that a PITI decoder does not have (reference README, "Facts").
+log = logging.getLogger(__name__)
+HINT_PREFIX = "decoder.hint_in."  # cond_hint's module (piti.nn.unet.ConditionHint)
 _GLIDE_TEXT_PREFIXES = ("padding_embedding", "positional_embedding", "token_embedding", "final_ln")
 
 
@@ -219,6 +223,10 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint | str | os.PathLike) -
     sd, src = ckpt.state_dict, ckpt.path
     is_piti = hasattr(model, "encoder") and hasattr(model, "decoder")
     if ckpt.format == "piti":
+        hint = {k: v for k, v in model.state_dict().items() if k.startswith(HINT_PREFIX)}
+        if hint and not any(k.startswith(HINT_PREFIX) for k in sd):  # a model without cond_hint: it starts at zero
+            sd = {**sd, **hint}
+            log.info("%s has no cond_hint weights; the hint starts at its initialisation, which adds zero", src)
         load_state_dict_strict(model, sd, src)
     elif ckpt.format == "glide" and is_piti:
         load_state_dict_strict(model.decoder, glide_to_piti_decoder(sd), src)

@@ -75,6 +75,9 @@ class ModelConfig:
     # Project option, not in the official code (0 = official): a fixed prior in the decoder's attention
     # that makes each pixel prefer the grid tokens covering it (piti.nn.unet.grid_locality_bias).
     cond_locality: float = 0.0
+    # Project option (False = official): the condition image itself, resized to the decoder's side, is added to the
+    # first block's output through a small zero-initialised conv (piti.nn.unet.ConditionHint).
+    cond_hint: bool = False
     # --- metadata for the diffusion process ---
     noise_schedule: str = "squaredcos_cap_v2"  # official: base cosine, upsamplers linear
     diffusion_steps: int = 1000
@@ -84,6 +87,7 @@ class ModelConfig:
         for option in ("channel_mult", "attention_resolutions", "encoder_cnn_channels"):
             object.__setattr__(self, option, _int_tuple(getattr(self, option), option))
         object.__setattr__(self, "super_res", bool(self.super_res))
+        object.__setattr__(self, "cond_hint", bool(self.cond_hint))
         self._validate()
 
     # --- derived values ---
@@ -161,6 +165,8 @@ class ModelConfig:
             bad(
                 "cond_locality applies to PITI's grid of condition tokens; a GLIDE model's text tokens have no position"
             )
+        if self.cond_hint and (self.kind != "piti" or self.super_res):
+            bad("cond_hint applies to a PITI base model (a condition image, no low-res input)")
 
     # --- plain-data round trip ---
     def to_dict(self) -> dict:

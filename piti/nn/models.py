@@ -40,14 +40,18 @@ def _unet_kwargs(config) -> dict:
         super_res=config.super_res,
         use_checkpoint=config.use_checkpoint,
         cond_locality=config.cond_locality,
+        cond_hint_channels=config.cond_channels if getattr(config, "cond_hint", False) else 0,
     )
 
 
-def _unpack(cond_emb) -> tuple:
-    """(xf_proj, xf_out) from the dict returned by ``encode``; ConditionError for anything else."""
-    if not isinstance(cond_emb, dict) or not {"xf_proj", "xf_out"} <= set(cond_emb):
-        raise ConditionError("`cond_emb` must be the dict returned by model.encode(...) with 'xf_proj' and 'xf_out'")
-    return cond_emb["xf_proj"], cond_emb["xf_out"]
+def _unpack(cond_emb) -> dict:
+    """The dict returned by ``encode`` (``xf_proj``, ``xf_out``, and ``hint`` where the model takes it), checked."""
+    if not isinstance(cond_emb, dict) or not {"xf_proj", "xf_out"} <= set(cond_emb) <= {"xf_proj", "xf_out", "hint"}:
+        got = sorted(cond_emb) if isinstance(cond_emb, dict) else type(cond_emb).__name__
+        raise ConditionError(
+            f"`cond_emb` must be the dict returned by model.encode(...) with 'xf_proj' and 'xf_out', got {got}"
+        )
+    return cond_emb
 
 
 class GLIDEModel(UNet):
@@ -94,9 +98,9 @@ class GLIDEModel(UNet):
 
     encode = encode_text
 
-    def decode(self, x, t, xf_proj, xf_out, low_res=None):
+    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
         """The UNet alone, given an encoded condition (see ``UNet.forward``)."""
-        return super().forward(x, t, xf_proj, xf_out, low_res)
+        return super().forward(x, t, xf_proj, xf_out, low_res, hint)
 
     def forward(self, x, t, tokens=None, mask=None, low_res=None, cond_emb=None):
         """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``tokens``/``mask`` or ``cond_emb``."""
@@ -104,7 +108,7 @@ class GLIDEModel(UNet):
             if tokens is None:
                 raise ConditionError("give either `tokens` (with `mask`) or `cond_emb` from model.encode_text()")
             cond_emb = self.encode_text(tokens, mask)
-        return self.decode(x, t, *_unpack(cond_emb), low_res=low_res)
+        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res)
 
 
 class PITIModel(nn.Module):
@@ -130,12 +134,14 @@ class PITIModel(nn.Module):
         self.decoder = UNet(**_unet_kwargs(config))
 
     def encode(self, ref: torch.Tensor) -> dict:
-        """Run the condition encoder once: ``dict(xf_proj=(B, W), xf_out=(B, W, N))``."""
-        return self.encoder(ref)
+        """Run the condition encoder once: ``dict(xf_proj=(B, W), xf_out=(B, W, N))``, with ``hint=ref`` for a
+        model with ``cond_hint``."""
+        out = self.encoder(ref)
+        return dict(out, hint=ref) if self.config.cond_hint else out
 
-    def decode(self, x, t, xf_proj, xf_out, low_res=None):
+    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
         """The decoder alone, given an encoded condition (see ``UNet.forward``)."""
-        return self.decoder(x, t, xf_proj, xf_out, low_res)
+        return self.decoder(x, t, xf_proj, xf_out, low_res, hint)
 
     def forward(self, x, t, ref=None, low_res=None, cond_emb=None):
         """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``ref`` or ``cond_emb``."""
@@ -143,4 +149,4 @@ class PITIModel(nn.Module):
             if ref is None:
                 raise ConditionError("give either the condition image `ref` or `cond_emb` from model.encode()")
             cond_emb = self.encode(ref)
-        return self.decode(x, t, *_unpack(cond_emb), low_res=low_res)
+        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res)

@@ -7,6 +7,9 @@ The conditioning enters twice, as in GLIDE and PITI:
   * spatially: every attention block projects ``xf_out`` with ``encoder_kv`` and PREPENDS those
     keys/values to the spatial ones, so each pixel attends over [condition tokens, pixels].
 
+Project option ``cond_hint_channels`` (not official): the condition image itself enters a third way, resized to
+``x_t``'s side and added to the first block's output by :class:`ConditionHint`, which starts at zero.
+
 The super-resolution variant (``super_res=True``) bilinearly upsamples ``low_res`` to the size of
 ``x_t`` (``align_corners=False``) and concatenates it after ``x_t`` (6 input channels).
 """
@@ -168,6 +171,21 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(h).view(b, c, height, width)
 
 
+class ConditionHint(nn.Module):
+    """The condition image (B, C, S, S) -> a (B, channels, H, W) addition to the first block's output, as
+    ControlNet's hint: area-resized to H x W, conv3x3 + SiLU, then a zero-initialised conv3x3, so that a model
+    without it loads and at first predicts exactly as before."""
+
+    def __init__(self, in_channels: int, channels: int, hidden: int = 32):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.conv_out = zero_module(nn.Conv2d(hidden, channels, 3, padding=1))
+
+    def forward(self, hint: torch.Tensor, size) -> torch.Tensor:
+        hint = F.interpolate(hint, size=size, mode="area") if tuple(hint.shape[2:]) != tuple(size) else hint
+        return self.conv_out(F.silu(self.conv_in(hint)))
+
+
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence of layers; ResBlocks get ``emb``, attention blocks get ``xf_out``, others only ``h``."""
 
@@ -193,6 +211,7 @@ class UNet(nn.Module):
         xf_width: width of the condition tokens (text transformer or PITI encoder).
         super_res: take ``low_res`` and concatenate its upsampled copy after ``x_t``.
         out_channels: 6 = epsilon and the learned-variance interpolation value v.
+        cond_hint_channels: channels of the condition image that :class:`ConditionHint` adds (0 = none, official).
     """
 
     def __init__(
@@ -212,6 +231,7 @@ class UNet(nn.Module):
         out_channels=6,
         use_checkpoint=False,
         cond_locality=0.0,
+        cond_hint_channels=0,
     ):
         super().__init__()
         self.image_size = image_size
@@ -239,6 +259,7 @@ class UNet(nn.Module):
 
         ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.hint_in = ConditionHint(cond_hint_channels, ch) if cond_hint_channels else None
         skip_chans, ds = [ch], 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -295,7 +316,17 @@ class UNet(nn.Module):
             raise ConditionError("`low_res` was given to a model that is not a super-resolution model")
         return t
 
-    def forward(self, x, t, xf_proj, xf_out, low_res=None):
+    def check_hint(self, x: torch.Tensor, hint) -> None:
+        """Raise ConditionError unless ``hint`` is a (B, C, S, S) condition image exactly when the model takes one."""
+        channels = self.hint_in.conv_in.in_channels if self.hint_in is not None else 0
+        fits = hint is None or (hint.dim() == 4 and hint.shape[:2] == (len(x), channels))
+        if (hint is None) == (channels == 0) and fits:
+            return
+        want = f"a hint ({len(x)}, {channels}, S, S)" if channels else "no hint"
+        got = None if hint is None else tuple(hint.shape)
+        raise ConditionError(f"this model takes {want} (the condition image, cond_hint), got {got}")
+
+    def forward(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
         """Predict (B, 6, H, W): epsilon and the variance interpolation value v.
 
         Args:
@@ -304,8 +335,10 @@ class UNet(nn.Module):
             xf_proj: pooled condition vector (B, xf_width), projected here by ``transformer_proj``.
             xf_out: condition tokens (B, xf_width, N), turned into keys/values by each ``encoder_kv``.
             low_res: (B, 3, h, w) image for super-resolution models.
+            hint: the condition image (B, C, S, S) of a model with ``cond_hint_channels`` (None otherwise).
         """
         t = self.check_inputs(x, t, low_res)
+        self.check_hint(x, hint)
         b, w = x.shape[0], self.transformer_proj.in_features
         if (
             not torch.is_tensor(xf_proj)
@@ -326,8 +359,10 @@ class UNet(nn.Module):
         emb = emb + self.transformer_proj(xf_proj).to(emb.dtype)
         hs = []
         h = x
-        for module in self.input_blocks:
+        for i, module in enumerate(self.input_blocks):
             h = module(h, emb, xf_out)
+            if i == 0 and hint is not None:
+                h = h + self.hint_in(hint.to(h.dtype), h.shape[2:])
             hs.append(h)
         h = self.middle_block(h, emb, xf_out)
         for module in self.output_blocks:
