@@ -40,7 +40,7 @@ def _unet_kwargs(config) -> dict:
         super_res=config.super_res,
         use_checkpoint=config.use_checkpoint,
         cond_locality=config.cond_locality,
-        cond_hint_channels=config.cond_channels if getattr(config, "cond_hint", False) else 0,
+        cond_hint_channels=config.cond_channels if config.cond_hint else 0,
     )
 
 
