@@ -456,7 +456,8 @@ class PITIPipeline:
                 f"(eval/train_reward_models.py trains one for the toy world), or {name}=0"
             )
         cfg = model.config
-        target = condition_target(self.task, ref.float(), cfg.image_size, palette=settings.palette)
+        ref = ref.to(self.policy.device, torch.float32)  # prepare_conditions builds the conditions on the CPU
+        target = condition_target(self.task, ref, cfg.image_size, palette=settings.palette)
         target = {k: v.expand(batch, *v.shape[1:]) for k, v in target.items()}
         return self._loss_guided(
             denoise, model, lambda x0: consistency_loss(self.task, self.reward_model(x0), target), scale, window
