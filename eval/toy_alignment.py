@@ -89,6 +89,9 @@ def print_table(results: dict, start: int = 0) -> None:
                 for w in r["control"]["worst_scenes"]
             )
             print(f"  worst scenes, their share of the squared error (generated / real): {worst}")
+            median = r["control"].get("scene_ratio_median")  # not in results written before it was added
+            if median is not None:
+                print(f"  median over the scenes of each scene's own RMSE ratio: {median:.2f}")
     if any("upsampler_ceiling" in r for r in results.values()):
         print(f"\n{'task':<7} {'upsampler on real base images':<30} {'bicubic':>8} {'upsampler':>10} {'real':>6}")
         for task, r in results.items():

@@ -164,6 +164,10 @@ def test_depth_names_the_scenes_that_hold_its_error():
     assert worst[0]["error_share"] > 0.5 > worst[0]["error_share_real"]
     assert sum(w["error_share"] for w in worst) == pytest.approx(1.0)
     assert sum(w["error_share_real"] for w in worst) == pytest.approx(1.0)
+    # per scene: the unspoiled scenes score as the real images (ratio 1), so the median ignores the spoiled one
+    rmse = np.array(r["scene_rmse"])
+    assert rmse.shape == (3, 2) and np.allclose(rmse[[0, 2], 0], rmse[[0, 2], 1]) and rmse[1, 0] > rmse[1, 1]
+    assert r["scene_ratio_median"] == pytest.approx(1.0) and r["ratio"] < 1
 
 
 def test_upsampler_ceiling_judges_the_real_base_images(ckpts):

@@ -31,11 +31,13 @@ def test_log_summary_counts_compute_seconds_and_resumed_repeats():
 
 
 def test_a_continued_run_counts_its_steps_on_from_the_runs_it_follows():
-    logs = {run: [{"step": n}] for run, n in [("joint-mask", 5000), ("joint-depth", 2500), ("joint-cont-depth", 4500)]}
+    runs = [("joint-mask", 5000), ("joint-depth", 2500), ("joint-cont-depth", 4500), ("feedback-depth", 1000)]
+    logs = {run: [{"step": n}] for run, n in runs}
     assert card_lib.step_offset("joint-mask", logs) == 0
     assert card_lib.step_offset("joint-cont-depth", logs) == 2500
     assert card_lib.step_offset("feedback-mask", logs) == 5000  # mask has no joint-cont run
     assert card_lib.step_offset("feedback-depth", logs) == 2500 + 4500
+    assert card_lib.step_offset("feedback-hint-depth", logs) == 2500 + 4500 + 1000  # its own stage, not feedback's
 
 
 def test_card_block_is_rebuilt_from_logs_and_alignment(tmp_path):

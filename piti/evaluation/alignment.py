@@ -187,13 +187,18 @@ def judge_depth(estimator, generated: np.ndarray, real: np.ndarray, depth: np.nd
     against the input ``depth`` (metres, 0 = no depth), the ratios real / generated, the RMSE by distance
     (``by_distance``: :func:`~piti.evaluation.metrics.depth_errors_by_range` of each), the images holding most of
     the generated images' squared error (``worst_scenes``: index in the batch, its share, the real image's share),
-    and the RMSE ratio's 90% bootstrap interval over the images (``ratio_interval``)."""
+    the RMSE ratio's 90% bootstrap interval over the images (``ratio_interval``), each image's RMSE (``scene_rmse``:
+    [generated, real] pairs) and the median over the images of their own ratio (``scene_ratio_median``), which one
+    catastrophic image cannot move as it moves the pooled ratio."""
     pred_gen, pred_real = estimator.predict(generated), estimator.predict(real)
     gen, real_err = depth_errors(pred_gen, depth), depth_errors(pred_real, depth)
     share_gen, share_real = depth_error_shares(pred_gen, depth), depth_error_shares(pred_real, depth)
     per_image = [depth_squared_errors(p, depth) for p in (pred_gen, pred_real)]
     worst = np.argsort(-share_gen, kind="stable")[:WORST_SCENES]
+    scene_rmse = np.sqrt(np.stack([e[:, 0] / e[:, 1] for e in per_image], 1))  # (N, 2): generated, real
     return {
+        "scene_rmse": scene_rmse.tolist(),
+        "scene_ratio_median": float(np.median(scene_rmse[:, 1] / np.maximum(scene_rmse[:, 0], 1e-12))),
         "worst_scenes": [
             {"index": int(i), "error_share": float(share_gen[i]), "error_share_real": float(share_real[i])}
             for i in worst
@@ -313,7 +318,7 @@ def toy_control(task: str, data: dict, segmenter=None, depth_estimator=None) -> 
             "real": r["rmse_real"],
             "ratio": r["rmse_ratio"],
             **{k: r[k] for k in ("ratio_interval", "absrel_generated", "absrel_real", "absrel_ratio")},
-            **{k: r[k] for k in ("by_distance", "worst_scenes")},
+            **{k: r[k] for k in ("by_distance", "worst_scenes", "scene_ratio_median", "scene_rmse")},
         }
     raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(CONTROL_MEASURES)}")
 

@@ -21,10 +21,15 @@ from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
 SHARED_RUNS = ("pretrain", "pretrain-upsampler")
-TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "feedback", "upsampler")
+TASK_STAGES = ("encoder", "encoder-dropout", "joint", "joint-cont", "feedback", "feedback-hint", "upsampler")
 # runs that continue the joint stage in a new run from an earlier model file, with the stages they follow (their
-# steps count on from those): joint-cont-{task} (more joint steps), feedback-{task} (joint + the reward term)
-CONTINUED = {"joint-cont": ("joint",), "feedback": ("joint", "joint-cont")}
+# steps count on from those): joint-cont-{task} (more joint steps), feedback-{task} (joint + the reward term),
+# feedback-hint-{task} (more feedback steps with the condition hint added, `cond_hint`)
+CONTINUED = {
+    "joint-cont": ("joint",),
+    "feedback": ("joint", "joint-cont"),
+    "feedback-hint": ("joint", "joint-cont", "feedback"),
+}
 
 
 def run_names() -> list[str]:
@@ -64,7 +69,7 @@ def log_summary(rows: list[dict]) -> dict:
 def step_offset(run: str, logs: dict) -> float:
     """The steps before ``run`` in its task's lineage: for a continuation (:data:`CONTINUED`), the last logged steps
     of the runs it follows that have logs; 0 for any other run."""
-    stage = next((c for c in CONTINUED if run.startswith(c + "-")), None)
+    stage = max((c for c in CONTINUED if run.startswith(c + "-")), key=len, default=None)  # feedback-hint, not feedback
     if stage is None:
         return 0
     task = run[len(stage) + 1 :]
