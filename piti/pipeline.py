@@ -38,6 +38,7 @@ from PIL import Image
 
 from piti.data.conditions import condition_tensor, null_condition, open_condition
 from piti.diffusion import (
+    antithetic_draws,
     condition_annealer,
     create_diffusion,
     guided_denoiser,
@@ -527,6 +528,8 @@ class PITIPipeline:
         x_T = torch.randn(
             (num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device
         )
+        if s.antithetic_noise:
+            x_T = antithetic_draws(x_T)
         denoise = self.base_denoiser(ref, num_samples, s, encode_once=encode_once, generator=generator)
         x0 = sample(
             s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress, **sampler_options(s.sampler, s)

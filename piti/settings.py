@@ -182,6 +182,11 @@ class SamplingSettings:
     noise_scale_tmax: float = _setting(
         1.0, "DDPM: noise_scale applies below this fraction of the process, t/T (1 = every step)", low=0.0, high=1.0
     )
+    antithetic_noise: bool = _setting(
+        False,
+        "the base sampler's noises (x_T and each ancestral step's) centred across the samples of one call, rescaled: "
+        "each sample's stay N(0, I), any two correlate -1/(K-1) (two samples: z and -z); one sample drawn as without",
+    )
     eta: float = _setting(0.0, "DDIM: eta of the base steps (0 = deterministic)", low=0.0, high=1.0)
     upsample_sampler: str = _setting("dpmpp", "upsampler sampler", choices=tuple(SAMPLERS))
     upsample_steps: str = _setting("10", "upsampler steps: a number, or a respacing such as fast27")

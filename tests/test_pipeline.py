@@ -572,6 +572,26 @@ def test_particle_guidance_pushes_the_samples_of_one_call_apart(mask_pipe):
         mask_pipe(synth_mask(), particle_guidance=1.0, particle_features="classes", **FEW)
 
 
+def test_antithetic_noise_couples_the_base_draws_of_one_call_only(mask_pipe, monkeypatch):
+    import piti.pipeline as pipeline
+
+    seen = []
+    original = pipeline.sample
+
+    def spy(name, denoise, x_T, diffusion, **kwargs):
+        seen.append((x_T.clone(), kwargs.get("antithetic_noise")))
+        return original(name, denoise, x_T, diffusion, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample", spy)
+    run = dict(seed=3, sampler="ddpm", upsample_sampler="ddpm", steps=2, upsample_steps=2, progress=False)
+    out = mask_pipe(synth_mask(), num_samples=2, antithetic_noise=True, **run)
+    (base_x, base_flag), (_, upsample_flag) = seen
+    assert base_flag is True and upsample_flag is None  # the upsampler draws independently
+    assert torch.allclose(base_x[0], -base_x[1], atol=1e-6) and out.settings["antithetic_noise"] is True
+    one = [mask_pipe(synth_mask(), num_samples=1, antithetic_noise=a, **run) for a in (False, True)]
+    assert np.array_equal(pixels(one[0].images), pixels(one[1].images))  # one sample: drawn as without
+
+
 def test_particle_guidance_on_classes_uses_the_class_model_named_in_the_header(ckpts, tmp_path):
     from piti.checkpoints import export_model
     from piti.train.rewards import RewardConfig, RewardNet, save_reward_model

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from piti.diffusion import create_diffusion, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
-from piti.diffusion.samplers import ddim_step, ddpm_step
+from piti.diffusion.samplers import antithetic_draws, ddim_step, ddpm_step
 from piti.errors import ConfigError
 
 REF = np.load(Path(__file__).parent / "data" / "diffusion_reference.npz")
@@ -186,3 +186,37 @@ def test_ddpm_noise_scale_tmax_keeps_the_early_steps_noise():
     assert run(noise_scale=0.0).std() < half.std() < run().std()  # between: the early steps keep their noise
     with pytest.raises(ConfigError, match="noise_scale_tmax"):
         run(noise_scale_tmax=1.5)
+
+
+def test_antithetic_draws_keep_each_rows_distribution_and_anticorrelate_the_rows():
+    z = torch.randn(4, 200_000, generator=torch.Generator().manual_seed(0))
+    a = antithetic_draws(z)
+    assert torch.allclose(a.sum(0), torch.zeros(200_000), atol=1e-4)  # centred across the call
+    assert ((a.std(1) - 1).abs() < 0.01).all() and (a.mean(1).abs() < 0.01).all()  # each row still N(0, 1)
+    corr = torch.corrcoef(a)[~torch.eye(4, dtype=torch.bool)]
+    assert ((corr + 1 / 3).abs() < 0.01).all()  # any two: -1 / (K - 1)
+    pair = antithetic_draws(z[:2])
+    assert torch.allclose(pair[0], -pair[1], atol=1e-6)  # two: z and -z
+    assert torch.equal(antithetic_draws(z[:1]), z[:1])  # one: as drawn
+
+
+@pytest.mark.parametrize("name,kwargs", [("ddpm", {}), ("ddpm", {"noise_scale": 0.5}), ("ddim", {"eta": 1.0})])
+def test_antithetic_noise_fixes_the_mean_sample_of_an_affine_denoiser(name, kwargs):
+    # the exact denoiser of Gaussian data is affine in x_t: without clipping a sample is affine in its draws, so draws
+    # that sum to zero across the batch leave the batch's mean sample the same whatever the generator draws
+    diffusion, denoise = create_diffusion("linear", 1000, "20"), gaussian_denoiser("linear")
+    x_T = antithetic_draws(noise(4))
+
+    def run(seed, **extra):
+        gen = torch.Generator().manual_seed(seed)
+        return sample(name, denoise, x_T, diffusion, clip_denoised=False, generator=gen, **kwargs, **extra)
+
+    coupled = run(1, antithetic_noise=True)
+    assert torch.allclose(coupled.mean(0), run(2, antithetic_noise=True).mean(0), atol=1e-5)
+    assert not torch.allclose(run(1).mean(0), run(2).mean(0), atol=1e-3)  # independent draws: it moves
+    assert not torch.allclose(coupled[0], coupled[1], atol=1e-3)  # the samples themselves still differ
+    if name == "ddpm":  # that mean is the noiseless sample from x_T = 0
+        centre = sample_ddpm(denoise, torch.zeros_like(x_T[:1]), diffusion, clip_denoised=False, noise_scale=0.0)
+        assert torch.allclose(coupled.mean(0), centre[0], atol=1e-5)
+    wide = sample(name, denoise, antithetic_draws(noise()), diffusion, antithetic_noise=True, **kwargs)
+    assert abs(wide.mean().item() - M) < 0.01 and wide.std() > 0.5 * S  # a large batch keeps the data's spread

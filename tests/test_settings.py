@@ -103,9 +103,9 @@ def test_headers_are_checked_and_read_in_their_convention():
 
 def test_each_sampler_gets_its_own_knobs_from_the_settings():
     s = PROFILES["fast"].replace(noise_scale=0.7, eta=0.5, upsample_noise_scale=0.9, upsample_eta=0.2)
-    assert sampler_options("ddpm", s) == {"noise_scale": 0.7, "noise_scale_tmax": 1.0}
-    assert sampler_options("ddim", s) == {"eta": 0.5}
-    assert sampler_options("dpmpp", s) == {}
+    assert sampler_options("ddpm", s) == {"noise_scale": 0.7, "noise_scale_tmax": 1.0, "antithetic_noise": False}
+    assert sampler_options("ddim", s) == {"eta": 0.5, "antithetic_noise": False}
+    assert sampler_options("dpmpp", s) == {}  # deterministic: its x_T alone (the pipeline's) can be antithetic
     assert sampler_options("ddpm", s, prefix="upsample_") == {"noise_scale": 0.9}  # no upsample_noise_scale_tmax
     assert sampler_options("ddim", s, prefix="upsample_") == {"eta": 0.2}
     with pytest.raises(ConfigError, match="unknown sampler"):

@@ -15,7 +15,15 @@ from piti.diffusion.guidance import (
     repulsion,
     reward_guided,
 )
-from piti.diffusion.samplers import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sampler_options
+from piti.diffusion.samplers import (
+    SAMPLERS,
+    antithetic_draws,
+    sample,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sampler_options,
+)
 from piti.diffusion.schedules import get_betas, space_timesteps
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "get_betas",
     "space_timesteps",
     "SAMPLERS",
+    "antithetic_draws",
     "sample",
     "sampler_options",
     "sample_ddpm",

@@ -34,6 +34,16 @@ def _randn_like(x, generator):
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def antithetic_draws(z: torch.Tensor) -> torch.Tensor:
+    """Rows of ``z`` (K, ...) centred across K and rescaled by sqrt(K / (K - 1)): independent N(0, I) rows stay
+    N(0, I) each, and any two now correlate -1 / (K - 1) (K = 2: z and -z, antithetic noise, Jia et al. 2025), so
+    the samples they start or drive lie farther apart; one row is returned as it is."""
+    k = z.shape[0]
+    if k < 2:
+        return z
+    return (z - z.mean(0, keepdim=True)) * math.sqrt(k / (k - 1))
+
+
 def _steps(diffusion, x_T, progress, desc):
     """Yield (step number, t) from the noisiest index down to 0, with an optional tqdm bar."""
     indices = range(diffusion.num_timesteps - 1, -1, -1)
@@ -46,19 +56,26 @@ def _denoise(denoise, diffusion, x, t):
     return denoise(x, diffusion.model_timesteps(t)).to(x.dtype)
 
 
-def ddpm_step(diffusion, model_output, x_t, t, *, clip_denoised=True, generator=None, noise_scale=1.0):
-    """One ancestral step of ``diffusion`` with the sampler's noise times ``noise_scale``; returns
-    ``(x_prev, x0_pred)``."""
+def ddpm_step(
+    diffusion, model_output, x_t, t, *, clip_denoised=True, generator=None, noise_scale=1.0, antithetic_noise=False
+):
+    """One ancestral step of ``diffusion`` with the sampler's noise times ``noise_scale`` (its draws across the batch
+    made antithetic with ``antithetic_noise``, :func:`antithetic_draws`); returns ``(x_prev, x0_pred)``."""
     noise = _randn_like(x_t, generator)
+    if antithetic_noise:
+        noise = antithetic_draws(noise)
     if noise_scale != 1.0:
         noise = noise * noise_scale
     out = diffusion.p_sample(model_output, x_t, t, noise, clip_denoised=clip_denoised)
     return out["sample"], out["x0_pred"]
 
 
-def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, generator=None):
-    """One DDIM step; noise is drawn only when eta > 0. Returns ``(x_prev, x0_pred)``."""
+def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, generator=None, antithetic_noise=False):
+    """One DDIM step; noise is drawn only when eta > 0 (antithetic across the batch with ``antithetic_noise``).
+    Returns ``(x_prev, x0_pred)``."""
     noise = _randn_like(x_t, generator) if eta > 0 else None
+    if noise is not None and antithetic_noise:
+        noise = antithetic_draws(noise)
     out = diffusion.ddim_sample(model_output, x_t, t, noise=noise, eta=eta, clip_denoised=clip_denoised)
     return out["sample"], out["x0_pred"]
 
@@ -75,6 +92,7 @@ def sample_ddpm(
     callback=None,
     noise_scale=1.0,
     noise_scale_tmax=1.0,
+    antithetic_noise=False,
 ):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) with the learned or fixed variance.
 
@@ -84,7 +102,7 @@ def sample_ddpm(
     x_{t-1} = mu + noise_scale * sigma_t * z (1 = Alg. 2; k-diffusion's ``s_noise``, EDM's S_noise with S_tmax):
     below 1 it samples at a lower temperature than the posterior, trading diversity for cleaner images from
     a small model; the early, high-noise steps, where a sample's layout and colours are drawn, can keep their
-    full noise.
+    full noise. ``antithetic_noise`` draws each step's noises of the batch antithetic (:func:`antithetic_draws`).
     """
     if not 0.0 <= noise_scale <= 1.5:
         raise ConfigError(f"noise_scale must be in [0, 1.5], got {noise_scale}")
@@ -101,6 +119,7 @@ def sample_ddpm(
             clip_denoised=clip_denoised,
             generator=generator,
             noise_scale=noise_scale if t_frac < noise_scale_tmax else 1.0,
+            antithetic_noise=antithetic_noise,
         )
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})
@@ -108,8 +127,20 @@ def sample_ddpm(
 
 
 @torch.no_grad()
-def sample_ddim(denoise, x_T, diffusion, *, eta=0.0, clip_denoised=True, generator=None, progress=False, callback=None):
-    """DDIM sampling (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` is DDPM-like."""
+def sample_ddim(
+    denoise,
+    x_T,
+    diffusion,
+    *,
+    eta=0.0,
+    clip_denoised=True,
+    generator=None,
+    progress=False,
+    callback=None,
+    antithetic_noise=False,
+):
+    """DDIM sampling (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` is DDPM-like; ``antithetic_noise``
+    as DDPM's, for eta > 0."""
     x = x_T
     for i, t in _steps(diffusion, x_T, progress, "ddim"):
         x, x0_pred = ddim_step(
@@ -120,6 +151,7 @@ def sample_ddim(denoise, x_T, diffusion, *, eta=0.0, clip_denoised=True, generat
             eta=eta,
             clip_denoised=clip_denoised,
             generator=generator,
+            antithetic_noise=antithetic_noise,
         )
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_pred": x0_pred})

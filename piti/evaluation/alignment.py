@@ -55,6 +55,7 @@ SETTING_KEYS = (
     "upsample_steps",
     "upsample_start",
     "noise_scale",
+    "antithetic_noise",
     "cond_noise",
     "cond_noise_tmin",
     "cond_noise_tmax",
@@ -368,7 +369,7 @@ def evaluate_toy_task(
 
 
 # the variety check's reference: the official ancestral sampler's noise, guidance at every step, the condition as it
-# is (no annealing), no reward or particle guidance
+# is (no annealing), no reward or particle guidance, independent draws
 OFFICIAL_NOISE = {
     "sampler": "ddpm",
     "guidance_tmin": 0.0,
@@ -380,6 +381,7 @@ OFFICIAL_NOISE = {
     "reward_guidance": 0.0,
     "upsample_reward_guidance": 0.0,
     "particle_guidance": 0.0,
+    "antithetic_noise": False,
 }
 
 
