@@ -399,9 +399,9 @@ def evaluate_toy_diversity(
     """Variety: ``samples`` images of each of ``num`` held-out conditions, drawn in one call per condition, at
     ``settings`` (the recommended ones when empty) and at the same settings with the official ancestral sampler's
     noise (:data:`OFFICIAL_NOISE`: DDPM, the full noise and guidance at every step, the step at t = T kept, no
-    condition annealing, no reward or particle guidance). Returns each run's toy feature and pixel diversity
-    (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety kept), with the
-    feature ratio's 90% bootstrap interval over the conditions (``features_ratio_interval``)."""
+    condition annealing, no reward or particle guidance, independent draws). Returns each run's toy feature and
+    pixel diversity (:mod:`piti.evaluation.diversity`) and the ratios recommended / official noise (the variety
+    kept), with the feature ratio's 90% bootstrap interval over the conditions (``features_ratio_interval``)."""
     from piti.evaluation.diversity import feature_distances, pixel_l1_diversity
 
     if samples < 2:
