@@ -28,10 +28,13 @@ from tqdm.auto import tqdm
 from piti.errors import ConfigError
 
 
-def _randn_like(x, generator):
+def _randn_like(x, generator, antithetic=False):
+    """Standard normal noise shaped like x; across the batch antithetic (:func:`antithetic_draws`) if asked."""
     if generator is None:
-        return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = torch.randn_like(x)
+    else:
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return antithetic_draws(z) if antithetic else z
 
 
 def antithetic_draws(z: torch.Tensor) -> torch.Tensor:
@@ -61,9 +64,7 @@ def ddpm_step(
 ):
     """One ancestral step of ``diffusion`` with the sampler's noise times ``noise_scale`` (its draws across the batch
     made antithetic with ``antithetic_noise``, :func:`antithetic_draws`); returns ``(x_prev, x0_pred)``."""
-    noise = _randn_like(x_t, generator)
-    if antithetic_noise:
-        noise = antithetic_draws(noise)
+    noise = _randn_like(x_t, generator, antithetic_noise)
     if noise_scale != 1.0:
         noise = noise * noise_scale
     out = diffusion.p_sample(model_output, x_t, t, noise, clip_denoised=clip_denoised)
@@ -73,9 +74,7 @@ def ddpm_step(
 def ddim_step(diffusion, model_output, x_t, t, *, eta=0.0, clip_denoised=True, generator=None, antithetic_noise=False):
     """One DDIM step; noise is drawn only when eta > 0 (antithetic across the batch with ``antithetic_noise``).
     Returns ``(x_prev, x0_pred)``."""
-    noise = _randn_like(x_t, generator) if eta > 0 else None
-    if noise is not None and antithetic_noise:
-        noise = antithetic_draws(noise)
+    noise = _randn_like(x_t, generator, antithetic_noise) if eta > 0 else None
     out = diffusion.ddim_sample(model_output, x_t, t, noise=noise, eta=eta, clip_denoised=clip_denoised)
     return out["sample"], out["x0_pred"]
 
