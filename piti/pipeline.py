@@ -56,7 +56,9 @@ from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models
 __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uint8", "toy_checkpoint_paths"]
 
 TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together
-REWARD_SCALES = ("reward_guidance", "upsample_reward_guidance")  # the settings that use the reward model
+# the settings that use the reward model
+REWARD_SCALES = ("reward_guidance", "upsample_reward_guidance", "redraw_threshold")
+REDRAW_TRIES = 3  # most redraws of one base sample (redraw_threshold)
 
 
 def toy_checkpoint_paths(task: str) -> tuple[Path, Path]:
@@ -283,7 +285,7 @@ class PITIPipeline:
             recommended = {**recommended, **dict.fromkeys(dropped, 0.0)}
             notes.append(
                 f"the header's reward model {header.get('reward_model')!r} is missing beside {base}: "
-                "sampling without its reward guidance"
+                f"sampling without {' or '.join(dropped)}"
             )
         features = defaults.get("particle_features", recommended.get("particle_features"))
         asked = defaults.get("particle_guidance")  # None: the header's recommendation
@@ -419,7 +421,7 @@ class PITIPipeline:
         )
         if settings.reward_guidance > 0:
             scale, window = settings.reward_guidance, (settings.reward_guidance_tmin, settings.reward_guidance_tmax)
-            denoise = self.reward_denoiser(denoise, self.base_model, ref[:1], batch, settings, scale, window)
+            denoise = self.reward_denoiser(denoise, self.base_model, ref[:1], settings, scale, window)
         if settings.particle_guidance > 0:
             denoise = self.particle_denoiser(denoise, batch, settings)
         return denoise
@@ -443,26 +445,34 @@ class PITIPipeline:
         )
 
     def reward_denoiser(
-        self, denoise, model, ref: torch.Tensor, batch: int, settings: SamplingSettings, scale: float, window=(0, 1)
+        self, denoise, model, ref: torch.Tensor, settings: SamplingSettings, scale: float, window=(0, 1)
     ):
         """``denoise`` of ``model`` (the base model or the upsampler) with reward guidance of strength ``scale`` in
         the t/T ``window`` (:func:`piti.diffusion.reward_guided`) by the pipeline's reward model, against the
         condition ``ref`` (1, C, S, S) read back as the reward's target at ``model``'s image size."""
+        name = "reward_guidance" if model is self.base_model else "upsample_reward_guidance"
+        loss = self.reward_loss(ref, model.config.image_size, settings.palette, name)
+        return self._loss_guided(denoise, model, loss, scale, window)
+
+    def reward_loss(self, ref: torch.Tensor, size: int, palette: str, use: str):
+        """``loss(x0) -> (N,)``: the reward model's reading of images x0 at ``size`` px against the condition
+        ``ref`` (1, C, S, S) (:func:`piti.train.rewards.consistency_loss`); ``use`` names the setting in the error
+        when the pipeline has no reward model."""
         from piti.train.rewards import condition_target, consistency_loss
 
         if self.reward_model is None:
-            name = "reward_guidance" if model is self.base_model else "upsample_reward_guidance"
             raise ConfigError(
-                f"{name} > 0 needs a reward model: PITIPipeline.from_checkpoints(..., reward_model=PATH) "
-                f"(eval/train_reward_models.py trains one for the toy world), or {name}=0"
+                f"{use} > 0 needs a reward model: PITIPipeline.from_checkpoints(..., reward_model=PATH) "
+                f"(eval/train_reward_models.py trains one for the toy world), or {use}=0"
             )
-        cfg = model.config
         ref = ref.to(self.policy.device, torch.float32)  # prepare_conditions builds the conditions on the CPU
-        target = condition_target(self.task, ref, cfg.image_size, palette=settings.palette)
-        target = {k: v.expand(batch, *v.shape[1:]) for k, v in target.items()}
-        return self._loss_guided(
-            denoise, model, lambda x0: consistency_loss(self.task, self.reward_model(x0), target), scale, window
-        )
+        target = condition_target(self.task, ref, size, palette=palette)
+
+        def loss(x0):
+            rows = {k: v.expand(len(x0), *v.shape[1:]) for k, v in target.items()}
+            return consistency_loss(self.task, self.reward_model(x0), rows)
+
+        return loss
 
     def _loss_guided(self, denoise, model, loss_fn, scale: float, window):
         """:func:`piti.diffusion.reward_guided` over ``denoise`` of ``model``, with its trained process's alphas; the
@@ -536,6 +546,27 @@ class PITIPipeline:
         )
         return x0.float().clamp(-1, 1)
 
+    def redraw_rejected(self, ref, x0, s: SamplingSettings, generator, progress, encode_once) -> tuple:
+        """The base samples ``x0`` with each one the reward model reads as farther from the condition than
+        ``s.redraw_threshold`` drawn again (the rejected ones together, as one call), up to :data:`REDRAW_TRIES`
+        times, the closest draw kept. Returns the samples and each one's number of redraws."""
+        batch = x0.shape[0]
+        loss_fn = self.reward_loss(ref, x0.shape[-1], s.palette, "redraw_threshold")
+        with self.policy.autocast():
+            loss = loss_fn(x0).float()
+        redraws = torch.zeros(batch, dtype=torch.long)
+        for _ in range(REDRAW_TRIES):
+            bad = (loss > s.redraw_threshold).nonzero().flatten().cpu()
+            if len(bad) == 0:
+                break
+            new = self.sample_base(ref, len(bad), s, generator, progress, encode_once)
+            with self.policy.autocast():
+                new_loss = loss_fn(new).float()
+            redraws[bad] += 1
+            keep = (new_loss < loss[bad]).cpu()
+            x0[bad[keep]], loss[bad[keep]] = new[keep], new_loss[keep]
+        return x0, redraws.tolist()
+
     def sample_upsampler(self, ref, low_res, s: SamplingSettings, generator, progress, encode_once) -> torch.Tensor:
         """Upsampled images from ``low_res``, unguided, from noise scaled by the temperature (official 0.997);
         with ``upsample_start`` < 1, from the bicubic enlargement of low_res noised to that point (SDEdit)."""
@@ -550,7 +581,7 @@ class PITIPipeline:
         denoise = self.upsampler_denoiser(ref, low_res, encode_once=encode_once)
         if s.upsample_reward_guidance > 0:
             scale = s.upsample_reward_guidance
-            denoise = self.reward_denoiser(denoise, self.upsampler_model, ref[:1], batch, s, scale)
+            denoise = self.reward_denoiser(denoise, self.upsampler_model, ref[:1], s, scale)
         return sample(
             s.upsample_sampler,
             denoise,
@@ -631,9 +662,12 @@ class PITIPipeline:
         notes = list(self.policy.notes) + self.load_notes + notes
         base_ref = refs[self.base_model.config.cond_size]
 
-        # 3. the base model, guided
+        # 3. the base model, guided; the samples the reward model rejects drawn again
         start = time.perf_counter()
         x0 = self.sample_base(base_ref, num_samples, s, generator, progress, encode_once)
+        redraws = [0] * num_samples
+        if s.redraw_threshold > 0:
+            x0, redraws = self.redraw_rejected(base_ref, x0, s, generator, progress, encode_once)
         # Official: the base output is quantised to 8 bits (truncation) before the upsampler sees it.
         low_res = to_uint8(x0).float() / 127.5 - 1 if s.quantize_low_res else x0
         timings["base_s"] = time.perf_counter() - start
@@ -655,6 +689,7 @@ class PITIPipeline:
             sketch_from_photo=sketch_from_photo,
             snap=snap,
             encode_once=encode_once,
+            redraws=redraws,
             timings=timings,
         )
         return PipelineOutput(

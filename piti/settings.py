@@ -150,6 +150,14 @@ class SamplingSettings:
     reward_guidance_tmax: float = _setting(
         1.0, "reward guidance: applies below this fraction of the process, t/T", low=0.0, high=1.0
     )
+    redraw_threshold: float = _setting(
+        0.0,
+        "a base sample whose reward-model reading disagrees with the condition by more than this (the reward's "
+        "consistency loss) is drawn again, up to 3 times, the closest draw kept; 0 = never "
+        "(needs the pipeline's reward model)",
+        low=0.0,
+        high=100.0,
+    )
     particle_guidance: float = _setting(
         0.0,
         "particle guidance: step of a repulsion between the samples of one call on each base step's predicted x0, "

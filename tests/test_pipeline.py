@@ -553,6 +553,56 @@ def test_the_reward_model_runs_in_the_pipelines_precision(ckpts, tmp_path, preci
     assert np.isfinite(pixels(out.images)).all() and pipe.reward_model.training is False
 
 
+def test_redraw_threshold_draws_again_the_samples_the_reward_model_rejects(ckpts, tmp_path):
+    from piti.checkpoints import export_model
+    from piti.pipeline import REDRAW_TRIES
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    torch.manual_seed(0)
+    save_reward_model(tmp_path / "r.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    pipe = PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32", reward_model=tmp_path / "r.safetensors")
+    kwargs = dict(seed=2, sampler="ddpm", num_samples=2, upsample=False, **FEW)
+    plain = pipe(synth_mask(), **kwargs)
+    lenient = pipe(synth_mask(), redraw_threshold=100.0, **kwargs)  # nothing rejected: the same pixels
+    assert lenient.settings["redraws"] == [0, 0] and np.array_equal(pixels(lenient.images), pixels(plain.images))
+
+    read = pipe.reward_loss(plain.condition, plain.base_images[0].size[0], "synth", "redraw_threshold")
+
+    def loss(out):  # the reward model's disagreement of each base image with the condition
+        x = torch.as_tensor(pixels(out.base_images), dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1
+        return read(x)
+
+    first = loss(plain)
+    worse = int(first.argmax())
+    assert (first.max() - first.min()) > 1e-3  # a threshold between them rejects the worse sample only
+    out = pipe(synth_mask(), redraw_threshold=float(first.mean()), **kwargs)
+    assert out.settings["redraws"][1 - worse] == 0 and out.settings["redraws"][worse] >= 1
+    assert np.array_equal(pixels(out.images)[1 - worse], pixels(plain.images)[1 - worse])
+    assert loss(out)[worse] <= first[worse] + 1e-3  # the closest draw is kept
+    strict = pipe(synth_mask(), redraw_threshold=1e-9, **kwargs)
+    assert strict.settings["redraws"] == [REDRAW_TRIES] * 2 and (loss(strict) <= first + 1e-3).all()
+
+    with pytest.raises(ConfigError, match="redraw_threshold > 0 needs a reward model"):
+        PITIPipeline.from_checkpoints(*ckpts["mask"], precision="fp32")(synth_mask(), redraw_threshold=0.1, **FEW)
+    base = tmp_path / "base.safetensors"  # recommended by a header whose reward model is missing: off, with a note
+    sampling = {"palette": "synth", "redraw_threshold": 0.1}
+    export_model(ckpts["mask"][0], base, role="base", task="mask", sampling=sampling, reward_model="gone.safetensors")
+    pipe = PITIPipeline.from_checkpoints(base, precision="fp32")
+    assert pipe.defaults.redraw_threshold == 0 and any("without redraw_threshold" in n for n in pipe.load_notes)
+
+
+@pytest.mark.parametrize("redraws, expected", [([0.9, 0.2, 0.7], (3, 0.2)), ([-0.2, 0.9], (1, -0.2))])
+def test_redraws_keep_the_closest_draw_and_stop_once_accepted(mask_pipe, monkeypatch, redraws, expected):
+    draws = iter(redraws)  # each redraw of the rejected sample: a constant image, its loss 1 + its value
+    monkeypatch.setattr(mask_pipe, "reward_loss", lambda *args: lambda x: 1 + x.mean(dim=(1, 2, 3)))
+    monkeypatch.setattr(mask_pipe, "sample_base", lambda ref, n, *args: torch.full((n, 3, 4, 4), next(draws)))
+    x0 = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), -0.5)])  # losses 1.5 and 0.5
+    settings = mask_pipe.resolve_settings(redraw_threshold=1.0)
+    out, counts = mask_pipe.redraw_rejected(None, x0.clone(), settings, None, False, True)
+    assert counts == [expected[0], 0]
+    assert (out[0] == expected[1]).all() and (out[1] == -0.5).all()
+
+
 def test_particle_guidance_pushes_the_samples_of_one_call_apart(mask_pipe):
     kwargs = dict(seed=2, sampler="ddpm", guidance=1.0, upsample=False, **FEW)
     pushed = dict(particle_guidance=2.0, particle_guidance_tmin=0.0)

@@ -113,6 +113,7 @@ def check_result(r):
         assert row["miou_ratio"] == pytest.approx(row["miou_generated"] / row["miou_real"])
         assert len(row["iou_per_class"]) == 10
     assert r["seconds_per_image"] > 0 and r["base_seconds_per_image"] > 0 and r["upsample_seconds_per_image"] > 0
+    assert r["redraws_per_sample"] == 0  # no redraw_threshold
     grid = Image.open(r["grid"])
     assert grid.width > 3 * 64 and grid.height > 2 * 64  # three columns, two scenes
 
@@ -139,6 +140,7 @@ def test_samples_drawn_together_are_judged_one_per_scene(ckpts):
         out = pipe(cond, num_samples=2, seed=4 + i, progress=False, **settings)
         assert np.array_equal(data["generated"][i], np.asarray(out.images[i % 2]))
         assert np.array_equal(data["base_images"][i], np.asarray(out.base_images[i % 2]))
+    assert data["redraws"] == [0] * 6  # every sample of the three calls, none redrawn
     with pytest.raises(ConfigError, match="samples_per_call"):
         alignment.sample_heldout(pipe, "mask", 2, samples_per_call=0)
 

@@ -62,6 +62,7 @@ SETTING_KEYS = (
     "reward_guidance",
     "reward_guidance_tmin",
     "reward_guidance_tmax",
+    "redraw_threshold",
     "upsample_noise_scale",
     "upsample_reward_guidance",
     "particle_guidance",
@@ -237,7 +238,8 @@ def sample_heldout(
     as a user runs it). ``samples_per_call`` K > 1: scene i's picture is sample i mod K of a call of K samples, so
     settings that act between the samples of a call (particle guidance) are judged as they draw; the time is the
     call's / K. Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images`` (uint8 stacks),
-    ``seconds`` and ``timings`` per image, and ``settings`` (the first call's record)."""
+    ``seconds`` and ``timings`` per image, ``redraws`` (every sample's, all K of each call; ``redraw_threshold``),
+    and ``settings`` (the first call's record)."""
     if not isinstance(samples_per_call, int) or samples_per_call < 1:
         raise ConfigError(f"samples_per_call must be a positive integer, got {samples_per_call!r}")
     settings = settings or {}
@@ -247,7 +249,7 @@ def sample_heldout(
     data = heldout_examples(
         task, num, start, size, base_cfg.cond_size, base_cfg.image_size if upsample else None, depth=depth
     )
-    generated, base_images, seconds, timings, used = [], [], [], [], None
+    generated, base_images, seconds, timings, redraws, used = [], [], [], [], [], None
     for i, cond in enumerate(data["cond"]):
         t0 = time.perf_counter()
         k = samples_per_call
@@ -256,12 +258,14 @@ def sample_heldout(
         generated.append(np.asarray(out.images[i % k]))
         base_images.append(np.asarray(out.base_images[i % k]))
         timings.append({name: v / k for name, v in out.settings["timings"].items()})
+        redraws += out.settings["redraws"]
         used = used or out.settings
     data.update(
         generated=np.stack(generated),
         base_images=np.stack(base_images),
         seconds=seconds,
         timings=timings,
+        redraws=redraws,
         settings=used,
         upsample=upsample,
     )
@@ -353,6 +357,7 @@ def evaluate_toy_task(
         **judge(segmenter, data["generated"], data["real"], data["labels"]),
         "seconds_per_image": float(np.mean(data["seconds"])),
         "seconds_per_image_max": float(np.max(data["seconds"])),
+        "redraws_per_sample": float(np.mean(data["redraws"])),  # base samples drawn again (redraw_threshold)
         "samples_per_call": samples_per_call,
         "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
         "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
@@ -369,7 +374,7 @@ def evaluate_toy_task(
 
 
 # the variety check's reference: the official ancestral sampler's noise, guidance at every step, the condition as it
-# is (no annealing), no reward or particle guidance, independent draws
+# is (no annealing), no reward or particle guidance, no redraws, independent draws
 OFFICIAL_NOISE = {
     "sampler": "ddpm",
     "guidance_tmin": 0.0,
@@ -380,6 +385,7 @@ OFFICIAL_NOISE = {
     "cond_noise": 0.0,
     "reward_guidance": 0.0,
     "upsample_reward_guidance": 0.0,
+    "redraw_threshold": 0.0,
     "particle_guidance": 0.0,
     "antithetic_noise": False,
 }
