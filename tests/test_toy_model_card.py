@@ -111,7 +111,7 @@ def test_card_names_each_tasks_settings_when_they_differ():
 
 def test_card_shows_each_tasks_own_measure_and_the_variety_kept():
     row = {"size": 128, "miou_generated": 0.4, "miou_real": 0.9, "miou_ratio": 0.44, "fid_t": 2.0}
-    row.update(seconds_per_image=1.0, settings={"guidance": 5.0})
+    row.update(seconds_per_image=1.0, settings={"guidance": 5.0}, redraws_per_sample=0.01)
     control = {"measure": "depth RMSE", "generated": 2.0, "real": 1.0, "ratio": 0.5, "ratio_interval": [0.4, 0.6]}
     variety = {"num": 8, "samples": 4, "features_ratio": 0.75, "pixel_l1_ratio": 0.6}
     variety["features_ratio_interval"] = [0.5, 0.95]
@@ -125,6 +125,7 @@ def test_card_shows_each_tasks_own_measure_and_the_variety_kept():
     assert "| depth | 0.3000 | 0.4000 | **0.75** | 0.50-0.95 | 0.0600 | 0.1000 | 0.60 |" in text
     assert "feature note." in text
     assert "| depth | 128 | 0.400 | 0.900 | 0.44 | 2.00 | 1.00 |" in text
+    assert "drawn again (`redraw_threshold`, all samples of the calls): depth 1.0%." in text
 
 
 def test_card_without_logs_is_a_clear_error(tmp_path):

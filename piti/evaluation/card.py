@@ -176,6 +176,10 @@ def markdown(card: dict) -> str:
                     f"| {task} | {c['measure']} | {c['generated']:.3f} | {c['real']:.3f} | **{c['ratio']:.2f}** | "
                     f"{interval_text(c.get('ratio_interval'))} |"
                 )
+            redrawn = {t: r["redraws_per_sample"] for t, r in align["tasks"].items() if r.get("redraws_per_sample")}
+            if redrawn:
+                shares = ", ".join(f"{task} {share:.1%}" for task, share in redrawn.items())
+                lines += ["", f"Base samples drawn again (`redraw_threshold`, all samples of the calls): {shares}."]
             lines += ["", "Every task by the segmenter (mIoU against the scenes' label maps) and FID-T:", ""]
         lines += [
             "| task | size | mIoU generated | mIoU real | ratio | FID-T | s / image |",
@@ -216,7 +220,7 @@ def markdown(card: dict) -> str:
                 f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions, drawn in one "
                 "call per condition, at the recommended settings and with the official sampler's noise (DDPM, "
                 "`noise_scale` 1, guidance at every step, the step at t = T kept, no condition annealing, reward or "
-                "particle guidance, independent draws); "
+                "particle guidance, redraws, independent draws); "
                 "mean distance between the samples of a condition (toy feature distance, with the 90% bootstrap "
                 "interval of the share kept over the conditions; pixel L1 at 64 px):",
                 "",
