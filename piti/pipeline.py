@@ -49,7 +49,7 @@ from piti.diffusion import (
 )
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError
 from piti.precision import Policy, make_policy
-from piti.settings import PROFILES, SamplingSettings, check_names, settings_from_header
+from piti.settings import PROFILES, REDRAW_TRIES, SamplingSettings, check_names, settings_from_header
 from piti.tasks import TASKS
 from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models live
 
@@ -58,7 +58,6 @@ __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uin
 TOY_BUDGET_MB = 60  # every shipped file of checkpoints/toy together
 # the settings that use the reward model
 REWARD_SCALES = ("reward_guidance", "upsample_reward_guidance", "redraw_threshold")
-REDRAW_TRIES = 3  # most redraws of one base sample (redraw_threshold)
 
 
 def toy_checkpoint_paths(task: str) -> tuple[Path, Path]:
@@ -550,18 +549,19 @@ class PITIPipeline:
         """The base samples ``x0`` with each one the reward model reads as farther from the condition than
         ``s.redraw_threshold`` drawn again (the rejected ones together, as one call), up to :data:`REDRAW_TRIES`
         times, the closest draw kept. Returns the samples and each one's number of redraws."""
-        batch = x0.shape[0]
         loss_fn = self.reward_loss(ref, x0.shape[-1], s.palette, "redraw_threshold")
-        with self.policy.autocast():
-            loss = loss_fn(x0).float()
-        redraws = torch.zeros(batch, dtype=torch.long)
+
+        def read(x):  # under the policy's autocast, as the networks run
+            with self.policy.autocast():
+                return loss_fn(x).float()
+
+        loss, redraws = read(x0), torch.zeros(x0.shape[0], dtype=torch.long)
         for _ in range(REDRAW_TRIES):
             bad = (loss > s.redraw_threshold).nonzero().flatten().cpu()
             if len(bad) == 0:
                 break
             new = self.sample_base(ref, len(bad), s, generator, progress, encode_once)
-            with self.policy.autocast():
-                new_loss = loss_fn(new).float()
+            new_loss = read(new)
             redraws[bad] += 1
             keep = (new_loss < loss[bad]).cpu()
             x0[bad[keep]], loss[bad[keep]] = new[keep], new_loss[keep]

@@ -29,6 +29,8 @@ from piti.diffusion.guidance import MODES, SIGMAS, STATS
 from piti.diffusion.samplers import SAMPLERS
 from piti.errors import ConfigError
 
+REDRAW_TRIES = 3  # most redraws of one base sample (redraw_threshold)
+
 
 def _setting(default, help: str, *, choices=None, low=None, high=None, low_open=False):
     """A field of :class:`SamplingSettings` with its spec in the metadata."""
@@ -153,7 +155,7 @@ class SamplingSettings:
     redraw_threshold: float = _setting(
         0.0,
         "a base sample whose reward-model reading disagrees with the condition by more than this (the reward's "
-        "consistency loss) is drawn again, up to 3 times, the closest draw kept; 0 = never "
+        f"consistency loss) is drawn again, up to {REDRAW_TRIES} times, the closest draw kept; 0 = never "
         "(needs the pipeline's reward model)",
         low=0.0,
         high=100.0,

@@ -555,7 +555,7 @@ def test_the_reward_model_runs_in_the_pipelines_precision(ckpts, tmp_path, preci
 
 def test_redraw_threshold_draws_again_the_samples_the_reward_model_rejects(ckpts, tmp_path):
     from piti.checkpoints import export_model
-    from piti.pipeline import REDRAW_TRIES
+    from piti.settings import REDRAW_TRIES
     from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
 
     torch.manual_seed(0)
