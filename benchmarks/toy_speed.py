@@ -6,6 +6,7 @@
     python benchmarks/toy_speed.py --tasks mask --reps 3 --profile   # and torch.profiler's top operators
     python benchmarks/toy_speed.py --tasks depth --no-reward         # and "now" without the header's reward guidance
     python benchmarks/toy_speed.py --variant guidance_tmax=1          # and "now" at other settings (repeatable)
+    python benchmarks/toy_speed.py --tasks depth --variant cache_interval=1   # and without depth's feature caching
     python benchmarks/toy_speed.py --tasks depth --samples 4 --variant particle_guidance=0   # 4 images per call
     python benchmarks/toy_speed.py --tasks mask --issue-baseline      # and "before" at the settings issue 18 timed
 

@@ -48,6 +48,7 @@ from piti.diffusion import (
     sampler_options,
 )
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError
+from piti.nn.unet import FeatureCache
 from piti.precision import Policy, make_policy
 from piti.settings import PROFILES, REDRAW_TRIES, SamplingSettings, check_names, settings_from_header
 from piti.tasks import TASKS
@@ -376,7 +377,9 @@ class PITIPipeline:
 
         ``encode_once=True`` encodes ``ref`` and the null condition once here; ``False`` passes the raw
         condition images to the network, which re-encodes the doubled batch at every step (official code).
-        ``settings.cond_noise`` > 0 anneals the encoded condition (CADS), drawing its noise from ``generator``.
+        ``settings.cond_noise`` > 0 anneals the encoded condition (CADS), drawing its noise from ``generator``;
+        ``settings.cache_interval`` > 1 reuses the UNet's deep features between calls (:class:`FeatureCache`, one per
+        denoiser: build one denoiser per sampling run).
         """
         model, policy = self._base, self.policy
         anneal = condition_annealer(
@@ -390,20 +393,24 @@ class PITIPipeline:
             raise ConfigError("condition annealing (cond_noise > 0) needs the encoded condition: encode_once=True")
         ref = ref.to(policy.device)
         null_ref = null_condition(ref[:1])
+        cache = None
+        if settings.cache_interval > 1:
+            steps = self.base_model.config.diffusion_steps
+            cache = FeatureCache(settings.cache_interval, settings.cache_branch, settings.cache_tmax, steps)
         if encode_once:
             cond = {k: v.expand(batch, *v.shape[1:]) for k, v in self.encode(self.base_model, ref[:1]).items()}
             null = self.encode(self.base_model, null_ref)
 
             def model_fn(x, t, c):
                 with policy.autocast():
-                    return model(policy.input(x), t, cond_emb=c)
+                    return model(policy.input(x), t, cond_emb=c, cache=cache)
         else:
             cond = ref[:1].expand(batch, *ref.shape[1:])
             null = null_ref
 
             def model_fn(x, t, c):
                 with policy.autocast():
-                    return model(policy.input(x), t, ref=policy.input(c))
+                    return model(policy.input(x), t, ref=policy.input(c), cache=cache)
 
         denoise = guided_denoiser(
             model_fn,

@@ -78,13 +78,17 @@ class SettingSpec:
                 if isinstance(value, bool):
                     raise ValueError
                 value = float(value)
+            elif self.type is int:
+                if isinstance(value, bool) or float(value) != int(float(value)):
+                    raise ValueError
+                value = int(float(value))
             else:
                 value = str(value).strip()
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ConfigError(f"{self.name} must be {self.describe()}, got {value!r}") from None
         if self.choices and value not in self.choices:
             raise ConfigError(f"unknown {self.name} {value!r}; expected one of {', '.join(map(str, self.choices))}")
-        if self.type is float:
+        if self.type in (float, int):
             below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
             above = self.high is not None and value > self.high
             if not math.isfinite(value) or below or above:
@@ -198,6 +202,22 @@ class SamplingSettings:
         "each sample's stay N(0, I), any two correlate -1/(K-1) (two samples: z and -z); one sample drawn as without",
     )
     eta: float = _setting(0.0, "DDIM: eta of the base steps (0 = deterministic)", low=0.0, high=1.0)
+    cache_interval: int = _setting(
+        1,
+        "feature caching (DeepCache): the base UNet runs whole on every N-th network call of a run and reuses its deep "
+        "features on the calls between, running only its outer cache_branch blocks; 1 = every call whole (official)",
+        low=1,
+        high=100,
+    )
+    cache_branch: int = _setting(
+        3,
+        "feature caching: the first input blocks (and as many last output blocks) that a reusing call runs",
+        low=1,
+        high=100,
+    )
+    cache_tmax: float = _setting(
+        1.0, "feature caching: the calls at or above this fraction of the process, t/T, run whole", low=0.0, high=1.0
+    )
     upsample_sampler: str = _setting("dpmpp", "upsampler sampler", choices=tuple(SAMPLERS))
     upsample_steps: str = _setting("10", "upsampler steps: a number, or a respacing such as fast27")
     upsample_noise_scale: float = _setting(
@@ -246,7 +266,8 @@ def setting_specs() -> dict[str, SettingSpec]:
     """Name -> :class:`SettingSpec` of every sampling setting, in declaration order."""
     if not _SPECS:
         for f in fields(SamplingSettings):
-            kind = {"float": float, "str": str, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
+            name = f.type if isinstance(f.type, str) else f.type.__name__
+            kind = {"float": float, "int": int, "str": str, "bool": bool}[name]
             assert f.default is not MISSING
             _SPECS[f.name] = SettingSpec(name=f.name, type=kind, default=f.default, **f.metadata)
     return _SPECS

@@ -48,12 +48,12 @@ TINY = dict(
 FEW = dict(steps=3, upsample_steps=2, progress=False)  # enough steps to exercise multistep samplers
 
 
-def tiny_model(task: str, upsampler: bool, seed: int = 0):
+def tiny_model(task: str, upsampler: bool, seed: int = 0, **changes):
     """A tiny PITI model whose every weight is perturbed (the zero-initialised output layers would make
-    every prediction zero, hiding wiring mistakes)."""
+    every prediction zero, hiding wiring mistakes); ``changes``: other model options (e.g. ``cond_hint=True``)."""
     name = f"toy-piti-{'upsample' if upsampler else 'base'}-{task}"
     model = create_model(
-        name, image_size=64 if upsampler else 32, channel_mult=(1, 1, 2) if upsampler else (1, 2), **TINY
+        name, image_size=64 if upsampler else 32, channel_mult=(1, 1, 2) if upsampler else (1, 2), **TINY, **changes
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

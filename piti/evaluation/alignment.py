@@ -56,6 +56,9 @@ SETTING_KEYS = (
     "upsample_start",
     "noise_scale",
     "antithetic_noise",
+    "cache_interval",
+    "cache_branch",
+    "cache_tmax",
     "cond_noise",
     "cond_noise_tmin",
     "cond_noise_tmax",
@@ -374,7 +377,7 @@ def evaluate_toy_task(
 
 
 # the variety check's reference: the official ancestral sampler's noise, guidance at every step, the condition as it
-# is (no annealing), no reward or particle guidance, no redraws, independent draws
+# is (no annealing), no reward or particle guidance, no redraws, independent draws, every network call whole
 OFFICIAL_NOISE = {
     "sampler": "ddpm",
     "guidance_tmin": 0.0,
@@ -388,6 +391,7 @@ OFFICIAL_NOISE = {
     "redraw_threshold": 0.0,
     "particle_guidance": 0.0,
     "antithetic_noise": False,
+    "cache_interval": 1,
 }
 
 

@@ -220,7 +220,7 @@ def markdown(card: dict) -> str:
                 f"**Variety**: {d0['samples']} samples of each of {d0['num']} held-out conditions, drawn in one "
                 "call per condition, at the recommended settings and with the official sampler's noise (DDPM, "
                 "`noise_scale` 1, guidance at every step, the step at t = T kept, no condition annealing, reward or "
-                "particle guidance, redraws, independent draws); "
+                "particle guidance, redraws or feature caching, independent draws); "
                 "mean distance between the samples of a condition (toy feature distance, with the 90% bootstrap "
                 "interval of the share kept over the conditions; pixel L1 at 64 px):",
                 "",

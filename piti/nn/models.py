@@ -98,17 +98,18 @@ class GLIDEModel(UNet):
 
     encode = encode_text
 
-    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
+    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None, cache=None):
         """The UNet alone, given an encoded condition (see ``UNet.forward``)."""
-        return super().forward(x, t, xf_proj, xf_out, low_res, hint)
+        return super().forward(x, t, xf_proj, xf_out, low_res, hint, cache)
 
-    def forward(self, x, t, tokens=None, mask=None, low_res=None, cond_emb=None):
-        """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``tokens``/``mask`` or ``cond_emb``."""
+    def forward(self, x, t, tokens=None, mask=None, low_res=None, cond_emb=None, cache=None):
+        """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``tokens``/``mask`` or ``cond_emb``;
+        ``cache``: a :class:`~piti.nn.unet.FeatureCache` of the sampling run."""
         if cond_emb is None:
             if tokens is None:
                 raise ConditionError("give either `tokens` (with `mask`) or `cond_emb` from model.encode_text()")
             cond_emb = self.encode_text(tokens, mask)
-        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res)
+        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res, cache=cache)
 
 
 class PITIModel(nn.Module):
@@ -139,14 +140,15 @@ class PITIModel(nn.Module):
         out = self.encoder(ref)
         return dict(out, hint=ref) if self.config.cond_hint else out
 
-    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
+    def decode(self, x, t, xf_proj, xf_out, low_res=None, hint=None, cache=None):
         """The decoder alone, given an encoded condition (see ``UNet.forward``)."""
-        return self.decoder(x, t, xf_proj, xf_out, low_res, hint)
+        return self.decoder(x, t, xf_proj, xf_out, low_res, hint, cache)
 
-    def forward(self, x, t, ref=None, low_res=None, cond_emb=None):
-        """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``ref`` or ``cond_emb``."""
+    def forward(self, x, t, ref=None, low_res=None, cond_emb=None, cache=None):
+        """Predict [epsilon, v] (B, 6, H, W) from ``x_t``, ``t`` and either ``ref`` or ``cond_emb``; ``cache``: a
+        :class:`~piti.nn.unet.FeatureCache` of the sampling run."""
         if cond_emb is None:
             if ref is None:
                 raise ConditionError("give either the condition image `ref` or `cond_emb` from model.encode()")
             cond_emb = self.encode(ref)
-        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res)
+        return self.decode(x, t, **_unpack(cond_emb), low_res=low_res, cache=cache)

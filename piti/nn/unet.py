@@ -12,6 +12,8 @@ Project option ``cond_hint_channels`` (not official): the condition image itself
 
 The super-resolution variant (``super_res=True``) bilinearly upsamples ``low_res`` to the size of
 ``x_t`` (``align_corners=False``) and concatenates it after ``x_t`` (6 input channels).
+
+Sampling option :class:`FeatureCache` (not official): the deep features reused across steps (DeepCache).
 """
 
 import functools
@@ -21,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from piti.errors import ConditionError
+from piti.errors import ConditionError, ConfigError
 from piti.nn.layers import Dropout, GroupNorm32, attention, maybe_checkpoint, timestep_embedding, zero_module
 
 
@@ -186,6 +188,31 @@ class ConditionHint(nn.Module):
         return self.conv_out(F.silu(self.conv_in(hint)))
 
 
+class FeatureCache:
+    """Reuse of the UNet's deep features across the calls of one sampling run (DeepCache, Ma et al., CVPR 2024).
+
+    Every ``interval``-th call runs the whole UNet and keeps the features that enter its last ``branch`` output
+    blocks; each call between runs only the first ``branch`` input blocks (their skips) and those output blocks, on
+    the kept features. The deep features change slowly from one step to the next, so a reusing call costs only the
+    outer blocks. Calls at ``t / num_timesteps >= tmax`` (the network's timesteps, where the layout is drawn) and
+    calls whose batch size differs from the kept features' run whole. One cache per sampling run.
+    """
+
+    def __init__(self, interval: int, branch: int, tmax: float = 1.0, num_timesteps: int = 1000):
+        if interval < 1 or branch < 1:
+            raise ConfigError(f"a feature cache needs interval >= 1 and branch >= 1, got {interval} and {branch}")
+        self.interval, self.branch, self.tmax, self.num_timesteps = int(interval), int(branch), tmax, num_timesteps
+        self.features, self.calls, self.whole = None, 0, 0  # kept features, calls since they were kept, whole calls
+
+    def reuse(self, x: torch.Tensor, t: torch.Tensor) -> bool:
+        """Whether this call of the UNet on ``x`` at timesteps ``t`` may reuse the kept features; counts the call."""
+        fits = self.features is not None and self.features.shape[0] == x.shape[0] and self.calls % self.interval
+        fits = fits and float(t[0]) / self.num_timesteps < self.tmax
+        self.calls = self.calls + 1 if fits else 1
+        self.whole += not fits
+        return bool(fits)
+
+
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence of layers; ResBlocks get ``emb``, attention blocks get ``xf_out``, others only ``h``."""
 
@@ -326,7 +353,7 @@ class UNet(nn.Module):
         got = None if hint is None else tuple(hint.shape)
         raise ConditionError(f"this model takes {want} (the condition image, cond_hint), got {got}")
 
-    def forward(self, x, t, xf_proj, xf_out, low_res=None, hint=None):
+    def forward(self, x, t, xf_proj, xf_out, low_res=None, hint=None, cache: FeatureCache | None = None):
         """Predict (B, 6, H, W): epsilon and the variance interpolation value v.
 
         Args:
@@ -336,8 +363,11 @@ class UNet(nn.Module):
             xf_out: condition tokens (B, xf_width, N), turned into keys/values by each ``encoder_kv``.
             low_res: (B, 3, h, w) image for super-resolution models.
             hint: the condition image (B, C, S, S) of a model with ``cond_hint_channels`` (None otherwise).
+            cache: a :class:`FeatureCache` shared by the calls of one sampling run (None: every call whole).
         """
         t = self.check_inputs(x, t, low_res)
+        if cache is not None and cache.branch > len(self.input_blocks):
+            raise ConfigError(f"cache_branch {cache.branch} exceeds this UNet's {len(self.input_blocks)} input blocks")
         self.check_hint(x, hint)
         b, w = x.shape[0], self.transformer_proj.in_features
         if (
@@ -357,14 +387,18 @@ class UNet(nn.Module):
             x = torch.cat([x, upsampled], dim=1)
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
         emb = emb + self.transformer_proj(xf_proj).to(emb.dtype)
+        reuse = cache is not None and cache.reuse(x, t)
+        outer = len(self.output_blocks) - cache.branch if cache is not None else -1  # first output block of the branch
         hs = []
         h = x
-        for i, module in enumerate(self.input_blocks):
+        for i, module in enumerate(self.input_blocks[: cache.branch] if reuse else self.input_blocks):
             h = module(h, emb, xf_out)
             if i == 0 and hint is not None:
                 h = h + self.hint_in(hint.to(h.dtype), h.shape[2:])
             hs.append(h)
-        h = self.middle_block(h, emb, xf_out)
-        for module in self.output_blocks:
-            h = module(torch.cat([h, hs.pop()], dim=1), emb, xf_out)
+        h = cache.features if reuse else self.middle_block(h, emb, xf_out)
+        for j in range(outer if reuse else 0, len(self.output_blocks)):
+            if j == outer and not reuse:
+                cache.features = h
+            h = self.output_blocks[j](torch.cat([h, hs.pop()], dim=1), emb, xf_out)
         return self.out(h)
