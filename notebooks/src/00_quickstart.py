@@ -63,8 +63,8 @@ plotting.image_grid(rows, ["real"] + ["base 64 px"] * n + ["upsampled 128 px"] *
 # as `piti sample` writes beside its images). `guidance` is the paper's w; same seed, same pixels.
 
 # %%
-keys = ["guidance", "guidance_mode", "sampler", "steps", "noise_scale", "reward_guidance", "upsample_sampler",
-        "upsample_steps", "upsample_start", "upsample_reward_guidance", "precision", "seed"]
+keys = ["guidance", "guidance_mode", "sampler", "steps", "noise_scale", "reward_guidance", "cache_interval",
+        "upsample_sampler", "upsample_steps", "upsample_start", "upsample_reward_guidance", "precision", "seed"]
 rows = [[task] + [out.settings.get(k, "") for k in keys] for task, out in outputs.items()]
 display(Markdown(plotting.markdown_table(rows, ["task"] + keys)))
 print({task: {k: round(v, 1) for k, v in out.settings["timings"].items()} for task, out in outputs.items()})
