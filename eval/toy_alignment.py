@@ -28,9 +28,9 @@ otherwise, and judges score it (the work is :func:`piti.evaluation.alignment.eva
   through the upsampler, judged by the task's own measure (what the upsampler adds or loses where the base is right);
 * with ``--diversity K``, **variety**: K samples of each of ``--diversity-num`` held-out conditions at the chosen
   settings and at the same settings with the official sampler's noise (DDPM, ``noise_scale`` 1, guidance at every
-  step, the step at t = T kept, no condition annealing, reward or particle guidance, redraws, independent draws),
-  their toy feature and pixel diversity and the ratios, the feature ratio with its 90% bootstrap interval over the
-  conditions (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
+  step, the step at t = T kept, no condition annealing, reward or particle guidance, redraws or feature caching,
+  independent draws), their toy feature and pixel diversity and the ratios, the feature ratio with its 90% bootstrap
+  interval over the conditions (:func:`piti.evaluation.alignment.evaluate_toy_diversity`).
 
 With an upsampler, the figures are given at its size (the final images) and at the base size (the 64-px
 base samples, against real scenes reduced as the base model's training data). Writes a JSON file
