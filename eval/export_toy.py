@@ -12,7 +12,8 @@ recommended sampling settings added (``"sampling"``: every field of :class:`piti
 read by ``PITIPipeline.from_checkpoints``); by default the toy recipe's (``piti.settings.TOY_RECIPE``), each one
 changed by its flag. With reward guidance (``--reward-guidance``, ``--upsample-reward-guidance``), the base header
 also names its reward model (``"reward_model"``, relative to the output folder); with particle guidance on classes
-(``--particle-guidance S --particle-features classes``), its class model (``"class_model"``, the mask reward model).
+(``--particle-guidance S --particle-features classes``), its class model (``"class_model"``, the mask reward model);
+with the colour redraw (``--redraw-colour-threshold``), the class model and the colour prior (``"colour_prior"``).
 Weights are stored in fp16 by default (half the size; the models are built in fp32 and the values are
 widened on loading), recorded as ``"stored_dtype"`` in the header.
 """
@@ -48,7 +49,13 @@ def main(argv=None) -> int:
         "--class-model",
         type=Path,
         help="class model of the particle guidance, named in the base header "
-        "(default checkpoints/toy/rewards/mask.safetensors with --particle-features classes)",
+        "(default checkpoints/toy/rewards/mask.safetensors with --particle-features classes or the colour redraw)",
+    )
+    p.add_argument(
+        "--colour-prior",
+        type=Path,
+        help="colour prior of the colour redraw, named in the base header "
+        "(default checkpoints/toy/rewards/colour_prior.safetensors when --redraw-colour-threshold > 0)",
     )
     p.add_argument("--out-dir", type=Path, default=TOY_CHECKPOINT_DIR)
     args = p.parse_args(argv)
@@ -58,17 +65,27 @@ def main(argv=None) -> int:
         "upsample": args.upsampler or Path(f"runs/toy/upsampler-{args.task}/model.safetensors"),
     }
     sampling = settings_from_args(args)
-    reward, classes = args.reward_model, args.class_model
+    reward, classes, colours = args.reward_model, args.class_model, args.colour_prior
+    colour_redraw = sampling.get("redraw_colour_threshold", 0) > 0
     if reward is None and any(sampling.get(k, 0) > 0 for k in REWARD_SCALES):
         reward = TOY_CHECKPOINT_DIR / "rewards" / f"{args.task}.safetensors"
-    if classes is None and sampling.get("particle_guidance", 0) > 0 and sampling.get("particle_features") == "classes":
+    particle_classes = sampling.get("particle_guidance", 0) > 0 and sampling.get("particle_features") == "classes"
+    if classes is None and (particle_classes or colour_redraw):
         classes = TOY_CHECKPOINT_DIR / "rewards" / "mask.safetensors"
-    for what, path in (("reward", reward), ("class", classes)):
+    if colours is None and colour_redraw:
+        colours = TOY_CHECKPOINT_DIR / "rewards" / "colour_prior.safetensors"
+    for what, path, maker in (
+        ("reward model", reward, "eval/train_reward_models.py"),
+        ("class model", classes, "eval/train_reward_models.py"),
+        ("colour prior", colours, "eval/fit_colour_prior.py"),
+    ):
         if path is not None and not path.is_file():
-            print(f"error: the {what} model {path} is missing (eval/train_reward_models.py trains it)", file=sys.stderr)
+            print(f"error: the {what} {path} is missing ({maker} makes it)", file=sys.stderr)
             return 2
     # the header names them relative to the model's folder, so a copied folder keeps working
-    reward, classes = (os.path.relpath(f.resolve(), args.out_dir.resolve()) if f else None for f in (reward, classes))
+    reward, classes, colours = (
+        os.path.relpath(f.resolve(), args.out_dir.resolve()) if f else None for f in (reward, classes, colours)
+    )
     try:
         for role, src in sources.items():
             dst = args.out_dir / f"piti-toy-{args.task}-{role}.safetensors"
@@ -81,6 +98,7 @@ def main(argv=None) -> int:
                 dtype=args.dtype,
                 reward_model=reward,
                 class_model=classes,
+                colour_prior=colours,
             )
             print(f"{src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, {args.dtype})")
     except PitiError as e:

@@ -340,11 +340,13 @@ def export_model(
     dtype: str = "fp16",
     reward_model: str | None = None,
     class_model: str | None = None,
+    colour_prior: str | None = None,
 ) -> None:
     """Copy the model file ``src`` (a PITI ``role`` = "base" or "upsample" model of ``task``) to ``dst``,
     floating-point tensors cast to ``dtype``, with ``sampling`` added to its header, and for a base model
     ``reward_model`` (the reward model file of its reward guidance, relative to ``dst``'s folder; None = none) and
-    ``class_model`` (the same for the class model of its particle guidance)."""
+    ``class_model`` (the same for the class model of its particle guidance and colour redraw) and ``colour_prior``
+    (the colour prior of its colour redraw)."""
     ckpt = load_checkpoint(src)
     cfg = ckpt.config or {}
     if cfg.get("kind") != "piti" or bool(cfg.get("super_res")) != (role == "upsample") or cfg.get("task") != task:
@@ -352,7 +354,8 @@ def export_model(
             f"{src} should hold a PITI {role} model of task {task!r}; its header says kind "
             f"{cfg.get('kind')!r}, super_res {cfg.get('super_res')!r}, task {cfg.get('task')!r}"
         )
-    extra = {"reward_model": reward_model, "class_model": class_model} if role == "base" else {}
+    extra = {"reward_model": reward_model, "class_model": class_model, "colour_prior": colour_prior}
+    extra = extra if role == "base" else {}
     copy_model(src, dst, dtype=dtype, ckpt=ckpt, sampling=sampling, **extra)
 
 

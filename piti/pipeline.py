@@ -52,6 +52,7 @@ from piti.nn.unet import FeatureCache
 from piti.precision import Policy, make_policy
 from piti.settings import PROFILES, REDRAW_TRIES, SamplingSettings, check_names, settings_from_header
 from piti.tasks import TASKS
+from piti.train.colour_prior import load_colour_prior
 from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models live
 
 __all__ = ["PITIPipeline", "PipelineOutput", "open_condition", "to_pil", "to_uint8", "toy_checkpoint_paths"]
@@ -118,11 +119,27 @@ def particle_features(x0: torch.Tensor, class_model=None) -> torch.Tensor:
 def _load_reward(path, base_path, header: dict, task: str, needed: bool, key="reward_model", use="reward_guidance"):
     """The reward model given, else the one the base header names under ``key`` (relative to the base file), else
     None. A named file that is missing is an error only where its use (the setting ``use``) is ``needed``."""
+    from piti.train.rewards import load_reward_model
+
+    return _load_named(
+        path,
+        base_path,
+        header,
+        needed,
+        key,
+        use,
+        lambda f: load_reward_model(f, task=task),
+        "eval/train_reward_models.py",
+    )
+
+
+def _load_named(path, base_path, header: dict, needed: bool, key: str, use: str, load, maker: str):
+    """``load(path)``, else ``load`` of the file the base header names under ``key`` (relative to the base file),
+    else None; a named file that is missing is an error (naming ``maker``, the script that makes one) only where
+    its use, the setting ``use``, is ``needed``."""
     named = header.get(key) if path is None else None
     if path is None and not named:
         return None
-    from piti.train.rewards import load_reward_model
-
     if path is None:
         path = (Path(base_path).resolve().parent / named).resolve()
         if not path.is_file():
@@ -130,9 +147,9 @@ def _load_reward(path, base_path, header: dict, task: str, needed: bool, key="re
                 return None
             raise MissingWeightsError(
                 f"the base model's header names the {key.replace('_', ' ')} {named!r} for its recommended {use}, "
-                f"but {path} is missing; give {key}=PATH (eval/train_reward_models.py trains one), or {use}=0"
+                f"but {path} is missing; give {key}=PATH ({maker} makes one), or {use}=0"
             )
-    model = load_reward_model(path, task=task)
+    model = load(path)
     model.checkpoint_path = str(path)
     return model
 
@@ -170,7 +187,9 @@ class PITIPipeline:
         reward_model: a reward model of the task (:class:`piti.train.rewards.RewardNet`) for reward guidance
             (the ``reward_guidance`` setting), or None.
         class_model: a reward model of the mask task, whose class probabilities particle guidance pushes apart
-            (``particle_features="classes"``), or None.
+            (``particle_features="classes"``) and whose classes the colour prior reads, or None.
+        colour_prior: a :class:`piti.train.colour_prior.ColourPrior` of the depth task for the colour redraw
+            (``redraw_colour_threshold``), or None.
         notes: notes from loading, added to every call's notes.
     """
 
@@ -187,6 +206,7 @@ class PITIPipeline:
         defaults: dict | None = None,
         reward_model=None,
         class_model=None,
+        colour_prior=None,
         notes: list | None = None,
     ):
         if profile not in PROFILES:
@@ -217,11 +237,13 @@ class PITIPipeline:
         self._upsampler = self.policy.prepare(upsampler) if upsampler is not None else None
         self.reward_model = reward_model.eval().to(self.policy.device) if reward_model is not None else None
         self.class_model = class_model.eval().to(self.policy.device) if class_model is not None else None
+        self.colour_prior = colour_prior.eval().to(self.policy.device) if colour_prior is not None else None
         self.sources = {
             "base": getattr(base, "checkpoint_path", None),
             "upsampler": getattr(upsampler, "checkpoint_path", None),
             "reward": getattr(reward_model, "checkpoint_path", None),
             "class": getattr(class_model, "checkpoint_path", None),
+            "colour": getattr(colour_prior, "checkpoint_path", None),
         }
         self._diffusions: dict = {}
         self.load_notes = list(notes or [])
@@ -240,6 +262,7 @@ class PITIPipeline:
         profile: str | None = None,
         reward_model=None,
         class_model=None,
+        colour_prior=None,
         **defaults,
     ) -> PITIPipeline:
         """Load official or project checkpoints (format detected from the file).
@@ -249,7 +272,8 @@ class PITIPipeline:
         for the project's; ``**defaults`` override the sampling defaults (:class:`~piti.settings.SamplingSettings`).
         ``reward_model``: a reward model file for reward guidance; default the one the base file's header names
         (``"reward_model"``, a path relative to the base file's folder), if any. ``class_model``: the same for the
-        class model of particle guidance (header ``"class_model"``).
+        class model of particle guidance and of the colour redraw (header ``"class_model"``), and ``colour_prior`` for
+        the colour prior of the colour redraw (header ``"colour_prior"``).
         """
         if task is not None and task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -290,7 +314,24 @@ class PITIPipeline:
         features = defaults.get("particle_features", recommended.get("particle_features"))
         asked = defaults.get("particle_guidance")  # None: the header's recommendation
         needed = features == "classes" and asked is not None and float(asked) > 0
-        classes = _load_reward(class_model, base, header, None, needed, key="class_model", use="particle_guidance")
+        colour_asked = defaults.get("redraw_colour_threshold")
+        colour_needed = colour_asked is not None and float(colour_asked) > 0
+        use = "particle_guidance" if needed or not colour_needed else "redraw_colour_threshold"
+        classes = _load_reward(class_model, base, header, None, needed or colour_needed, key="class_model", use=use)
+        colours = _load_named(
+            colour_prior,
+            base,
+            header,
+            colour_needed,
+            "colour_prior",
+            "redraw_colour_threshold",
+            load_colour_prior,
+            "eval/fit_colour_prior.py",
+        )
+        if (classes is None or colours is None) and colour_asked is None and recommended.get("redraw_colour_threshold"):
+            missing = header.get("class_model") if classes is None else header.get("colour_prior")
+            recommended = {**recommended, "redraw_colour_threshold": 0.0}
+            notes.append(f"the header's {missing!r} is missing beside {base}: sampling without the colour redraw")
         if (
             classes is None
             and features == "classes"
@@ -313,6 +354,7 @@ class PITIPipeline:
             defaults={**recommended, **defaults},
             reward_model=reward,
             class_model=classes,
+            colour_prior=colours,
             notes=notes,
         )
 
@@ -553,26 +595,60 @@ class PITIPipeline:
         return x0.float().clamp(-1, 1)
 
     def redraw_rejected(self, ref, x0, s: SamplingSettings, generator, progress, encode_once) -> tuple:
-        """The base samples ``x0`` with each one the reward model reads as farther from the condition than
-        ``s.redraw_threshold`` drawn again (the rejected ones together, as one call), up to :data:`REDRAW_TRIES`
-        times, the closest draw kept. Returns the samples and each one's number of redraws."""
-        loss_fn = self.reward_loss(ref, x0.shape[-1], s.palette, "redraw_threshold")
-
-        def read(x):  # under the policy's autocast, as the networks run
-            with self.policy.autocast():
-                return loss_fn(x).float()
-
-        loss, redraws = read(x0), torch.zeros(x0.shape[0], dtype=torch.long)
+        """The base samples ``x0`` with each one that a check rejects drawn again (the rejected ones together, as one
+        call), up to :data:`REDRAW_TRIES` times, the closest draw kept: the reward model's disagreement with the
+        condition above ``s.redraw_threshold``, or the colour prior's distance above ``s.redraw_colour_threshold``
+        (0 = that check off). A draw's badness is the largest of its readings over their thresholds; above 1 it is
+        rejected. Returns the samples and each one's number of redraws."""
+        badness = self.redraw_badness(ref, x0.shape[-1], s)
+        bad_of, redraws = badness(x0), torch.zeros(x0.shape[0], dtype=torch.long)
         for _ in range(REDRAW_TRIES):
-            bad = (loss > s.redraw_threshold).nonzero().flatten().cpu()
+            bad = (bad_of > 1).nonzero().flatten().cpu()
             if len(bad) == 0:
                 break
             new = self.sample_base(ref, len(bad), s, generator, progress, encode_once)
-            new_loss = read(new)
+            new_bad = badness(new)
             redraws[bad] += 1
-            keep = (new_loss < loss[bad]).cpu()
-            x0[bad[keep]], loss[bad[keep]] = new[keep], new_loss[keep]
+            keep = (new_bad < bad_of[bad]).cpu()
+            x0[bad[keep]], bad_of[bad[keep]] = new[keep], new_bad[keep]
         return x0, redraws.tolist()
+
+    def redraw_badness(self, ref, size: int, s: SamplingSettings):
+        """``badness(x0) -> (N,)``: the largest of the redraw checks' readings over their thresholds, each check's
+        model under the policy's autocast, as the networks run."""
+        checks = []
+        if s.redraw_threshold > 0:
+            checks.append((self.reward_loss(ref, size, s.palette, "redraw_threshold"), s.redraw_threshold))
+        if s.redraw_colour_threshold > 0:
+            checks.append((self.colour_distance(ref, size), s.redraw_colour_threshold))
+
+        def badness(x):
+            with self.policy.autocast():
+                return torch.stack([read(x).float() / threshold for read, threshold in checks]).amax(0)
+
+        return badness
+
+    def colour_distance(self, ref: torch.Tensor, size: int):
+        """``distance(x0) -> (N,)``: the colour prior's reading of images x0 at ``size`` px, their classes read by the
+        class model, against the depth condition ``ref`` (1, C, S, S) (:class:`piti.train.colour_prior.ColourPrior`)."""
+        from piti.train.rewards import condition_target
+
+        if self.task != "depth":
+            raise ConfigError(
+                f"redraw_colour_threshold is for the depth task (its prior bins colours by depth), not {self.task}"
+            )
+        if self.colour_prior is None or self.class_model is None:
+            raise ConfigError(
+                "redraw_colour_threshold > 0 needs a colour prior and a class model: PITIPipeline.from_checkpoints("
+                "..., colour_prior=PATH, class_model=PATH) (eval/fit_colour_prior.py fits one), or "
+                "redraw_colour_threshold=0"
+            )
+        target = condition_target("depth", ref.to(self.policy.device, torch.float32), size)
+
+        def distance(x0):
+            return self.colour_prior(x0, self.class_model(x0).argmax(1), target)
+
+        return distance
 
     def sample_upsampler(self, ref, low_res, s: SamplingSettings, generator, progress, encode_once) -> torch.Tensor:
         """Upsampled images from ``low_res``, unguided, from noise scaled by the temperature (official 0.997);
@@ -613,10 +689,12 @@ class PITIPipeline:
             base_checkpoint=self.sources["base"],
             base_size=self.base_model.config.image_size,
         )
-        if s.reward_guidance > 0 or (upsample and s.upsample_reward_guidance > 0):
+        if s.reward_guidance > 0 or s.redraw_threshold > 0 or (upsample and s.upsample_reward_guidance > 0):
             out["reward_checkpoint"] = self.sources["reward"]
-        if s.particle_guidance > 0 and s.particle_features == "classes":
+        if (s.particle_guidance > 0 and s.particle_features == "classes") or s.redraw_colour_threshold > 0:
             out["class_checkpoint"] = self.sources["class"]
+        if s.redraw_colour_threshold > 0:
+            out["colour_checkpoint"] = self.sources["colour"]
         if upsample:
             out.update(
                 upsampler_model=self.upsampler_model.config.name or "custom",
@@ -669,11 +747,11 @@ class PITIPipeline:
         notes = list(self.policy.notes) + self.load_notes + notes
         base_ref = refs[self.base_model.config.cond_size]
 
-        # 3. the base model, guided; the samples the reward model rejects drawn again
+        # 3. the base model, guided; the samples the reward model or the colour prior rejects drawn again
         start = time.perf_counter()
         x0 = self.sample_base(base_ref, num_samples, s, generator, progress, encode_once)
         redraws = [0] * num_samples
-        if s.redraw_threshold > 0:
+        if s.redraw_threshold > 0 or s.redraw_colour_threshold > 0:
             x0, redraws = self.redraw_rejected(base_ref, x0, s, generator, progress, encode_once)
         # Official: the base output is quantised to 8 bits (truncation) before the upsampler sees it.
         low_res = to_uint8(x0).float() / 127.5 - 1 if s.quantize_low_res else x0

@@ -56,7 +56,14 @@ def configure_parser(parser) -> None:
         "--class-model",
         default=None,
         metavar="CKPT",
-        help="class model (a mask reward model) for --particle-features classes (default: the base header's, if any)",
+        help="class model (a mask reward model) for --particle-features classes and --redraw-colour-threshold "
+        "(default: the base header's, if any)",
+    )
+    parser.add_argument(
+        "--colour-prior",
+        default=None,
+        metavar="FILE",
+        help="depth colour prior for --redraw-colour-threshold (default: the base header's, if any)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument(
@@ -115,6 +122,7 @@ def run(args) -> int:
         profile=args.profile,
         reward_model=args.reward_model,
         class_model=args.class_model,
+        colour_prior=args.colour_prior,
     )
     settings = settings_from_args(args)
     out = pipe(
@@ -152,7 +160,7 @@ def run(args) -> int:
     t = out.settings["timings"]
     took = f"base {t['base_s']:.1f} s" + (f", upsampler {t['upsample_s']:.1f} s" if "upsample_s" in t else "")
     redrawn = sum(n > 0 for n in out.settings["redraws"])
-    took += f"; {redrawn} base sample(s) drawn again (redraw_threshold)" if redrawn else ""
+    took += f"; {redrawn} base sample(s) drawn again (redraw_threshold, redraw_colour_threshold)" if redrawn else ""
     print(
         f"piti sample: wrote {len(out.images)} sample(s) of {out.images[0].width} px to {out_dir} ({took}; "
         f"seed {out.settings['seed']}, {out.settings['profile']} profile)"

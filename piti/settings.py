@@ -164,6 +164,14 @@ class SamplingSettings:
         low=0.0,
         high=100.0,
     )
+    redraw_colour_threshold: float = _setting(
+        0.0,
+        "depth task: a base sample whose colours, per class (the class model's reading) and depth, are farther from "
+        "the training images' than this (the colour prior's mean squared Mahalanobis distance) is drawn again, as by "
+        "redraw_threshold; 0 = never (needs the pipeline's class model and colour prior)",
+        low=0.0,
+        high=1000.0,
+    )
     particle_guidance: float = _setting(
         0.0,
         "particle guidance: step of a repulsion between the samples of one call on each base step's predicted x0, "

@@ -115,7 +115,7 @@ def test_cli_reward_guidance_needs_and_takes_a_reward_model(ckpts, tmp_path, cap
     capsys.readouterr()
     argv = sample_cmd(ckpts, "mask", cond, out, "--redraw-threshold", "1e-9", "--reward-model", str(reward))
     assert main(argv) == 0  # every sample disagrees by more than 1e-9: each drawn again, and the CLI says so
-    assert "1 base sample(s) drawn again (redraw_threshold)" in capsys.readouterr().out
+    assert "1 base sample(s) drawn again (redraw_threshold, redraw_colour_threshold)" in capsys.readouterr().out
     assert json.loads((out / "settings.json").read_text())["settings"]["redraws"] == [3]
 
 

@@ -543,3 +543,35 @@ def test_condition_probe_trains_in_memory_and_reports_the_influence(ckpts):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 4, r.stderr
     r = run_script("condition_probe", up, "--steps", "1")
     assert r.returncode == 2 and "PITI base model" in r.stderr
+
+
+def test_export_names_the_colour_prior_and_class_model_of_the_colour_redraw(ckpts, tmp_path):
+    from piti.train.colour_prior import load_colour_prior
+    from piti.train.rewards import RewardConfig, RewardNet, save_reward_model
+
+    base, up = ckpts["depth"]
+    flags = ["--task", "depth", "--base", base, "--upsampler", up, "--redraw-colour-threshold", "25"]
+    save_reward_model(tmp_path / "c.safetensors", RewardNet(RewardConfig(task="mask", widths=(4, 8), groups=2)))
+    flags += ["--class-model", tmp_path / "c.safetensors", "--out-dir", tmp_path / "out"]
+    r = run_script("export_toy", *flags, "--colour-prior", tmp_path / "gone.safetensors")
+    assert r.returncode == 2 and "colour prior" in r.stderr and "fit_colour_prior" in r.stderr
+    r = run_script(
+        "fit_colour_prior",
+        "--num",
+        "4",
+        "--check",
+        "3",
+        "--class-model",
+        tmp_path / "c.safetensors",
+        "--out",
+        tmp_path / "p.safetensors",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "held-out real images (3)" in r.stdout
+    assert "fit_colour_prior.py --num 4" in load_colour_prior(tmp_path / "p.safetensors").checkpoint_metadata["command"]
+    r = run_script("export_toy", *flags, "--colour-prior", tmp_path / "p.safetensors")
+    assert r.returncode == 0, r.stderr
+    pipe = PITIPipeline.from_checkpoints(tmp_path / "out" / "piti-toy-depth-base.safetensors", precision="fp32")
+    assert pipe.base_model.checkpoint_metadata["colour_prior"] == "../p.safetensors"
+    assert pipe.colour_prior is not None and pipe.class_model is not None
+    assert pipe.defaults.redraw_colour_threshold == 25

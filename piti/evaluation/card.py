@@ -179,7 +179,11 @@ def markdown(card: dict) -> str:
             redrawn = {t: r["redraws_per_sample"] for t, r in align["tasks"].items() if r.get("redraws_per_sample")}
             if redrawn:
                 shares = ", ".join(f"{task} {share:.1%}" for task, share in redrawn.items())
-                lines += ["", f"Base samples drawn again (`redraw_threshold`, all samples of the calls): {shares}."]
+                lines += [
+                    "",
+                    "Base samples drawn again (`redraw_threshold`, `redraw_colour_threshold`; all samples of the "
+                    f"calls): {shares}.",
+                ]
             lines += ["", "Every task by the segmenter (mIoU against the scenes' label maps) and FID-T:", ""]
         lines += [
             "| task | size | mIoU generated | mIoU real | ratio | FID-T | s / image |",
