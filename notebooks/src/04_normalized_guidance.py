@@ -209,7 +209,7 @@ print(f"alpha_bar at t = 999: {abar[999]:.1e}, 998: {abar[998]:.1e}, 957: {abar[
 # redraws or feature caching
 depth = PITIPipeline.from_checkpoints(task="depth", precision="fp32", noise_scale=1.0, guidance=0.0,
                                       reward_guidance=0.0, particle_guidance=0.0, antithetic_noise=False,
-                                      redraw_threshold=0.0, cache_interval=1)
+                                      redraw_threshold=0.0, redraw_colour_threshold=0.0, cache_interval=1)
 depth_cond = SynthDataset(length=1, task="depth", seed=7, image_size=64, cond_size=128)[0]["cond"]
 n = plotting.pick(4, 2)
 x_T = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -279,12 +279,13 @@ display(Markdown(plotting.markdown_table(rows, ["setting", f"feature diversity (
 
 # %% [markdown]
 # **What the toy model shows.** The feature diversity is the variety check's (the judge's pooled features, mean distance
-# between the samples of one map); in the full run committed here it rises from 0.35 with neither to 0.44 with the
-# particle guidance and 0.51 with both (the header, its feature caching included), on 8 held-out maps. The model card
-# judges the header at 128 px with each held-out scene's faithfulness read on one sample of its own call of four, so the
-# coupled samples are judged too: now and then a pushed sample paints the near ground in a colour that the depth
-# estimator reads as distance, which is why the header pushes only from t / T = 0.7 and draws a sample again when its
-# reward model reads it as farther from the depth map than any real image (`redraw_threshold`); the antithetic noise
-# changes no sample's own distribution. docs/experiments.md (2026-12-03, 2026-12-04 (evening), (late) and (close)) has
-# the steps, features and couplings tried: pushing by the colours instead costs faithfulness first.
+# between the samples of one map); in the full run committed here it rises from 0.34 with neither to 0.45 with the
+# particle guidance and 0.50 with both (the header, its feature caching and redraws included), on 8 held-out maps. The
+# model card judges the header at 128 px with each held-out scene's faithfulness read on one sample of its own call of
+# four, so the coupled samples are judged too: now and then a pushed sample paints the near ground in a colour that the
+# depth estimator reads as distance, which is why the header pushes only from t / T = 0.7 and draws a sample again when
+# its reward model reads it as farther from the depth map than any real image (`redraw_threshold`) or its colours, per
+# class and depth, as unlike the training images' (`redraw_colour_threshold`); the antithetic noise changes no sample's
+# own distribution. docs/experiments.md (2026-12-03, 2026-12-04 (evening), (late) and (close)) has the steps, features
+# and couplings tried: pushing by the colours instead costs faithfulness first.
 
