@@ -329,9 +329,10 @@ class PITIPipeline:
             "eval/fit_colour_prior.py",
         )
         if (classes is None or colours is None) and colour_asked is None and recommended.get("redraw_colour_threshold"):
-            missing = header.get("class_model", "class model") if classes is None else header.get("colour_prior")
+            missing = header.get("class_model") if classes is None else header.get("colour_prior")
+            missing = repr(missing) if missing else "class model" if classes is None else "colour prior"
             recommended = {**recommended, "redraw_colour_threshold": 0.0}
-            notes.append(f"the header's {missing!r} is missing beside {base}: sampling without the colour redraw")
+            notes.append(f"the header's {missing} is missing beside {base}: sampling without the colour redraw")
         if (
             classes is None
             and features == "classes"

@@ -200,3 +200,7 @@ def test_a_header_whose_prior_is_missing_samples_without_the_colour_redraw(depth
     assert any("without the colour redraw" in n for n in pipe.load_notes)
     with pytest.raises(MissingWeightsError, match="colour prior"):  # asked for by the caller: an error
         PITIPipeline.from_checkpoints(tmp_path / "recommended.safetensors", precision="fp32", redraw_colour_threshold=5)
+    (tmp_path / "c.safetensors").unlink()  # without the class model too: the note names the missing class model
+    pipe = PITIPipeline.from_checkpoints(tmp_path / "recommended.safetensors", precision="fp32")
+    assert pipe.defaults.redraw_colour_threshold == 0
+    assert any("'c.safetensors' is missing" in n and "colour redraw" in n for n in pipe.load_notes)

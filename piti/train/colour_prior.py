@@ -125,7 +125,6 @@ def load_colour_prior(path: str | os.PathLike, device="cpu") -> ColourPrior:
     load_state_dict_strict(
         prior, {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}, source=str(path)
     )
-    prior.checkpoint_path = str(path)
     prior.checkpoint_metadata = ckpt.metadata
     return prior.to(device).eval()
 
