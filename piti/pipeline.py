@@ -414,7 +414,13 @@ class PITIPipeline:
             return model.encode(self.policy.input(ref))
 
     def base_denoiser(
-        self, ref: torch.Tensor, batch: int, settings: SamplingSettings, encode_once: bool = True, generator=None
+        self,
+        ref: torch.Tensor,
+        batch: int,
+        settings: SamplingSettings,
+        encode_once: bool = True,
+        generator=None,
+        partners: torch.Tensor | None = None,
     ):
         """The guided ``denoise(x_t, t_model)`` of the base model for ``batch`` copies of condition ``ref``.
 
@@ -422,7 +428,8 @@ class PITIPipeline:
         condition images to the network, which re-encodes the doubled batch at every step (official code).
         ``settings.cond_noise`` > 0 anneals the encoded condition (CADS), drawing its noise from ``generator``;
         ``settings.cache_interval`` > 1 reuses the UNet's deep features between calls (:class:`FeatureCache`, one per
-        denoiser: build one denoiser per sampling run).
+        denoiser: build one denoiser per sampling run). ``partners``: finished samples (P, 3, S, S) that particle
+        guidance pushes this batch away from (:meth:`particle_denoiser`).
         """
         model, policy = self._base, self.policy
         anneal = condition_annealer(
@@ -472,25 +479,30 @@ class PITIPipeline:
             scale, window = settings.reward_guidance, (settings.reward_guidance_tmin, settings.reward_guidance_tmax)
             denoise = self.reward_denoiser(denoise, self.base_model, ref[:1], settings, scale, window)
         if settings.particle_guidance > 0:
-            denoise = self.particle_denoiser(denoise, batch, settings)
+            denoise = self.particle_denoiser(denoise, batch, settings, partners)
         return denoise
 
-    def particle_denoiser(self, denoise, batch: int, settings: SamplingSettings):
-        """``denoise`` with particle guidance between the ``batch`` samples of a call (:func:`piti.diffusion.repulsion`
-        as the loss of :func:`piti.diffusion.reward_guided`); a batch of one is left alone."""
+    def particle_denoiser(self, denoise, batch: int, settings: SamplingSettings, partners=None):
+        """``denoise`` with particle guidance between the ``batch`` samples of a call and the finished samples
+        ``partners`` (P, 3, S, S) or None (:func:`piti.diffusion.repulsion` as the loss of
+        :func:`piti.diffusion.reward_guided`); a batch of one with no partners is left alone."""
         classes = settings.particle_features == "classes"
         if classes and self.class_model is None:
             raise ConfigError(
                 "particle_features='classes' needs a class model: PITIPipeline.from_checkpoints(..., class_model=PATH) "
                 "(a mask reward model, eval/train_reward_models.py --task mask), or particle_features='pixels'"
             )
-        if batch < 2:
+        partners = None if partners is None or len(partners) == 0 else partners
+        if batch < 2 and partners is None:
             return denoise
         model = self.class_model if classes else None
+        if partners is not None:
+            with torch.no_grad(), self.policy.autocast():
+                partners = particle_features(partners.to(self.policy.device), model).float()
         window = (settings.particle_guidance_tmin, settings.particle_guidance_tmax)
         push = settings.particle_guidance
         return self._loss_guided(
-            denoise, self.base_model, lambda x0: repulsion(particle_features(x0, model)), push, window
+            denoise, self.base_model, lambda x0: repulsion(particle_features(x0, model), partners), push, window
         )
 
     def reward_denoiser(
@@ -580,8 +592,11 @@ class PITIPipeline:
                 notes += [n for n in new_notes if n not in notes]
         return refs, notes
 
-    def sample_base(self, ref, num_samples, s: SamplingSettings, generator, progress, encode_once) -> torch.Tensor:
-        """Base samples (B, 3, S, S) in [-1, 1] (float32), guided."""
+    def sample_base(
+        self, ref, num_samples, s: SamplingSettings, generator, progress, encode_once, partners=None
+    ) -> torch.Tensor:
+        """Base samples (B, 3, S, S) in [-1, 1] (float32), guided; particle guidance also pushes them away from the
+        finished samples ``partners`` (P, 3, S, S), if any."""
         cfg = self.base_model.config
         diffusion = self.diffusion(self.base_model, s.steps, skip_terminal=s.skip_terminal)
         x_T = torch.randn(
@@ -589,7 +604,7 @@ class PITIPipeline:
         )
         if s.antithetic_noise:
             x_T = antithetic_draws(x_T)
-        denoise = self.base_denoiser(ref, num_samples, s, encode_once=encode_once, generator=generator)
+        denoise = self.base_denoiser(ref, num_samples, s, encode_once, generator, partners)
         x0 = sample(
             s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress, **sampler_options(s.sampler, s)
         )
@@ -600,14 +615,16 @@ class PITIPipeline:
         call), up to :data:`REDRAW_TRIES` times, the closest draw kept: the reward model's disagreement with the
         condition above ``s.redraw_threshold``, or the colour prior's distance above ``s.redraw_colour_threshold``
         (0 = that check off). A draw's badness is the largest of its readings over their thresholds; above 1 it is
-        rejected. Returns the samples and each one's number of redraws."""
+        rejected. Particle guidance pushes the new draws away from the samples kept so far. Returns the samples and
+        each one's number of redraws."""
         badness = self.redraw_badness(ref, x0.shape[-1], s)
         bad_of, redraws = badness(x0), torch.zeros(x0.shape[0], dtype=torch.long)
         for _ in range(REDRAW_TRIES):
             bad = (bad_of > 1).nonzero().flatten().cpu()
             if len(bad) == 0:
                 break
-            new = self.sample_base(ref, len(bad), s, generator, progress, encode_once)
+            kept = x0[(bad_of <= 1).cpu()]
+            new = self.sample_base(ref, len(bad), s, generator, progress, encode_once, partners=kept)
             new_bad = badness(new)
             redraws[bad] += 1
             keep = (new_bad < bad_of[bad]).cpu()

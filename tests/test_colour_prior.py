@@ -154,7 +154,13 @@ def test_the_larger_of_the_two_readings_decides(depth_files, monkeypatch):
     pipe = PITIPipeline.from_checkpoints(depth_files["recommended"], precision="fp32")
     monkeypatch.setattr(pipe, "reward_loss", lambda *args: lambda x: 1 + x.mean(dim=(1, 2, 3)))  # 1.5, 0.5
     monkeypatch.setattr(pipe, "colour_distance", lambda *args: lambda x: 10 - 10 * x.mean(dim=(1, 2, 3)))  # 5, 15
-    monkeypatch.setattr(pipe, "sample_base", lambda ref, n, *args: torch.zeros(n, 3, 4, 4))  # reads 1 and 10
+    given = []
+
+    def redraw(ref, n, *args, partners=None):  # reads 1 and 10
+        given.append(partners)
+        return torch.zeros(n, 3, 4, 4)
+
+    monkeypatch.setattr(pipe, "sample_base", redraw)
     x0 = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), -0.5)])
     for thresholds, counts in (
         ((2.0, 20.0), [0, 0]),  # badness 0.75 and 0.75
@@ -165,6 +171,8 @@ def test_the_larger_of_the_two_readings_decides(depth_files, monkeypatch):
         out, got = pipe.redraw_rejected(None, x0.clone(), s, None, False, True)
         assert got == counts
         assert all((out[i] == 0).all() == bool(c) for i, c in enumerate(counts))
+        kept = [i for i, c in enumerate(counts) if not c]
+        assert torch.equal(given.pop(), x0[kept]) if sum(counts) else not given  # pushed away from the kept ones
 
 
 def test_the_colour_redraw_says_what_it_needs(depth_files, tmp_path):

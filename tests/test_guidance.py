@@ -269,3 +269,21 @@ def test_repulsion_pushes_the_samples_of_a_batch_apart():
     one = torch.randn(1, 6, generator=g, requires_grad=True)
     (grad,) = torch.autograd.grad(repulsion(one).sum(), one)
     assert repulsion(one).item() == 0 and torch.equal(grad, torch.zeros_like(grad))  # a batch of one: no push
+
+
+def test_repulsion_pushes_a_batch_away_from_fixed_partners():
+    g = torch.Generator().manual_seed(1)
+    f, partners = torch.randn(3, 6, generator=g), torch.randn(2, 6, generator=g)
+    assert torch.equal(repulsion(f, None), repulsion(f))  # no partners: the batch's own loss
+    coupled = repulsion(f, partners)
+    assert coupled.shape == (3,) and (coupled > 0).all()
+    # a sample next to a partner repels hardest; the partners are fixed (no gradient reaches them)
+    near = torch.cat([partners[:1] + 0.01, f[1:]])
+    assert repulsion(near, partners)[0] > repulsion(near, partners)[1:].max()
+    v, p = f.clone().requires_grad_(True), partners.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(repulsion(v, p).sum(), v)
+    assert torch.cdist(f - 0.5 * grad, partners).mean() > torch.cdist(f, partners).mean()
+    # a batch of one is pushed once it has partners
+    one = torch.randn(1, 6, generator=g, requires_grad=True)
+    (grad,) = torch.autograd.grad(repulsion(one, partners).sum(), one)
+    assert grad.abs().sum() > 0

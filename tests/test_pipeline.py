@@ -611,6 +611,16 @@ def test_particle_guidance_pushes_the_samples_of_one_call_apart(mask_pipe):
     assert apart.settings["particle_guidance"] == 2.0
     one = [mask_pipe(synth_mask(), num_samples=1, **extra, **kwargs) for extra in ({}, pushed)]
     assert (pixels(one[0].images) == pixels(one[1].images)).all()  # a single sample has nothing to be pushed from
+    # ... unless it is given finished samples to be pushed from (the redraw's kept samples)
+    settings = mask_pipe.resolve_settings(**pushed, sampler="ddpm", guidance=1.0, steps=FEW["steps"])
+
+    def draw(partners):
+        generator = torch.Generator().manual_seed(2)
+        return mask_pipe.sample_base(one[0].condition, 1, settings, generator, False, True, partners=partners)
+
+    alone = draw(None)
+    assert torch.equal(draw(alone[:0]), alone)  # no partners: as alone
+    assert (draw(alone) - alone).abs().mean() > 1e-3
     with pytest.raises(ConfigError, match="particle_guidance_tmin must be below"):
         mask_pipe(synth_mask(), particle_guidance=1.0, particle_guidance_tmin=0.5, particle_guidance_tmax=0.5)
     with pytest.raises(ConfigError, match="needs a class model"):

@@ -34,7 +34,8 @@ Particle guidance (Corso et al., ICLR 2024) takes the same step on a loss that c
 a repulsion, the sum of an RBF kernel exp(-|f_i - f_j|^2 / h) over the other samples j of the batch, on features
 f = phi(x0) of each sample's predicted x0, with h the median of the pairwise squared distances / log(B + 1) (the
 paper's median heuristic). The samples of one call are pushed apart, so a grid of them shows different pictures of
-the same condition; a batch of one is left alone, and samples of separate calls are as independent as before.
+the same condition; a batch of one is left alone, and samples of separate calls are as independent as before,
+unless the later call names the earlier samples as fixed ``partners`` (the pipeline's redraw does).
 """
 
 from __future__ import annotations
@@ -208,16 +209,18 @@ def guided_denoiser(
     return denoise
 
 
-def repulsion(features: torch.Tensor) -> torch.Tensor:
+def repulsion(features: torch.Tensor, partners: torch.Tensor | None = None) -> torch.Tensor:
     """Particle guidance's loss (module docstring): per sample (B,), the RBF kernel summed over the other samples
-    of the batch / B, on ``features`` (B, D); zeros for a batch of one."""
+    of the batch and the fixed ``partners`` (P, D) / (B + P), on ``features`` (B, D); zeros with no one else."""
     n = features.shape[0]
-    if n < 2:
+    everyone = features if partners is None else torch.cat([features, partners.detach().to(features)])
+    m = everyone.shape[0]
+    if m < 2:
         return features.sum(1) * 0.0  # keeps the graph, so the gradient is zero
-    d2 = torch.cdist(features, features).pow(2)
-    others = ~torch.eye(n, dtype=torch.bool, device=features.device)
-    h = (d2[others].median().detach() / math.log(n + 1)).clamp(min=1e-6)  # the median heuristic
-    return (torch.exp(-d2 / h) * others).sum(1) / n
+    d2 = torch.cdist(features, everyone).pow(2)
+    others = ~torch.eye(n, m, dtype=torch.bool, device=features.device)
+    h = (d2[others].median().detach() / math.log(m + 1)).clamp(min=1e-6)  # the median heuristic
+    return (torch.exp(-d2 / h) * others).sum(1) / m
 
 
 def reward_guided(denoise, loss_fn, alphas_cumprod, scale, tmin=0.0, tmax=1.0, rescaled=True):
