@@ -496,13 +496,14 @@ class PITIPipeline:
         if batch < 2 and partners is None:
             return denoise
         model = self.class_model if classes else None
+        fixed = None  # the partners' features, read once
         if partners is not None:
             with torch.no_grad(), self.policy.autocast():
-                partners = particle_features(partners.to(self.policy.device), model).float()
+                fixed = particle_features(partners.to(self.policy.device), model).float()
         window = (settings.particle_guidance_tmin, settings.particle_guidance_tmax)
         push = settings.particle_guidance
         return self._loss_guided(
-            denoise, self.base_model, lambda x0: repulsion(particle_features(x0, model), partners), push, window
+            denoise, self.base_model, lambda x0: repulsion(particle_features(x0, model), fixed), push, window
         )
 
     def reward_denoiser(

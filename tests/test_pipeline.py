@@ -590,7 +590,7 @@ def test_redraw_threshold_draws_again_the_samples_the_reward_model_rejects(ckpts
 def test_redraws_keep_the_closest_draw_and_stop_once_accepted(mask_pipe, monkeypatch, redraws, expected):
     draws = iter(redraws)  # each redraw of the rejected sample: a constant image, its loss 1 + its value
     monkeypatch.setattr(mask_pipe, "reward_loss", lambda *args: lambda x: 1 + x.mean(dim=(1, 2, 3)))
-    monkeypatch.setattr(mask_pipe, "sample_base", lambda ref, n, *args: torch.full((n, 3, 4, 4), next(draws)))
+    monkeypatch.setattr(mask_pipe, "sample_base", lambda ref, n, *args, **kw: torch.full((n, 3, 4, 4), next(draws)))
     x0 = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), -0.5)])  # losses 1.5 and 0.5
     settings = mask_pipe.resolve_settings(redraw_threshold=1.0)
     out, counts = mask_pipe.redraw_rejected(None, x0.clone(), settings, None, False, True)

@@ -125,7 +125,8 @@ def test_card_shows_each_tasks_own_measure_and_the_variety_kept():
     assert "| depth | 0.3000 | 0.4000 | **0.75** | 0.50-0.95 | 0.0600 | 0.1000 | 0.60 |" in text
     assert "feature note." in text
     assert "| depth | 128 | 0.400 | 0.900 | 0.44 | 2.00 | 1.00 |" in text
-    assert "drawn again (`redraw_threshold`, `redraw_colour_threshold`; all samples of the calls): depth 1.0%." in text
+    assert "Redraws per base sample (`redraw_threshold`, `redraw_colour_threshold`; all samples of the calls" in text
+    assert "a sample drawn again up to 3 times): depth 0.01." in text
 
 
 def test_card_without_logs_is_a_clear_error(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from piti.errors import DatasetError
 from piti.evaluation.alignment import interval_text
 from piti.pipeline import TASKS, TOY_BUDGET_MB, toy_checkpoint_paths
+from piti.settings import REDRAW_TRIES
 
 BEGIN, END = "<!-- numbers:begin -->", "<!-- numbers:end -->"
 # The recipe's stage runs (configs/toy.yaml out_dir names), in training order.
@@ -178,11 +179,11 @@ def markdown(card: dict) -> str:
                 )
             redrawn = {t: r["redraws_per_sample"] for t, r in align["tasks"].items() if r.get("redraws_per_sample")}
             if redrawn:
-                shares = ", ".join(f"{task} {share:.1%}" for task, share in redrawn.items())
+                shares = ", ".join(f"{task} {share:.2f}" for task, share in redrawn.items())
                 lines += [
                     "",
-                    "Base samples drawn again (`redraw_threshold`, `redraw_colour_threshold`; all samples of the "
-                    f"calls): {shares}.",
+                    "Redraws per base sample (`redraw_threshold`, `redraw_colour_threshold`; all samples of the "
+                    f"calls, a sample drawn again up to {REDRAW_TRIES} times): {shares}.",
                 ]
             lines += ["", "Every task by the segmenter (mIoU against the scenes' label maps) and FID-T:", ""]
         lines += [
