@@ -93,10 +93,11 @@ def print_table(results: dict, start: int = 0) -> None:
             if median is not None:
                 print(f"  median over the scenes of each scene's own RMSE ratio: {median:.2f}")
     for task, r in results.items():
-        if r.get("redraws_per_sample"):
+        if r.get("redraws_per_sample") or r.get("early_redraws_per_sample"):
             print(
                 f"{task}: {r['redraws_per_sample']:.3f} redraws per base sample "
-                "(redraw_threshold, redraw_colour_threshold)"
+                f"(redraw_threshold, redraw_colour_threshold), {r.get('early_redraws_per_sample', 0):.3f} midway "
+                "(redraw_early_t)"
             )
     if any("upsampler_ceiling" in r for r in results.values()):
         print(f"\n{'task':<7} {'upsampler on real base images':<30} {'bicubic':>8} {'upsampler':>10} {'real':>6}")

@@ -50,7 +50,7 @@ from piti.diffusion import (
 from piti.errors import CheckpointError, ConfigError, MissingWeightsError
 from piti.nn.unet import FeatureCache
 from piti.precision import Policy, make_policy
-from piti.settings import PROFILES, REDRAW_TRIES, SamplingSettings, check_names, settings_from_header
+from piti.settings import EARLY_MARGIN, PROFILES, REDRAW_TRIES, SamplingSettings, check_names, settings_from_header
 from piti.tasks import TASKS
 from piti.train.colour_prior import load_colour_prior
 from piti.weights import TOY_CHECKPOINT_DIR  # where the embedded default models live
@@ -594,43 +594,89 @@ class PITIPipeline:
         return refs, notes
 
     def sample_base(
-        self, ref, num_samples, s: SamplingSettings, generator, progress, encode_once, partners=None
+        self, ref, num_samples, s: SamplingSettings, generator, progress, encode_once, partners=None, counts=None
     ) -> torch.Tensor:
         """Base samples (B, 3, S, S) in [-1, 1] (float32), guided; particle guidance also pushes them away from the
-        finished samples ``partners`` (P, 3, S, S), if any."""
-        cfg = self.base_model.config
+        finished samples ``partners`` (P, 3, S, S), if any. With ``s.redraw_early_t`` > 0 and a redraw check on, the
+        steps at t/T >= redraw_early_t run first, the draws whose predicted x0 there the checks reject (by
+        :data:`EARLY_MARGIN` times their thresholds) are drawn again from noise (:meth:`redraw`), then the remaining
+        steps run; ``counts["early"]``, if given, adds up those redraws."""
         diffusion = self.diffusion(self.base_model, s.steps, skip_terminal=s.skip_terminal)
-        x_T = torch.randn(
-            (num_samples, 3, cfg.image_size, cfg.image_size), generator=generator, device=self.policy.device
-        )
-        if s.antithetic_noise:
-            x_T = antithetic_draws(x_T)
+        options = dict(generator=generator, progress=progress, **sampler_options(s.sampler, s))
         denoise = self.base_denoiser(ref, num_samples, s, encode_once, generator, partners)
-        x0 = sample(
-            s.sampler, denoise, x_T, diffusion, generator=generator, progress=progress, **sampler_options(s.sampler, s)
-        )
+        split = self.early_split(diffusion, s)
+        if split is None:
+            x0 = sample(s.sampler, denoise, self.base_noise(num_samples, s, generator), diffusion, **options)
+            return x0.float().clamp(-1, 1)
+        span = (diffusion.num_timesteps - 1, split)
+
+        def draw(n, kept=None):  # the steps above the check; new draws pushed away from the kept ones
+            d = denoise
+            if kept is not None:
+                near = kept if partners is None else torch.cat([partners.to(kept), kept])
+                d = self.base_denoiser(ref, n, s, encode_once, generator, near)
+            preds, x_T = [], self.base_noise(n, s, generator)
+            x = sample(
+                s.sampler, d, x_T, diffusion, span=span, callback=lambda at: preds.append(at["x0_pred"]), **options
+            )
+            return x, preds[-1].float().clamp(-1, 1)
+
+        x, pred = draw(num_samples)
+        badness = self.redraw_badness(ref, pred.shape[-1], s)
+        x, _, redraws = self.redraw(x, pred, lambda images: badness(images) / EARLY_MARGIN, draw)
+        if redraws.any():  # the feature cache holds the replaced draws' features: a new denoiser for the rest
+            denoise = self.base_denoiser(ref, num_samples, s, encode_once, generator, partners)
+        if counts is not None:
+            counts["early"] = counts.get("early", 0) + int(redraws.sum())
+        x0 = sample(s.sampler, denoise, x, diffusion, span=(split - 1, 0), **options)
         return x0.float().clamp(-1, 1)
 
-    def redraw_rejected(self, ref, x0, s: SamplingSettings, generator, progress, encode_once) -> tuple:
-        """The base samples ``x0`` with each one that a check rejects drawn again (the rejected ones together, as one
-        call), up to :data:`REDRAW_TRIES` times, the closest draw kept: the reward model's disagreement with the
-        condition above ``s.redraw_threshold``, or the colour prior's distance above ``s.redraw_colour_threshold``
-        (0 = that check off). A draw's badness is the largest of its readings over their thresholds; above 1 it is
-        rejected. Particle guidance pushes the new draws away from the samples kept so far. Returns the samples and
-        each one's number of redraws."""
+    def base_noise(self, num_samples: int, s: SamplingSettings, generator) -> torch.Tensor:
+        """The base sampler's start x_T (B, 3, S, S), antithetic across the batch with ``s.antithetic_noise``."""
+        size = self.base_model.config.image_size
+        x_T = torch.randn((num_samples, 3, size, size), generator=generator, device=self.policy.device)
+        return antithetic_draws(x_T) if s.antithetic_noise else x_T
+
+    def early_split(self, diffusion, s: SamplingSettings) -> int | None:
+        """The process index of the last step at t/T >= ``s.redraw_early_t``, where the early redraw check reads the
+        draws; None when that check is off, no redraw check is on, or no step is left after it."""
+        if s.redraw_early_t <= 0 or not (s.redraw_threshold > 0 or s.redraw_colour_threshold > 0):
+            return None
+        above = (diffusion.timestep_map.double() / diffusion.original_num_steps >= s.redraw_early_t).nonzero()
+        split = int(above.min()) if len(above) else 0
+        return split if split >= 1 else None
+
+    def redraw_rejected(self, ref, x0, s: SamplingSettings, generator, progress, encode_once, counts=None) -> tuple:
+        """The base samples ``x0`` with each one that a check rejects drawn again (:meth:`redraw`): the reward
+        model's disagreement with the condition above ``s.redraw_threshold``, or the colour prior's distance above
+        ``s.redraw_colour_threshold`` (0 = that check off). Returns the samples and each one's number of redraws."""
         badness = self.redraw_badness(ref, x0.shape[-1], s)
-        bad_of, redraws = badness(x0), torch.zeros(x0.shape[0], dtype=torch.long)
+
+        def draw(n, kept):
+            new = self.sample_base(ref, n, s, generator, progress, encode_once, partners=kept, counts=counts)
+            return new, new
+
+        x0, _, redraws = self.redraw(x0, x0, badness, draw)
+        return x0, redraws.tolist()
+
+    @staticmethod
+    def redraw(x, images, badness, draw) -> tuple:
+        """The rows of ``x`` whose ``images`` ``badness`` reads above 1 drawn again, the rejected ones together, by
+        ``draw(n, kept) -> (x, images)`` (``kept``: the images of the rows not rejected, which particle guidance
+        pushes the new draws away from), up to :data:`REDRAW_TRIES` times, the closest draw kept. A draw's badness
+        is the largest of the checks' readings over their thresholds. Returns x, images and each row's redraws."""
+        bad_of, redraws = badness(images), torch.zeros(len(x), dtype=torch.long)
         for _ in range(REDRAW_TRIES):
             bad = (bad_of > 1).nonzero().flatten().cpu()
             if len(bad) == 0:
                 break
-            kept = x0[(bad_of <= 1).cpu()]
-            new = self.sample_base(ref, len(bad), s, generator, progress, encode_once, partners=kept)
-            new_bad = badness(new)
+            new_x, new_images = draw(len(bad), images[(bad_of <= 1).cpu()])
+            new_bad = badness(new_images)
             redraws[bad] += 1
             keep = (new_bad < bad_of[bad]).cpu()
-            x0[bad[keep]], bad_of[bad[keep]] = new[keep], new_bad[keep]
-        return x0, redraws.tolist()
+            rows = bad[keep]
+            x[rows], images[rows], bad_of[rows] = new_x[keep], new_images[keep], new_bad[keep]
+        return x, images, redraws
 
     def redraw_badness(self, ref, size: int, s: SamplingSettings):
         """``badness(x0) -> (N,)``: the largest of the redraw checks' readings over their thresholds, each check's
@@ -768,10 +814,11 @@ class PITIPipeline:
 
         # 3. the base model, guided; the samples the reward model or the colour prior rejects drawn again
         start = time.perf_counter()
-        x0 = self.sample_base(base_ref, num_samples, s, generator, progress, encode_once)
+        counts = {"early": 0}
+        x0 = self.sample_base(base_ref, num_samples, s, generator, progress, encode_once, counts=counts)
         redraws = [0] * num_samples
         if s.redraw_threshold > 0 or s.redraw_colour_threshold > 0:
-            x0, redraws = self.redraw_rejected(base_ref, x0, s, generator, progress, encode_once)
+            x0, redraws = self.redraw_rejected(base_ref, x0, s, generator, progress, encode_once, counts)
         # Official: the base output is quantised to 8 bits (truncation) before the upsampler sees it.
         low_res = to_uint8(x0).float() / 127.5 - 1 if s.quantize_low_res else x0
         timings["base_s"] = time.perf_counter() - start
@@ -794,6 +841,7 @@ class PITIPipeline:
             snap=snap,
             encode_once=encode_once,
             redraws=redraws,
+            early_redraws=counts["early"],
             timings=timings,
         )
         return PipelineOutput(

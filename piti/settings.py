@@ -30,6 +30,7 @@ from piti.diffusion.samplers import SAMPLERS
 from piti.errors import ConfigError
 
 REDRAW_TRIES = 3  # most redraws of one base sample (redraw_threshold)
+EARLY_MARGIN = 1.2  # a draw's predicted x0 midway is blurrier than the finished sample and reads higher
 
 
 def _setting(default, help: str, *, choices=None, low=None, high=None, low_open=False):
@@ -171,6 +172,14 @@ class SamplingSettings:
         "redraw_threshold; 0 = never (needs the pipeline's class model and colour prior)",
         low=0.0,
         high=1000.0,
+    )
+    redraw_early_t: float = _setting(
+        0.0,
+        "the redraw checks also read each base draw's predicted x0 once the steps at t/T >= this are walked, and a "
+        f"draw they reject there (by {EARLY_MARGIN:g} times their thresholds) starts again from noise, up to "
+        f"{REDRAW_TRIES} times, before the remaining steps; 0 = never (no effect without a redraw check)",
+        low=0.0,
+        high=1.0,
     )
     particle_guidance: float = _setting(
         0.0,

@@ -156,7 +156,7 @@ def test_the_larger_of_the_two_readings_decides(depth_files, monkeypatch):
     monkeypatch.setattr(pipe, "colour_distance", lambda *args: lambda x: 10 - 10 * x.mean(dim=(1, 2, 3)))  # 5, 15
     given = []
 
-    def redraw(ref, n, *args, partners=None):  # reads 1 and 10
+    def redraw(ref, n, *args, partners=None, counts=None):  # reads 1 and 10
         given.append(partners)
         return torch.zeros(n, 3, 4, 4)
 

@@ -586,6 +586,37 @@ def test_redraw_threshold_draws_again_the_samples_the_reward_model_rejects(ckpts
     assert pipe.defaults.redraw_threshold == 0 and any("without redraw_threshold" in n for n in pipe.load_notes)
 
 
+def test_the_early_redraw_restarts_midway_what_the_checks_reject_by_the_margin(mask_pipe, monkeypatch):
+    from piti.settings import EARLY_MARGIN, REDRAW_TRIES
+
+    reading = {"value": 0.0}  # every image reads this (the reward model's disagreement)
+    monkeypatch.setattr(mask_pipe, "reward_loss", lambda *args: lambda x: torch.full((len(x),), reading["value"]))
+    kwargs = dict(seed=2, sampler="ddpm", num_samples=2, upsample=False, steps=6, progress=False)
+    plain = mask_pipe(synth_mask(), redraw_threshold=1.0, **kwargs)
+    early = mask_pipe(synth_mask(), redraw_threshold=1.0, redraw_early_t=0.5, **kwargs)  # nothing rejected
+    assert early.settings["early_redraws"] == 0 and np.array_equal(pixels(early.images), pixels(plain.images))
+    unchecked = mask_pipe(synth_mask(), redraw_early_t=0.5, **kwargs)  # no redraw check: no effect
+    assert unchecked.settings["early_redraws"] == 0 and np.array_equal(pixels(unchecked.images), pixels(plain.images))
+
+    reading["value"] = (1 + EARLY_MARGIN) / 2  # over the threshold, under the margin: only the finished draws
+    out = mask_pipe(synth_mask(), redraw_threshold=1.0, redraw_early_t=0.5, **kwargs)
+    assert out.settings["early_redraws"] == 0 and out.settings["redraws"] == [REDRAW_TRIES] * 2
+    reading["value"] = EARLY_MARGIN * 1.1  # rejected midway too: every draw, the first and each redraw's
+    out = mask_pipe(synth_mask(), redraw_threshold=1.0, redraw_early_t=0.5, **kwargs)
+    assert out.settings["early_redraws"] == 2 * REDRAW_TRIES * (1 + REDRAW_TRIES)
+    assert out.settings["redraws"] == [REDRAW_TRIES] * 2 and np.isfinite(pixels(out.images)).all()
+
+
+def test_the_early_redraw_splits_the_steps_at_its_fraction(mask_pipe):
+    diffusion = mask_pipe.diffusion(mask_pipe.base_model, 6)  # t/T of its steps: 0, 0.2, 0.4, 0.599, 0.799, 0.999
+    for early, split in ((0.5, 3), (0.599, 3), (0.6, 4), (0.9, 5), (1e-4, 1), (1.0, None), (0.0, None)):
+        assert (
+            mask_pipe.early_split(diffusion, mask_pipe.resolve_settings(redraw_threshold=1.0, redraw_early_t=early))
+            == split
+        )
+    assert mask_pipe.early_split(diffusion, mask_pipe.resolve_settings(redraw_early_t=0.5)) is None  # no check on
+
+
 @pytest.mark.parametrize("redraws, expected", [([0.9, 0.2, 0.7], (3, 0.2)), ([-0.2, 0.9], (1, -0.2))])
 def test_redraws_keep_the_closest_draw_and_stop_once_accepted(mask_pipe, monkeypatch, redraws, expected):
     draws = iter(redraws)  # each redraw of the rejected sample: a constant image, its loss 1 + its value

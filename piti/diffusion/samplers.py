@@ -15,6 +15,10 @@ reproducible whatever else uses the global RNG; with ``generator=None`` they are
 
 ``callback``, if given, is called after each step with a dict ``i`` (step number, 0 first),
 ``t`` (the process index), ``x`` (the new sample) and ``x0_pred``.
+
+``span=(high, low)`` walks only the steps at process indices high down to low (both included) and returns
+x_{low - 1}, so a run split at index k, ``span=(N - 1, k)`` then ``span=(k - 1, 0)`` on its result, draws
+the same pixels as one run (DPM-Solver++ restarts its history with a first-order step).
 """
 
 from __future__ import annotations
@@ -47,9 +51,13 @@ def antithetic_draws(z: torch.Tensor) -> torch.Tensor:
     return (z - z.mean(0, keepdim=True)) * math.sqrt(k / (k - 1))
 
 
-def _steps(diffusion, x_T, progress, desc):
-    """Yield (step number, t) from the noisiest index down to 0, with an optional tqdm bar."""
-    indices = range(diffusion.num_timesteps - 1, -1, -1)
+def _steps(diffusion, x_T, progress, desc, span=None):
+    """Yield (step number, t) from the noisiest index (or ``span``'s high end) down to 0 (or its low end), with an
+    optional tqdm bar."""
+    high, low = (diffusion.num_timesteps - 1, 0) if span is None else span
+    if not 0 <= low <= high < diffusion.num_timesteps:
+        raise ConfigError(f"span must be (high, low) with 0 <= low <= high < {diffusion.num_timesteps}, got {span}")
+    indices = range(high, low - 1, -1)
     for i, index in enumerate(tqdm(indices, desc=desc, disable=not progress)):
         yield i, torch.full((x_T.shape[0],), index, dtype=torch.long, device=x_T.device)
 
@@ -89,6 +97,7 @@ def sample_ddpm(
     generator=None,
     progress=False,
     callback=None,
+    span=None,
     noise_scale=1.0,
     noise_scale_tmax=1.0,
     antithetic_noise=False,
@@ -108,7 +117,7 @@ def sample_ddpm(
     if not 0.0 <= noise_scale_tmax <= 1.0:
         raise ConfigError(f"noise_scale_tmax must be in [0, 1], got {noise_scale_tmax}")
     x = x_T
-    for i, t in _steps(diffusion, x_T, progress, "ddpm"):
+    for i, t in _steps(diffusion, x_T, progress, "ddpm", span):
         t_frac = float(diffusion.timestep_map[t[0]]) / diffusion.original_num_steps
         x, x0_pred = ddpm_step(
             diffusion,
@@ -136,12 +145,13 @@ def sample_ddim(
     generator=None,
     progress=False,
     callback=None,
+    span=None,
     antithetic_noise=False,
 ):
     """DDIM sampling (Song et al. 2021); ``eta=0`` is deterministic, ``eta=1`` is DDPM-like; ``antithetic_noise``
     as DDPM's, for eta > 0."""
     x = x_T
-    for i, t in _steps(diffusion, x_T, progress, "ddim"):
+    for i, t in _steps(diffusion, x_T, progress, "ddim", span):
         x, x0_pred = ddim_step(
             diffusion,
             _denoise(denoise, diffusion, x, t),
@@ -158,7 +168,9 @@ def sample_ddim(
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None):
+def sample_dpmpp_2m(
+    denoise, x_T, diffusion, *, clip_denoised=True, generator=None, progress=False, callback=None, span=None
+):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) for epsilon-prediction networks.
 
     Data-prediction multistep solver in lambda = log(alpha_t / sigma_t), with alpha_t^2 =
@@ -178,7 +190,7 @@ def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=No
 
     x = x_T
     x0_prev, h_prev = None, None
-    for i, t in _steps(diffusion, x_T, progress, "dpm++2m"):
+    for i, t in _steps(diffusion, x_T, progress, "dpm++2m", span):
         index = int(t[0])
         eps, _ = diffusion.split_model_output(_denoise(denoise, diffusion, x, t), x)
         x0_pred = diffusion.predict_x0_from_eps(x, t, eps)
@@ -207,7 +219,7 @@ def sample_dpmpp_2m(denoise, x_T, diffusion, *, clip_denoised=True, generator=No
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp": sample_dpmpp_2m}
 # the keyword parameters every sampler shares; the others are a sampler's own knobs
-COMMON_PARAMETERS = ("clip_denoised", "generator", "progress", "callback")
+COMMON_PARAMETERS = ("clip_denoised", "generator", "progress", "callback", "span")
 
 
 def sampler_options(name: str, settings, prefix: str = "") -> dict:

@@ -243,7 +243,8 @@ def sample_heldout(
     settings that act between the samples of a call (particle guidance) are judged as they draw; the time is the
     call's / K. Returns :func:`heldout_examples`'s data plus ``generated`` and ``base_images`` (uint8 stacks),
     ``seconds`` and ``timings`` per image, ``redraws`` (every sample's, all K of each call; ``redraw_threshold``),
-    and ``settings`` (the first call's record)."""
+    ``early_redraws`` (the calls' draws restarted midway, in all; ``redraw_early_t``) and ``settings`` (the first
+    call's record)."""
     if not isinstance(samples_per_call, int) or samples_per_call < 1:
         raise ConfigError(f"samples_per_call must be a positive integer, got {samples_per_call!r}")
     settings = settings or {}
@@ -253,7 +254,7 @@ def sample_heldout(
     data = heldout_examples(
         task, num, start, size, base_cfg.cond_size, base_cfg.image_size if upsample else None, depth=depth
     )
-    generated, base_images, seconds, timings, redraws, used = [], [], [], [], [], None
+    generated, base_images, seconds, timings, redraws, early, used = [], [], [], [], [], 0, None
     for i, cond in enumerate(data["cond"]):
         t0 = time.perf_counter()
         k = samples_per_call
@@ -263,6 +264,7 @@ def sample_heldout(
         base_images.append(np.asarray(out.base_images[i % k]))
         timings.append({name: v / k for name, v in out.settings["timings"].items()})
         redraws += out.settings["redraws"]
+        early += out.settings["early_redraws"]
         used = used or out.settings
     data.update(
         generated=np.stack(generated),
@@ -270,6 +272,7 @@ def sample_heldout(
         seconds=seconds,
         timings=timings,
         redraws=redraws,
+        early_redraws=early,
         settings=used,
         upsample=upsample,
     )
@@ -362,6 +365,7 @@ def evaluate_toy_task(
         "seconds_per_image": float(np.mean(data["seconds"])),
         "seconds_per_image_max": float(np.max(data["seconds"])),
         "redraws_per_sample": float(np.mean(data["redraws"])),  # base samples drawn again (redraw_threshold)
+        "early_redraws_per_sample": data["early_redraws"] / len(data["redraws"]),  # draws restarted midway
         "samples_per_call": samples_per_call,
         "base_seconds_per_image": float(np.mean([t["base_s"] for t in timings])),
         "upsample_seconds_per_image": float(np.mean([t["upsample_s"] for t in timings])) if upsample else None,
