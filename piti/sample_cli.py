@@ -161,6 +161,8 @@ def run(args) -> int:
     took = f"base {t['base_s']:.1f} s" + (f", upsampler {t['upsample_s']:.1f} s" if "upsample_s" in t else "")
     redrawn = sum(n > 0 for n in out.settings["redraws"])
     took += f"; {redrawn} base sample(s) drawn again (redraw_threshold, redraw_colour_threshold)" if redrawn else ""
+    early = out.settings["early_redraws"]
+    took += f"; {early} draw(s) restarted midway (redraw_early_t)" if early else ""
     print(
         f"piti sample: wrote {len(out.images)} sample(s) of {out.images[0].width} px to {out_dir} ({took}; "
         f"seed {out.settings['seed']}, {out.settings['profile']} profile)"

@@ -117,6 +117,8 @@ def test_cli_reward_guidance_needs_and_takes_a_reward_model(ckpts, tmp_path, cap
     assert main(argv) == 0  # every sample disagrees by more than 1e-9: each drawn again, and the CLI says so
     assert "1 base sample(s) drawn again (redraw_threshold, redraw_colour_threshold)" in capsys.readouterr().out
     assert json.loads((out / "settings.json").read_text())["settings"]["redraws"] == [3]
+    assert main(argv + ["--redraw-early-t", "0.5"]) == 0  # rejected midway too: 3 restarts of each of 4 draws
+    assert "12 draw(s) restarted midway (redraw_early_t)" in capsys.readouterr().out
 
 
 def test_cli_no_upsample_and_sketch_from_photo(ckpts, tmp_path):

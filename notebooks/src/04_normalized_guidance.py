@@ -279,8 +279,8 @@ display(Markdown(plotting.markdown_table(rows, ["setting", f"feature diversity (
 
 # %% [markdown]
 # **What the toy model shows.** The feature diversity is the variety check's (the judge's pooled features, mean distance
-# between the samples of one map); in the full run committed here, at the header's full noise, it rises from 0.35 with
-# neither to 0.51 with the particle guidance and 0.56 with both (the header, its feature caching and redraws included,
+# between the samples of one map); in the full run committed here, at the header's noise, it rises from 0.34 with
+# neither to 0.49 with the particle guidance and 0.56 with both (the header, its feature caching and redraws included,
 # a redrawn sample pushed away from the kept ones), on 8 held-out maps. The
 # model card judges the header at 128 px with each held-out scene's faithfulness read on one sample of its own call of
 # four, so the coupled samples are judged too: now and then a pushed sample paints the near ground in a colour that the
