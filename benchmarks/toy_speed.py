@@ -56,6 +56,7 @@ ISSUE_SETTINGS = (
     "redraw_threshold=0,redraw_colour_threshold=0,antithetic_noise=false"
 )
 ISSUE = f"before:{ISSUE_SETTINGS}"
+ISSUE_TASK = "mask"  # the model the issue timed
 
 
 def split_variant(name: str) -> tuple[str, str]:
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="piti-toy-speed-") as folder:
         for name in WORKERS + tuple(variants):
             conn, child = ctx.Pipe()
-            own = ["mask"] if name == ISSUE else tasks  # the issue timed the mask model
+            own = [ISSUE_TASK] if name == ISSUE else tasks
             worker_args = (child, name, own, precisions, args.threads, overrides, folder, args.samples)
             proc = ctx.Process(target=_worker, args=worker_args)
             proc.start()
@@ -199,8 +200,9 @@ def main(argv=None) -> int:
         for conn, _ in workers.values():
             conn.recv()  # loaded
         times, images = {}, {}
-        calls = [(task, precision, name) for task in tasks for precision in precisions for name in workers]
-        calls = [c for c in calls if c[2] != ISSUE] + [("mask", p, ISSUE) for p in precisions if ISSUE in workers]
+        headers = [name for name in workers if name != ISSUE]  # the issue's call runs once a round, on ISSUE_TASK
+        calls = [(task, precision, name) for task in tasks for precision in precisions for name in headers]
+        calls += [(ISSUE_TASK, precision, ISSUE) for precision in precisions if ISSUE in workers]
         for rep in range(args.warm + args.reps):
             for task, precision, name in calls:
                 conn = workers[name][0]
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
         profiles = {}
         for precision in precisions if args.profile else []:
             for name, (conn, _) in workers.items():
-                conn.send(("profile", "mask" if name == ISSUE else tasks[0], precision, 0))
+                conn.send(("profile", ISSUE_TASK if name == ISSUE else tasks[0], precision, 0))
                 profiles[precision, name] = conn.recv()
         for conn, proc in workers.values():
             conn.send(None)
@@ -245,11 +247,11 @@ def main(argv=None) -> int:
     )
     scaled = args.issue_baseline and not overrides and args.samples == 1  # the headers' calls, one image each
     for precision in [p for p in precisions if p in ISSUE_SECONDS] if scaled else ():
-        then = statistics.median(r[0] for r in times["mask", precision, ISSUE])
+        then = statistics.median(r[0] for r in times[ISSUE_TASK, precision, ISSUE])
+        scale = ISSUE_SECONDS[precision] / then
         for task in tasks:
-            calls = [r[0] for r in times[task, precision, "now"]]
-            now, mean = statistics.median(calls), statistics.mean(calls)
-            scale = ISSUE_SECONDS[precision] / then
+            seconds = [r[0] for r in times[task, precision, "now"]]
+            now, mean = statistics.median(seconds), statistics.mean(seconds)
             print(
                 f"# projection, {task} {precision}: issue 18's AMX Xeon read {ISSUE_SECONDS[precision]:.2f} s per mask "
                 f"image at its settings, {then:.2f} s here; the header's call there, median {now * scale:.2f} s, "
